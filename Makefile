@@ -1,0 +1,33 @@
+# Two commands: `make demo` runs the main job on the embedded world, `make test` runs the tests.
+# Each creates (or reuses) a virtual environment in .venv with the CPU build of torch.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: install test test-fast demo lint clean
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-cpu.txt
+	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(OFFLINE) $(PY) -m pytest -q -m "not ray and not weights and not gpu"
+
+test-fast: install
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not ray and not weights and not gpu"
+
+demo: install
+	$(OFFLINE) $(VENV)/bin/fastgda demo --out demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,172 @@
+"""Artifact folders: ``manifest.json`` (kind, format version, shapes, config, checksums) and atomic writes.
+
+Every artifact fastgda writes is a folder built under a temporary name and renamed into place, so a crash never
+leaves a half-written artifact behind; loading checks the manifest before anything else is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import IncompatibleArtifactError
+
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that is renamed to ``final_dir`` only if the block succeeds.
+
+    Raises:
+        FileExistsError: ``final_dir`` exists and ``overwrite`` is false.
+    """
+    final_dir = Path(final_dir)
+    if final_dir.exists() and not overwrite:
+        raise FileExistsError(
+            f"{final_dir} already exists; pass overwrite=True or choose another folder"
+        )
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(
+        tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent)
+    )
+    try:
+        yield tmp_dir
+        if final_dir.exists():
+            # Move the old copy aside first so the swap never leaves final_dir missing for long.
+            trash = final_dir.with_name(f".{final_dir.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final_dir, trash)
+            os.replace(tmp_dir, final_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def write_manifest(
+    artifact_dir: str | os.PathLike,
+    kind: str,
+    format_version: int,
+    *,
+    config: dict[str, Any] | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Checksum every file under ``artifact_dir`` and write its ``manifest.json``.
+
+    Returns:
+        The manifest as written.
+    """
+    artifact_dir = Path(artifact_dir)
+    checksums = {
+        path.relative_to(artifact_dir).as_posix(): sha256_file(path)
+        for path in sorted(artifact_dir.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+    manifest: dict[str, Any] = {
+        "kind": kind,
+        "format_version": format_version,
+        "shapes": shapes or {},
+        "config": config or {},
+        **(extra or {}),
+        "checksums": checksums,
+    }
+    write_json_atomic(artifact_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(
+    artifact_dir: str | os.PathLike, kind: str | tuple[str, ...], format_version: int
+) -> dict[str, Any]:
+    """Read and check ``manifest.json``: the folder must hold an artifact of ``kind`` at ``format_version``.
+
+    Raises:
+        IncompatibleArtifactError: the manifest is missing, unreadable, or of another kind or version.
+    """
+    artifact_dir = Path(artifact_dir)
+    path = artifact_dir / MANIFEST_NAME
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not path.is_file():
+        raise IncompatibleArtifactError(
+            f"{artifact_dir} has no {MANIFEST_NAME}: expected a fastgda artifact of kind {kinds[0]!r}; "
+            "check the path, or rebuild the artifact with the fastgda command that makes it"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IncompatibleArtifactError(
+            f"{path} is not valid JSON ({exc}); rebuild the artifact"
+        ) from exc
+    if manifest.get("kind") not in kinds:
+        raise IncompatibleArtifactError(
+            f"{artifact_dir} holds an artifact of kind {manifest.get('kind')!r}, "
+            f"expected {' or '.join(map(repr, kinds))}; pass the folder of the right artifact"
+        )
+    if manifest.get("format_version") != format_version:
+        raise IncompatibleArtifactError(
+            f"{artifact_dir} has format version {manifest.get('format_version')!r}, this fastgda reads version "
+            f"{format_version}; rebuild the artifact with this version of fastgda"
+        )
+    return manifest
+
+
+def verify_checksums(artifact_dir: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest against its SHA-256.
+
+    Raises:
+        IncompatibleArtifactError: a file is missing or its bytes changed.
+    """
+    artifact_dir = Path(artifact_dir)
+    for name, expected in manifest.get("checksums", {}).items():
+        path = artifact_dir / name
+        if not path.is_file():
+            raise IncompatibleArtifactError(
+                f"{path} is listed in the manifest but missing; rebuild the artifact"
+            )
+        found = sha256_file(path)
+        if found != expected:
+            raise IncompatibleArtifactError(
+                f"{path} has SHA-256 {found[:12]}…, the manifest expects {expected[:12]}…: the file was changed "
+                "or truncated; rebuild the artifact"
+            )

@@ -1,0 +1,61 @@
+"""The ``fastgda`` command line: ``main(argv) -> int`` parses, calls one library function, formats the result.
+
+Results go to stdout (``--json`` for scripts); logs and progress bars go to stderr. Exit codes: 0 ok; 2 for usage
+errors and any ``FastGDAError`` (one line, no traceback); 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import FastGDAError
+from . import demo, env, model, world
+
+COMMANDS = (env, world, model, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-command per module in ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="fastgda",
+        description="Fast data attribution for text-to-image models: which training images made this output?",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 0 after --help and 2 on a usage error
+        return int(exc.code or 0)
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # recorded in manifests as the exact command
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (FastGDAError, FileExistsError) as exc:
+        print(f"fastgda: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "fastgda: interrupted; finished work is kept and the command can be run again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Helpers shared by the CLI verbs: JSON output and argument types."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def emit(args, result: dict[str, Any], text: str) -> None:
+    """Print ``result`` as JSON with ``--json``, else the human-readable ``text``."""
+    if getattr(args, "json", False):
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def add_json_flag(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (default: leave torch's choice)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

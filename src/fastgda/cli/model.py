@@ -1,0 +1,114 @@
+"""``fastgda model``: train the tiny text-to-image model, and sample query sets from any model."""
+
+from __future__ import annotations
+
+import shlex
+
+from ._common import add_json_flag, emit, set_threads
+
+
+def add_parser(sub) -> None:
+    from ..diffusion.queries import SamplerConfig
+    from ..diffusion.training import DiffusionTrainConfig
+
+    parser = sub.add_parser(
+        "model",
+        help="train or sample the text-to-image model",
+        description="Train the tiny text-to-image model or sample query sets.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    defaults = DiffusionTrainConfig()
+    train = verbs.add_parser(
+        "train",
+        help="train a model on a captioned dataset (resumable)",
+        description="Train with AdamW and EMA; re-running the command resumes it.",
+    )
+    train.add_argument(
+        "--data", required=True, help="dataset: a world, a folder with captions.jsonl, or COCO json"
+    )
+    train.add_argument("--images", help="image folder for a COCO captions file")
+    train.add_argument("--out", required=True, help="model folder to create")
+    train.add_argument("--preset", default="tiny16", help="architecture preset (default tiny16)")
+    train.add_argument("--steps", type=int, default=defaults.steps)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seeds the weights and every batch"
+    )
+    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    train.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    train.add_argument("--threads", type=int, help="torch threads")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    train.set_defaults(handler=handle_train)
+
+    sampler = SamplerConfig()
+    sample = verbs.add_parser(
+        "sample",
+        help="generate a query set from prompts",
+        description="Generate images with deterministic DDIM and write a query set.",
+    )
+    sample.add_argument(
+        "--model", required=True, help="model folder, SD pipeline folder, or 'shipped'"
+    )
+    sample.add_argument(
+        "--prompts", required=True, help="text file (one prompt a line) or JSONL with 'prompt'"
+    )
+    sample.add_argument("--out", required=True, help="query-set folder to create")
+    sample.add_argument("--seed", type=int, default=0, help="query i uses seed + i (default 0)")
+    sample.add_argument("--steps", type=int, default=sampler.num_steps, help="DDIM steps")
+    sample.add_argument("--guidance-scale", type=float, default=sampler.guidance_scale)
+    sample.add_argument("--batch-size", type=int, default=sampler.batch_size)
+    sample.add_argument("--threads", type=int, help="torch threads")
+    sample.add_argument("--overwrite", action="store_true")
+    add_json_flag(sample)
+    sample.set_defaults(handler=handle_sample)
+
+
+def handle_train(args) -> int:
+    from ..data import open_dataset
+    from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+
+    set_threads(args.threads)
+    dataset = open_dataset(args.data, args.images)
+    config = DiffusionTrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    model = TextToImageModel.from_preset(args.preset, seed=args.seed)
+    command = "fastgda " + shlex.join(args.argv)
+    train_diffusion(model, dataset, args.out, config, command=command, overwrite=args.overwrite)
+    print(f"wrote model to {args.out}")
+    return 0
+
+
+def handle_sample(args) -> int:
+    from ..diffusion import TextToImageModel
+    from ..diffusion.queries import SamplerConfig, read_prompts, write_query_set
+    from ..pack import resolve_model_dir
+
+    set_threads(args.threads)
+    model_dir = resolve_model_dir(args.model)
+    prompts = read_prompts(args.prompts)
+    model = TextToImageModel.from_pretrained(model_dir)
+    sampler = SamplerConfig(
+        num_steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size
+    )
+    queries = write_query_set(
+        model,
+        prompts,
+        args.out,
+        seed=args.seed,
+        sampler=sampler,
+        model_dir=model_dir,
+        overwrite=args.overwrite,
+    )
+    emit(
+        args,
+        {"out": str(args.out), "num_queries": len(queries)},
+        f"wrote {len(queries)} queries to {args.out}",
+    )
+    return 0

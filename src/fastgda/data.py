@@ -1,0 +1,341 @@
+"""Captioned image datasets: one abstraction, three readers.
+
+``ImageCaptionDataset`` is what every later stage reads: stable integer ids (row order), captions per item,
+lazily loaded RGB images and a content hash for manifests. Readers: a folder with ``captions.jsonl``
+(``ImageCaptionFolder``), COCO-style ``captions_*.json`` annotations (``CocoCaptions``) and the built-in shapes
+world (``ShapesWorld``, a folder plus ``world.json`` and ``concepts.json``). ``open_dataset`` picks one by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DatasetError
+
+CAPTIONS_FILE = "captions.jsonl"
+
+
+@dataclass(frozen=True)
+class ImageCaption:
+    """One captioned image: a path to it (or its pixels) and its captions."""
+
+    image: str | Path | np.ndarray
+    captions: tuple[str, ...]
+
+    def load_image(self) -> np.ndarray:
+        """Return the image as a uint8 array of shape (H, W, 3)."""
+        if isinstance(self.image, np.ndarray):
+            return self.image
+        return read_rgb(self.image)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Returns:
+        uint8 array of shape (H, W, 3).
+
+    Raises:
+        DatasetError: the file is missing or is not a readable image.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DatasetError(
+            f"image file {path} does not exist; restore it or remove its entry"
+        ) from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as exc:  # PIL raises all of these
+        raise DatasetError(
+            f"image file {path} is corrupt or not an image ({exc}); replace or remove it"
+        ) from exc
+
+
+def _check_captions(captions: object, where: str) -> tuple[str, ...]:
+    if isinstance(captions, str):
+        captions = [captions]
+    if not isinstance(captions, list | tuple) or not captions:
+        raise DatasetError(
+            f"{where}: expected one or more captions, found {captions!r}; add a caption"
+        )
+    out = []
+    for caption in captions:
+        if not isinstance(caption, str) or not caption.strip():
+            raise DatasetError(
+                f"{where}: empty caption {caption!r}; every caption must contain text"
+            )
+        out.append(caption.strip())
+    return tuple(out)
+
+
+class ImageCaptionDataset:
+    """Captioned images with stable integer ids 0..N-1 (row order); images load lazily.
+
+    Subclasses fill ``self._paths`` (image file per row), ``self._captions`` (captions per row) and
+    ``self._keys`` (the user's own id per row, for error messages and look-ups).
+    """
+
+    kind = "image_caption_dataset"
+
+    def __init__(
+        self, root: Path, paths: list[Path], captions: list[tuple[str, ...]], keys: list[str]
+    ):
+        self.root = root
+        self._paths = paths
+        self._captions = captions
+        self._keys = keys
+        seen: dict[str, int] = {}
+        for row, key in enumerate(keys):
+            if key in seen:
+                raise DatasetError(
+                    f"{self.source}: duplicate id {key!r} at rows {seen[key]} and {row}; ids must be unique"
+                )
+            seen[key] = row
+
+    @property
+    def source(self) -> Path:
+        """The file or folder the dataset was read from (named in error messages)."""
+        return self.root
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> ImageCaption:
+        return ImageCaption(self._paths[index], self._captions[index])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 array of shape (N,): the stable row ids."""
+        return np.arange(len(self), dtype=np.int64)
+
+    @property
+    def keys(self) -> list[str]:
+        """The user's own identifier per row (file name or annotation id)."""
+        return list(self._keys)
+
+    def captions(self, index: int) -> tuple[str, ...]:
+        """The captions of row ``index``."""
+        return self._captions[index]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of row ``index``."""
+        return self._paths[index]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Return row ``index``'s image, uint8 (H, W, 3); raises ``DatasetError`` naming a bad file."""
+        return read_rgb(self._paths[index])
+
+    def load_images(
+        self, indices: Sequence[int] | None = None, size: int | None = None
+    ) -> np.ndarray:
+        """Load many images, optionally resized (bicubic) to ``size`` x ``size``.
+
+        Returns:
+            uint8 array of shape (B, H, W, 3).
+        """
+        indices = range(len(self)) if indices is None else indices
+        out = []
+        for i in indices:
+            img = self.load_image(i)
+            if size is not None and img.shape[:2] != (size, size):
+                img = np.asarray(
+                    Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC)
+                )
+            elif out and img.shape != out[0].shape:
+                raise DatasetError(
+                    f"{self._paths[i]} has shape {img.shape}, the first image has {out[0].shape}; "
+                    "pass size= to resize them to one size"
+                )
+            out.append(img)
+        return np.stack(out) if out else np.zeros((0, size or 0, size or 0, 3), np.uint8)
+
+    def validate(self) -> None:
+        """Open every image once, so a corrupt file fails now rather than mid-job."""
+        for i in range(len(self)):
+            self.load_image(i)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """SHA-256 over the ordered captions and image bytes: any edit changes it."""
+        digest = hashlib.sha256()
+        for path, captions in zip(self._paths, self._captions, strict=True):
+            digest.update(json.dumps(list(captions)).encode())
+            try:
+                digest.update(path.read_bytes())
+            except FileNotFoundError as exc:
+                raise DatasetError(
+                    f"image file {path} does not exist; restore it or remove its entry"
+                ) from exc
+        return digest.hexdigest()
+
+    def describe(self) -> dict:
+        """Manifest fields for artifacts built from this dataset."""
+        return {
+            "source": str(self.source),
+            "kind": self.kind,
+            "size": len(self),
+            "content_hash": self.content_hash,
+        }
+
+
+class ImageCaptionFolder(ImageCaptionDataset):
+    """A folder of images with ``captions.jsonl``: one JSON object per line, in row order.
+
+    Each line holds ``"file"`` (relative to the folder), ``"captions"`` (a list) or ``"caption"`` (a string),
+    and optionally ``"id"`` (must be unique). Extra fields are kept in ``records``.
+    """
+
+    kind = "image_caption_folder"
+
+    def __init__(self, root: str | os.PathLike):
+        root = Path(root)
+        index_file = root / CAPTIONS_FILE
+        if not index_file.is_file():
+            raise DatasetError(
+                f"{root} has no {CAPTIONS_FILE}; expected one JSON line per image such as "
+                '{"file": "images/0.png", "captions": ["a red circle"]}'
+            )
+        paths, captions, keys, records = [], [], [], []
+        with open(index_file, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{index_file}:{line_no}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{where}: not valid JSON ({exc})") from exc
+                if not isinstance(record, dict) or "file" not in record:
+                    raise DatasetError(
+                        f'{where}: expected an object with a "file" field, found {line.strip()[:80]}'
+                    )
+                path = root / record["file"]
+                if not path.is_file():
+                    raise DatasetError(
+                        f"{where}: image file {path} does not exist; add it or remove the line"
+                    )
+                caps = record.get("captions", record.get("caption"))
+                captions.append(_check_captions(caps, f"{where} ({record['file']})"))
+                paths.append(path)
+                keys.append(str(record.get("id", record["file"])))
+                records.append(record)
+        if not paths:
+            raise DatasetError(f"{index_file} lists no images; add one line per image")
+        self.records = records
+        super().__init__(root, paths, captions, keys)
+
+    @property
+    def source(self) -> Path:  # noqa: D102
+        return self.root / CAPTIONS_FILE
+
+
+class CocoCaptions(ImageCaptionDataset):
+    """COCO-style caption annotations (``captions_train2017.json``) plus the folder holding the images.
+
+    Rows follow the order of the ``images`` list; all captions of an image are kept.
+    """
+
+    kind = "coco_captions"
+
+    def __init__(
+        self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike | None = None
+    ):
+        annotation_file = Path(annotation_file)
+        self.annotation_file = annotation_file
+        if image_dir is None:
+            # COCO's layout: annotations/captions_train2017.json beside train2017/.
+            split = annotation_file.stem.removeprefix("captions_")
+            image_dir = annotation_file.parent.parent / split
+        image_dir = Path(image_dir)
+        try:
+            data = json.loads(annotation_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DatasetError(f"annotation file {annotation_file} does not exist") from exc
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{annotation_file} is not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+            raise DatasetError(
+                f'{annotation_file}: expected a COCO captions file with "images" and "annotations"'
+            )
+        by_image: dict[int, list[str]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann.get("caption", ""))
+        paths, captions, keys = [], [], []
+        for img in data["images"]:
+            path = image_dir / img["file_name"]
+            where = f"{annotation_file} (image id {img['id']}, {img['file_name']})"
+            if not path.is_file():
+                raise DatasetError(
+                    f"{where}: image file {path} does not exist; pass image_dir= or restore it"
+                )
+            captions.append(_check_captions(by_image.get(img["id"], []), where))
+            paths.append(path)
+            keys.append(str(img["id"]))
+        if not paths:
+            raise DatasetError(f"{annotation_file} lists no images")
+        super().__init__(image_dir, paths, captions, keys)
+
+    @property
+    def source(self) -> Path:  # noqa: D102
+        return self.annotation_file
+
+
+class ShapesWorld(ImageCaptionFolder):
+    """The built-in shapes world as written by ``fastgda world shapes``: a folder dataset plus its truth.
+
+    Attributes:
+        concepts: planted rare concept name -> list of exemplar ids.
+        scenes: per row, the attribute dict it was drawn from.
+        meta: the contents of ``world.json`` (spec, held-out combinations).
+    """
+
+    kind = "shapes_world"
+
+    def __init__(self, root: str | os.PathLike):
+        super().__init__(root)
+        root = Path(root)
+        try:
+            self.meta = json.loads((root / "world.json").read_text(encoding="utf-8"))
+            concepts = json.loads((root / "concepts.json").read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DatasetError(
+                f"{root} is not a shapes world ({exc.filename} is missing); build one with "
+                "`fastgda world shapes --out DIR`"
+            ) from exc
+        self.concepts = {c["name"]: list(c["exemplar_ids"]) for c in concepts["concepts"]}
+        self.scenes = [r["scene"] for r in self.records]
+
+
+def open_dataset(
+    path: str | os.PathLike, image_dir: str | os.PathLike | None = None
+) -> ImageCaptionDataset:
+    """Open a dataset by path: a shapes world, a folder with ``captions.jsonl``, or a COCO captions file.
+
+    Raises:
+        DatasetError: nothing at ``path`` is a recognised dataset.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return CocoCaptions(path, image_dir)
+    if (path / "world.json").is_file():
+        return ShapesWorld(path)
+    if (path / CAPTIONS_FILE).is_file():
+        return ImageCaptionFolder(path)
+    raise DatasetError(
+        f"{path} is not a dataset: expected a folder with {CAPTIONS_FILE} (or a shapes world), "
+        "or a COCO captions_*.json file"
+    )

@@ -1,0 +1,68 @@
+"""Shared fixtures. Offline flags are set before transformers or diffusers can be imported."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# A small but real architecture: the tiny16 layout at 8x8 with narrow blocks, conditioned on real MiniLM states.
+TEST_PRESET_FIELDS = dict(
+    name="test8", image_size=8, block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4
+)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A 60-image shapes world (4 exemplars per planted concept), written once per session."""
+    from fastgda.world import WorldSpec, build_world
+
+    return build_world(
+        WorldSpec(size=60, seed=1, num_per_concept=4),
+        tmp_path_factory.mktemp("w") / "world",
+        progress=False,
+    )
+
+
+@pytest.fixture
+def image_caption_dir(tmp_path):
+    """Eight 8x8 PNGs and a captions.jsonl naming them."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / f"images/{i}.png"
+        )
+        lines.append(
+            json.dumps(
+                {"file": f"images/{i}.png", "captions": [f"image {i}", f"picture number {i}"]}
+            )
+        )
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def test_preset():
+    from fastgda.diffusion import ModelPreset
+
+    return ModelPreset(**TEST_PRESET_FIELDS)
+
+
+@pytest.fixture
+def tiny_model(test_preset):
+    """A freshly initialised 8x8 TextToImageModel (real diffusers UNet, real frozen MiniLM)."""
+    from fastgda.diffusion import TextToImageModel
+
+    return TextToImageModel.from_preset(test_preset, seed=0)

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+
+from fastgda import IncompatibleArtifactError
+from fastgda.diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+from fastgda.diffusion.training import draw_batch, prepare_training_data
+
+
+def test_tiny16_preset_keeps_diffusers_cross_attention_names():
+    from fastgda.diffusion import ModelPreset
+
+    model = TextToImageModel.from_preset("tiny16")
+    names = [n for n, _ in model.unet.named_parameters() if "attn2.to_k" in n or "attn2.to_v" in n]
+    assert len(names) == 8 and all(
+        n.endswith("weight") for n in names
+    )  # 4 transformer blocks x (K, V), no bias
+    assert 1.0e6 < model.num_parameters < 1.3e6
+    assert (
+        model.sample_shape == (3, 16, 16)
+        and ModelPreset().cross_attention_dim == model.text_encoder.dim
+    )
+
+
+def test_loss_is_per_sample_and_finite(tiny_model):
+    x0 = torch.rand(5, 3, 8, 8) * 2 - 1
+    states, mask = tiny_model.encode_prompts(["a red circle"] * 5)
+    assert states.shape == (5, 24, 384) and mask.shape == (5, 24)
+    loss = tiny_model.loss(x0, states, mask, torch.randn_like(x0), torch.randint(0, 1000, (5,)))
+    assert loss.shape == (5,) and torch.isfinite(loss).all()
+
+
+def test_training_lowers_the_loss(tiny_model, small_world, tmp_path):
+    config = DiffusionTrainConfig(steps=40, batch_size=32, warmup_steps=5, seed=0)
+    data = prepare_training_data(tiny_model, small_world, progress=False)
+    fixed = [draw_batch(data, 10_000 + i, config, 1000) for i in range(4)]
+
+    def held_loss():
+        with torch.no_grad():
+            return float(np.mean([tiny_model.loss(*b).mean().item() for b in fixed]))
+
+    before = held_loss()
+    train_diffusion(tiny_model, small_world, tmp_path / "model", config, progress=False)
+    assert held_loss() < 0.8 * before
+
+
+def test_interrupted_training_resumes_to_identical_weights(test_preset, small_world, tmp_path):
+    config = DiffusionTrainConfig(
+        steps=12, batch_size=8, warmup_steps=2, checkpoint_every=6, keep_checkpoints=5
+    )
+    whole = train_diffusion(
+        TextToImageModel.from_preset(test_preset),
+        small_world,
+        tmp_path / "a",
+        config,
+        progress=False,
+    )
+    # Simulate a crash after step 6: only the first checkpoint survives, the model folder was never written.
+    resumed_ckpt = tmp_path / "b.checkpoints"
+    resumed_ckpt.mkdir()
+    (tmp_path / "a.checkpoints" / "step_0000006.safetensors").rename(
+        resumed_ckpt / "step_0000006.safetensors"
+    )
+    resumed = train_diffusion(
+        TextToImageModel.from_preset(test_preset, seed=99),
+        small_world,
+        tmp_path / "b",
+        config,
+        progress=False,
+    )
+    for (name, p), q in zip(whole.unet.named_parameters(), resumed.unet.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resuming_with_another_recipe_is_refused(test_preset, small_world, tmp_path):
+    config = DiffusionTrainConfig(steps=4, batch_size=4, checkpoint_every=2)
+    train_diffusion(
+        TextToImageModel.from_preset(test_preset),
+        small_world,
+        tmp_path / "m",
+        config,
+        progress=False,
+    )
+    (tmp_path / "m").rename(tmp_path / "old")
+    (tmp_path / "old.checkpoints").mkdir()
+    other = DiffusionTrainConfig(steps=4, batch_size=4, checkpoint_every=2, lr=5e-4)
+    with pytest.raises(IncompatibleArtifactError, match="another config"):
+        train_diffusion(
+            TextToImageModel.from_preset(test_preset),
+            small_world,
+            tmp_path / "m",
+            other,
+            checkpoint_dir=tmp_path / "m.checkpoints",
+            progress=False,
+        )
+
+
+def test_ddim_sampling_is_deterministic_and_batch_independent(tiny_model):
+    prompts = [
+        "a small blue square on the left on a white background",
+        "a big red circle in the middle",
+    ]
+    a = tiny_model.sample(prompts, seeds=[5, 6], num_steps=8)
+    b = tiny_model.sample(prompts, seeds=[5, 6], num_steps=8)
+    alone = tiny_model.sample(prompts[1:], seeds=[6], num_steps=8)
+    assert a.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(
+        a[1:], alone, rtol=0, atol=1e-3
+    )  # batched convs differ in float rounding
+    assert not torch.allclose(a, tiny_model.sample(prompts, seeds=[7, 8], num_steps=8))
+    images = tiny_model.decode(a)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+
+
+def test_saved_model_loads_with_the_same_outputs(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    loaded = TextToImageModel.from_pretrained(tmp_path / "m")
+    x = tiny_model.sample(["a cyan cross"], seeds=[1], num_steps=4)
+    torch.testing.assert_close(
+        loaded.sample(["a cyan cross"], seeds=[1], num_steps=4), x, rtol=0, atol=0
+    )
+
+
+def test_tampered_or_foreign_folders_are_refused(tiny_model, small_world, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(IncompatibleArtifactError, match="changed or truncated"):
+        TextToImageModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(
+        IncompatibleArtifactError, match="kind 'dataset', expected 'text_to_image_model'"
+    ):
+        TextToImageModel.from_pretrained(small_world.root)

@@ -1,0 +1,72 @@
+"""The shipped world pack: its model and probe load, the world regenerates to the hash the model was trained
+on, and sampling the held-out prompts reproduces the adherence figures recorded in ``pack.json``."""
+
+import json
+
+import pytest
+
+from fastgda import pack
+from fastgda.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def standard_world(tmp_path_factory):
+    return pack.ensure_world(tmp_path_factory.mktemp("pack") / "world", progress=False)
+
+
+def test_pack_is_small_and_documents_how_it_was_made():
+    info = pack.pack_info()
+    size = sum(p.stat().st_size for p in (pack.PACK_DIR / "model").rglob("*.safetensors"))
+    assert size <= 5_000_000
+    assert (
+        info["model"]["command"].startswith("fastgda model train")
+        and info["world"]["spec"]["seed"] == 0
+    )
+
+
+def test_standard_world_regenerates_to_the_trained_hash(standard_world):
+    assert len(standard_world) == 2000
+    assert standard_world.content_hash == pack.pack_info()["world"]["content_hash"]
+
+
+def test_shipped_probe_reads_attributes_of_real_images(standard_world):
+    from fastgda.world.probe import AttributeProbe, probe_accuracy
+
+    probe = AttributeProbe.load(pack.probe_dir())
+    rows = [i for i, s in enumerate(standard_world.scenes) if len(s["objects"]) == 1]
+    accuracy = probe_accuracy(
+        probe, standard_world.load_images(rows), [standard_world.scenes[i] for i in rows]
+    )
+    assert min(accuracy.values()) >= 0.95, accuracy
+
+
+def test_shipped_model_reproduces_recorded_adherence(standard_world):
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.world import held_out_prompts
+    from fastgda.world.adherence import measure_adherence
+    from fastgda.world.probe import AttributeProbe
+
+    info = pack.pack_info()
+    model = TextToImageModel.from_pretrained(pack.model_dir())
+    probe = AttributeProbe.load(pack.probe_dir())
+    recorded = info["adherence"]
+    measured = measure_adherence(
+        model,
+        probe,
+        held_out_prompts(standard_world.root),
+        recorded["seeds_per_prompt"],
+        info["sampler"]["guidance_scale"],
+        info["sampler"]["num_steps"],
+    )
+    for name in ("colour", "shape", "size", "position", "background"):
+        assert measured[name] == pytest.approx(recorded[name], abs=0.05), name
+    assert measured["colour"] >= 0.8 and measured["shape"] >= 0.6
+
+
+def test_demo_writes_the_query_grid(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--num-queries", "6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_queries"] == 6 and (tmp_path / "demo" / "queries.png").is_file()
+    assert set(result["adherence"]) >= {"colour", "shape", "all"}

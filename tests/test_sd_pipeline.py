@@ -1,0 +1,122 @@
+"""The Stable Diffusion path: a tiny randomly initialised SD v1.x-style pipeline built from configs, saved by
+diffusers and loaded through the same ``TextToImageModel`` class (VAE latents, CLIP text encoder)."""
+
+import json
+
+import pytest
+import torch
+
+from fastgda import IncompatibleArtifactError
+from fastgda.diffusion import TextToImageModel
+
+
+def _write_clip_tokenizer_files(folder):
+    # Byte-level BPE with no merges: every character is its own token, enough to tokenize test prompts.
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_dir(tmp_path_factory):
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    vocab_size = _write_clip_tokenizer_files(root / "tok")
+    tokenizer = CLIPTokenizer(
+        str(root / "tok" / "vocab.json"), str(root / "tok" / "merges.txt"), model_max_length=16
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(root / "pipeline")
+    return root / "pipeline"
+
+
+def test_sd_pipeline_folder_loads_with_vae_and_clip(tiny_sd_dir):
+    model = TextToImageModel.from_pretrained(tiny_sd_dir)
+    assert model.vae is not None and model.text_encoder.name == "clip"
+    assert model.sample_shape == (4, 8, 8) and model.image_size == 16
+    states, mask = model.encode_prompts(["a red circle", "two cats"])
+    assert states.shape == (2, 16, 32) and mask is None  # SD attends to every padded token
+
+
+def test_sd_latents_train_and_sample_through_the_same_interface(tiny_sd_dir):
+    model = TextToImageModel.from_pretrained(tiny_sd_dir)
+    images = torch.randint(0, 255, (2, 16, 16, 3), dtype=torch.uint8).numpy()
+    x0 = model.encode_images(images)
+    assert x0.shape == (2, 4, 8, 8)
+    states, mask = model.encode_prompts(["a", "b"])
+    loss = model.loss(x0, states, mask, torch.randn_like(x0), torch.tensor([10, 900]))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    sample = model.sample(["a red circle"], seeds=[0], num_steps=3)
+    torch.testing.assert_close(
+        sample, model.sample(["a red circle"], seeds=[0], num_steps=3), rtol=0, atol=0
+    )
+    assert model.decode(sample).shape == (1, 16, 16, 3)
+
+
+def test_incomplete_pipeline_folder_is_refused(tmp_path):
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "unet": []})
+    )
+    with pytest.raises(IncompatibleArtifactError, match="lacks"):
+        TextToImageModel.from_pretrained(tmp_path)
