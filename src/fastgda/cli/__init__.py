@@ -11,9 +11,9 @@ import logging
 import sys
 
 from ..errors import FastGDAError
-from . import demo, env, model, world
+from . import demo, env, model, teacher, world
 
-COMMANDS = (env, world, model, demo)
+COMMANDS = (env, world, model, teacher, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

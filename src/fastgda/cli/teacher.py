@@ -1,0 +1,163 @@
+"""``fastgda teacher``: estimate the Fisher, run attribution by unlearning over a query set, merge results."""
+
+from __future__ import annotations
+
+from ._common import add_json_flag, emit, set_threads
+
+
+def add_parser(sub) -> None:
+    from ..unlearning import FisherConfig, ScoringConfig, UnlearnConfig
+
+    parser = sub.add_parser(
+        "teacher",
+        help="the slow teacher: attribution by unlearning (AbU / AbU+)",
+        description="Attribution by unlearning: Fisher estimation, per-query runs, merge.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    fdef = FisherConfig()
+    fisher = verbs.add_parser(
+        "fisher",
+        help="estimate the Fisher preconditioner once per model",
+        description="Estimate a diagonal (AbU) or EK-FAC (AbU+) Fisher over training data.",
+    )
+    fisher.add_argument("--model", required=True, help="model folder or 'shipped'")
+    fisher.add_argument(
+        "--data", required=True, help="the training dataset the model was trained on"
+    )
+    fisher.add_argument("--out", required=True, help="Fisher folder to create")
+    fisher.add_argument("--kind", choices=["ekfac", "diagonal"], default=fdef.kind)
+    fisher.add_argument(
+        "--layers", default=fdef.layers, help="kv, cross-attn, attn, all, or a regex (default kv)"
+    )
+    fisher.add_argument(
+        "--samples", type=int, default=fdef.num_samples, help="per-sample gradients"
+    )
+    fisher.add_argument("--batch-size", type=int, default=fdef.batch_size)
+    fisher.add_argument(
+        "--damping", type=float, default=fdef.damping, help="lambda = damping x layer mean"
+    )
+    fisher.add_argument("--seed", type=int, default=fdef.seed)
+    fisher.add_argument("--threads", type=int)
+    fisher.add_argument("--overwrite", action="store_true")
+    fisher.set_defaults(handler=handle_fisher)
+
+    udef, sdef = UnlearnConfig(), ScoringConfig()
+    run = verbs.add_parser(
+        "run",
+        help="rank training images for every query (resumable)",
+        description="Unlearn each query and rank training items by their loss rise. "
+        "Re-running the same command finishes only what is missing.",
+    )
+    run.add_argument("--model", required=True, help="model folder or 'shipped'")
+    run.add_argument("--data", required=True)
+    run.add_argument("--queries", required=True, help="query set from `fastgda model sample`")
+    run.add_argument("--fisher", required=True, help="folder from `fastgda teacher fisher`")
+    run.add_argument(
+        "--out", required=True, help="run folder (results/, before_losses/, ground_truth/)"
+    )
+    run.add_argument(
+        "--candidates",
+        type=int,
+        help="rank only each query's top-M pixel neighbours (default: all N)",
+    )
+    run.add_argument(
+        "--pairs", type=int, default=udef.num_pairs, help="(noise, t) pairs for the query gradient"
+    )
+    run.add_argument(
+        "--alpha", type=float, default=udef.alpha, help="Newton step size, units of (1/N) F^-1 g"
+    )
+    run.add_argument("--newton-steps", type=int, default=udef.num_steps)
+    run.add_argument(
+        "--timesteps", type=int, nargs="+", default=list(sdef.timesteps), help="scoring timesteps"
+    )
+    run.add_argument(
+        "--seed", type=int, default=0, help="seeds the query pairs and the scoring noise"
+    )
+    run.add_argument(
+        "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
+    )
+    run.add_argument("--executor", choices=["local"], default="local")
+    run.add_argument("--threads", type=int)
+    run.add_argument("--no-merge", action="store_true", help="leave the per-query files unmerged")
+    add_json_flag(run)
+    run.set_defaults(handler=handle_run)
+
+    merge = verbs.add_parser(
+        "merge",
+        help="gather per-query results into one ground-truth artifact",
+        description="Merge OUT/results/q_*.npz into OUT/ground_truth.",
+    )
+    merge.add_argument("--run", required=True, help="teacher run folder")
+    merge.set_defaults(handler=handle_merge)
+
+
+def handle_fisher(args) -> int:
+    from ..data import open_dataset
+    from ..diffusion import TextToImageModel
+    from ..diffusion.training import prepare_training_data
+    from ..pack import resolve_model_dir
+    from ..unlearning import FisherConfig, fit_fisher
+
+    set_threads(args.threads)
+    model = TextToImageModel.from_pretrained(resolve_model_dir(args.model))
+    data = prepare_training_data(model, open_dataset(args.data))
+    config = FisherConfig(
+        kind=args.kind,
+        layers=args.layers,
+        num_samples=args.samples,
+        batch_size=args.batch_size,
+        damping=args.damping,
+        seed=args.seed,
+    )
+    fit_fisher(model, data, config).save(args.out, overwrite=args.overwrite)
+    print(f"wrote {args.kind} Fisher over {args.layers!r} layers to {args.out}")
+    return 0
+
+
+def handle_run(args) -> int:
+    from ..pack import resolve_model_dir
+    from ..unlearning import ScoringConfig, UnlearnConfig
+    from ..unlearning.jobs import TeacherConfig, TeacherJob
+
+    set_threads(args.threads)
+    config = TeacherConfig(
+        unlearn=UnlearnConfig(
+            num_pairs=args.pairs, alpha=args.alpha, num_steps=args.newton_steps, seed=args.seed
+        ),
+        scoring=ScoringConfig(timesteps=tuple(args.timesteps), noise_seed=args.seed),
+        num_candidates=args.candidates,
+    )
+    job = TeacherJob(
+        resolve_model_dir(args.model),
+        args.data,
+        args.queries,
+        args.fisher,
+        args.out,
+        config,
+        cache_dir=args.cache,
+    )
+    job.run()
+    result = {"out": args.out, "num_queries": job.num_queries, "pending": len(job.pending())}
+    if not args.no_merge:
+        ground_truth = job.merge()
+        result["ground_truth"] = f"{args.out}/ground_truth"
+        result["shape"] = list(ground_truth.ids.shape)
+    emit(args, result, f"ranked {job.num_queries} queries; results in {args.out}")
+    return 0
+
+
+def handle_merge(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..ground_truth import GroundTruth
+
+    run = Path(args.run)
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    ground_truth = GroundTruth.merge(run / "results", list(range(info["num_queries"])), config=info)
+    ground_truth.save(run / "ground_truth", overwrite=True)
+    print(
+        f"merged {len(ground_truth)} queries x {ground_truth.ids.shape[1]} candidates into {run / 'ground_truth'}"
+    )
+    return 0

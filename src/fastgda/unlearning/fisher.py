@@ -1,0 +1,275 @@
+"""Fisher preconditioners for the selected linear layers: diagonal (AbU) and EK-FAC (AbU+).
+
+Method.md §3.4-3.5. Per-sample weight gradients of a linear layer y = W a are exact from one batched backward of
+the *summed* loss: forward hooks keep the inputs a (B, S, d_in), tensor hooks keep the output gradients
+g (B, S, d_out), and G_s = sum over tokens of g a^T. Samples draw a random training image, one of its captions,
+a random t and fresh noise (no caption dropout).
+
+Both preconditioners apply (F + lambda I)^-1 with layer-wise damping lambda = damping * mean eigenvalue (the
+mean of the diagonal for AbU), so ``alpha / N * precondition(g)`` is the damped Newton step of §3.1.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from ..errors import FastGDAError, IncompatibleArtifactError
+from .layers import select_linear_layers
+
+FISHER_KIND = "fisher"
+FISHER_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FisherConfig:
+    """How the Fisher is estimated; stored in its manifest."""
+
+    kind: str = "ekfac"  # "ekfac" (AbU+) or "diagonal" (AbU)
+    layers: str = "kv"  # preset name or regular expression (layers.py)
+    num_samples: int = (
+        10_000  # ~5 x N per-sample gradients, as the papers' 5 epochs (method.md §12.1)
+    )
+    batch_size: int = 64
+    damping: float = (
+        0.1  # lambda = damping x layer mean (FastGDA code; 0 reproduces AbU's undamped step)
+    )
+    seed: int = 0
+
+
+@contextmanager
+def record_linear_io(layers: dict[str, nn.Linear]):
+    """Record each layer's inputs (B, S, d_in) and output gradients (B, S, d_out) during forward/backward.
+
+    Yields:
+        ``(inputs, grads)``: dicts filled by the hooks, keyed by layer name.
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def forward_hook(module, args, output):
+            a = args[0].detach()
+            inputs[name] = a.reshape(a.shape[0], -1, a.shape[-1])  # 2-D inputs become one token
+
+            def grad_hook(g):
+                grads[name] = g.detach().reshape(g.shape[0], -1, g.shape[-1])
+
+            output.register_hook(grad_hook)
+
+        return forward_hook
+
+    for name, layer in layers.items():
+        handles.append(layer.register_forward_hook(hook(name)))
+    try:
+        yield inputs, grads
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def per_sample_gradients(inputs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """G_s = sum over tokens of g a^T: (B, S, d_in), (B, S, d_out) -> (B, d_out, d_in)."""
+    return torch.einsum("bso,bsi->boi", grads.double(), inputs.double())
+
+
+class Fisher:
+    """A preconditioner over named linear-layer weights (each (d_out, d_in))."""
+
+    kind = ""
+
+    def __init__(
+        self, config: FisherConfig, tensors: dict[str, torch.Tensor], extra: dict | None = None
+    ):
+        self.config = config
+        self.tensors = tensors
+        self.extra = dict(extra or {})
+
+    @property
+    def layer_names(self) -> list[str]:
+        return sorted({key.rsplit(".", 1)[0] for key in self.tensors})
+
+    def precondition(
+        self, grads: dict[str, torch.Tensor], damping: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Return (F + lambda I)^-1 g for each layer's gradient (d_out, d_in)."""
+        raise NotImplementedError
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write ``fisher.safetensors`` and a manifest atomically."""
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in self.tensors.items()}, tmp / "fisher.safetensors"
+            )
+            shapes = {k: list(v.shape) for k, v in self.tensors.items()}
+            write_manifest(
+                tmp,
+                FISHER_KIND,
+                FISHER_FORMAT_VERSION,
+                config=asdict(self.config),
+                shapes=shapes,
+                extra=self.extra,
+            )
+
+    @staticmethod
+    def load(fisher_dir: str | os.PathLike) -> Fisher:
+        """Load a saved Fisher of either kind."""
+        manifest = read_manifest(fisher_dir, FISHER_KIND, FISHER_FORMAT_VERSION)
+        verify_checksums(fisher_dir, manifest)
+        config = FisherConfig(**manifest["config"])
+        tensors = load_file(Path(fisher_dir) / "fisher.safetensors")
+        extra = {
+            k: v
+            for k, v in manifest.items()
+            if k not in ("kind", "format_version", "shapes", "config", "checksums")
+        }
+        cls = {"diagonal": DiagonalFisher, "ekfac": EKFAC}[config.kind]
+        return cls(config, tensors, extra)
+
+    def check_layers(self, layer_names: list[str]) -> None:
+        """Raise if the Fisher was estimated for other layers than the caller's."""
+        if sorted(layer_names) != self.layer_names:
+            raise IncompatibleArtifactError(
+                f"the Fisher covers layers {self.layer_names[:3]}… ({len(self.layer_names)}), the model selection "
+                f"has {sorted(layer_names)[:3]}… ({len(layer_names)}); estimate the Fisher with the same --layers"
+            )
+
+
+class DiagonalFisher(Fisher):
+    """F_diag = mean over samples of G_s^2 (method.md §3.4)."""
+
+    kind = "diagonal"
+
+    def precondition(self, grads, damping=None):
+        damping = self.config.damping if damping is None else damping
+        out = {}
+        for name, g in grads.items():
+            diag = self.tensors[f"{name}.diag"].to(g)
+            out[name] = g / (diag + damping * diag.mean())
+        return out
+
+
+class EKFAC(Fisher):
+    """Eigenvalue-corrected Kronecker factors: F ~ (U_A (x) U_B) diag(S) (U_A (x) U_B)^T (method.md §3.5)."""
+
+    kind = "ekfac"
+
+    def precondition(self, grads, damping=None):
+        damping = self.config.damping if damping is None else damping
+        out = {}
+        for name, g in grads.items():
+            u_a = self.tensors[f"{name}.eigvecs_a"].to(g)  # (d_in, d_in)
+            u_b = self.tensors[f"{name}.eigvecs_b"].to(g)  # (d_out, d_out)
+            scales = self.tensors[f"{name}.scales"].to(g)  # (d_out, d_in) corrected eigenvalues S
+            rotated = u_b.T @ g @ u_a
+            out[name] = u_b @ (rotated / (scales + damping * scales.mean())) @ u_a.T
+        return out
+
+
+def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: bool = True) -> Fisher:
+    """Estimate a Fisher over the training data for the layers ``config.layers`` selects.
+
+    Args:
+        model: a ``TextToImageModel``.
+        data: ``TrainingData`` (``fastgda.diffusion.training.prepare_training_data``).
+    """
+    from ..diffusion.training import DiffusionTrainConfig, draw_batch
+
+    if config.kind not in ("diagonal", "ekfac"):
+        raise FastGDAError(
+            f"unknown Fisher kind {config.kind!r}; choose 'diagonal' (AbU) or 'ekfac' (AbU+)"
+        )
+    layers = select_linear_layers(model.unet, config.layers)
+    num_batches = -(-config.num_samples // config.batch_size)
+    sampler = DiffusionTrainConfig(
+        batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
+    )
+    num_timesteps = model.scheduler.config.num_train_timesteps
+    params = [p for p in model.unet.parameters()]
+    required = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    for layer in layers.values():
+        layer.weight.requires_grad_(True)
+
+    def batches(desc):
+        for b in tqdm(range(num_batches), desc=desc, disable=not progress):
+            x0, states, mask, noise, t = draw_batch(data, b, sampler, num_timesteps)
+            take = min(config.batch_size, config.num_samples - b * config.batch_size)
+            with record_linear_io(layers) as (inputs, grads):
+                loss = model.loss(
+                    x0[:take],
+                    states[:take],
+                    None if mask is None else mask[:take],
+                    noise[:take],
+                    t[:take],
+                )
+                loss.sum().backward()  # summed, so each sample's output gradient is its own
+            yield {name: (inputs[name], grads[name]) for name in layers}
+
+    was_training = model.unet.training
+    model.unet.eval()
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        if config.kind == "diagonal":
+            sums = {
+                name: torch.zeros_like(layer.weight, dtype=torch.float64)
+                for name, layer in layers.items()
+            }
+            for io in batches("diagonal Fisher"):
+                for name, (a, g) in io.items():
+                    sums[name] += per_sample_gradients(a, g).pow(2).sum(0)
+            tensors = {f"{name}.diag": (s / config.num_samples).float() for name, s in sums.items()}
+        else:
+            cov_a = {
+                n: torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
+                for n, layer in layers.items()
+            }
+            cov_b = {
+                n: torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64)
+                for n, layer in layers.items()
+            }
+            tokens = dict.fromkeys(layers, 0)
+            for io in batches("EK-FAC covariances"):
+                for name, (a, g) in io.items():
+                    a2, g2 = (
+                        a.reshape(-1, a.shape[-1]).double(),
+                        g.reshape(-1, g.shape[-1]).double(),
+                    )
+                    cov_a[name] += a2.T @ a2
+                    cov_b[name] += g2.T @ g2
+                    tokens[name] += a2.shape[0]
+            bases = {}
+            for name in layers:
+                _, u_a = torch.linalg.eigh(cov_a[name] / tokens[name])
+                _, u_b = torch.linalg.eigh(cov_b[name] / tokens[name])
+                bases[name] = (u_a, u_b)
+            sums = {
+                n: torch.zeros_like(layer.weight, dtype=torch.float64)
+                for n, layer in layers.items()
+            }
+            for io in batches("EK-FAC eigenvalues"):
+                for name, (a, g) in io.items():
+                    u_a, u_b = bases[name]
+                    rotated = u_b.T @ per_sample_gradients(a, g) @ u_a  # (B, d_out, d_in)
+                    sums[name] += rotated.pow(2).sum(0)
+            for name in layers:
+                tensors[f"{name}.eigvecs_a"] = bases[name][0].float()
+                tensors[f"{name}.eigvecs_b"] = bases[name][1].float()
+                tensors[f"{name}.scales"] = (sums[name] / config.num_samples).float()
+    finally:
+        model.unet.zero_grad(set_to_none=True)
+        for p, req in zip(params, required, strict=True):
+            p.requires_grad_(req)
+        model.unet.train(was_training)
+    cls = DiagonalFisher if config.kind == "diagonal" else EKFAC
+    return cls(config, tensors, {"model": model.config.get("preset", {}).get("name")})

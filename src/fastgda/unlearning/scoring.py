@@ -1,0 +1,145 @@
+"""Scoring training items: the rise of each one's diffusion loss after unlearning a query.
+
+Method.md §3.6: tau(query, z) = L(z, theta_-) - L(z, theta_0), each loss averaged over equally spaced timesteps
+and then over the item's captions, with noise keyed by (item, caption, t, flip) so the before and after losses
+see identical noise. The before losses do not depend on the query: ``BeforeLosses`` computes them once for all
+N items and every query reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._artifacts import atomic_dir, read_manifest, write_manifest
+from ..errors import IncompatibleArtifactError
+from .noise import keyed_noise
+
+BEFORE_KIND = "before_losses"
+BEFORE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Which losses score an item; before and after must use the same settings."""
+
+    timesteps: tuple[int, ...] = tuple(range(0, 1000, 100))  # 10 equally spaced (method.md §12.1)
+    noise_seed: int = 0
+    batch_size: int = 256
+
+
+def item_losses(
+    model, data, item_ids: np.ndarray, config: ScoringConfig, progress: bool = False
+) -> np.ndarray:
+    """Per-(item, caption, timestep) diffusion losses under keyed noise.
+
+    Args:
+        data: ``TrainingData`` with x0 (N, C, h, w) and caption states.
+        item_ids: int array (n,) of rows to score.
+
+    Returns:
+        float32 (n, C_max, T): NaN where an item has fewer than C_max captions.
+    """
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    counts = data.caption_count[item_ids].numpy()
+    c_max = int(data.caption_count.max())
+    timesteps = list(config.timesteps)
+    # Flatten (item, caption, t) into rows so batches stay full whatever the caption counts.
+    rows = [
+        (row, item, c, ti)
+        for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))
+        for c in range(int(count))
+        for ti in range(len(timesteps))
+    ]
+    out = np.full((len(item_ids), c_max, len(timesteps)), np.nan, dtype=np.float32)
+    shape = tuple(data.x0.shape[1:])
+    with torch.no_grad():
+        for start in tqdm(
+            range(0, len(rows), config.batch_size), desc="scoring", disable=not progress
+        ):
+            batch = rows[start : start + config.batch_size]
+            items = torch.tensor([r[1] for r in batch])
+            captions = data.caption_start[items] + torch.tensor([r[2] for r in batch])
+            t = torch.tensor([timesteps[r[3]] for r in batch])
+            noise = keyed_noise(
+                shape, config.noise_seed, [(r[1], r[2], timesteps[r[3]], 0) for r in batch]
+            )
+            mask = None if data.mask is None else data.mask[captions]
+            losses = model.loss(data.x0[items], data.states[captions], mask, noise, t).numpy()
+            for (row, _, c, ti), value in zip(batch, losses, strict=True):
+                out[row, c, ti] = value
+    return out
+
+
+def mean_item_loss(losses: np.ndarray) -> np.ndarray:
+    """Average over timesteps, then over each item's own captions: (n, C_max, T) -> float64 (n,)."""
+    return np.nanmean(losses.astype(np.float64).mean(axis=2), axis=1)
+
+
+class BeforeLosses:
+    """L(z, theta_0) for every training item, computed once per (model, data, scoring config) and cached.
+
+    Attributes:
+        losses: float32 (N, C_max, T) per-(item, caption, t) losses.
+    """
+
+    def __init__(self, losses: np.ndarray, config: ScoringConfig, key: dict):
+        self.losses = losses
+        self.config = config
+        self.key = key
+
+    @classmethod
+    def compute(
+        cls, model, data, config: ScoringConfig, key: dict, progress: bool = True
+    ) -> BeforeLosses:
+        ids = np.arange(data.x0.shape[0])
+        return cls(item_losses(model, data, ids, config, progress=progress), config, key)
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            np.save(tmp / "losses.npy", self.losses)
+            write_manifest(
+                tmp,
+                BEFORE_KIND,
+                BEFORE_FORMAT_VERSION,
+                config=asdict(self.config),
+                shapes={"losses": list(self.losses.shape)},
+                extra={"key": self.key},
+            )
+
+    @classmethod
+    def load(cls, cache_dir: str | os.PathLike, config: ScoringConfig, key: dict) -> BeforeLosses:
+        """Load a cache, refusing one made for another model, dataset or scoring config."""
+        manifest = read_manifest(cache_dir, BEFORE_KIND, BEFORE_FORMAT_VERSION)
+        saved = ScoringConfig(
+            **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
+        )
+        if (saved.timesteps, saved.noise_seed) != (config.timesteps, config.noise_seed) or manifest[
+            "key"
+        ] != key:
+            raise IncompatibleArtifactError(
+                f"before-loss cache {cache_dir} was computed for {manifest['key']} with {asdict(saved)}, this run "
+                f"needs {key} with {asdict(config)}; delete the cache to recompute it"
+            )
+        return cls(np.load(Path(cache_dir) / "losses.npy", allow_pickle=False), config, key)
+
+
+def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
+    """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now.
+
+    Returns:
+        float64 (n,) scores; higher = more influential.
+    """
+    after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
+    return after - mean_item_loss(before.losses[np.asarray(candidate_ids)])
+
+
+def rank(candidate_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort candidates most influential first (stable for ties). Returns ids int64 and scores float32."""
+    order = np.argsort(-scores, kind="stable")
+    return np.asarray(candidate_ids, dtype=np.int64)[order], scores[order].astype(np.float32)

@@ -1,0 +1,143 @@
+"""Teacher jobs end to end on a tiny real model: results per query, resume, merge, mismatched inputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastgda import FastGDAError, IncompatibleArtifactError
+from fastgda.cli import main
+from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.queries import SamplerConfig, write_query_set
+from fastgda.diffusion.training import prepare_training_data
+from fastgda.ground_truth import GroundTruth
+from fastgda.unlearning import FisherConfig, ScoringConfig, UnlearnConfig, fit_fisher
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+
+CONFIG = TeacherConfig(
+    unlearn=UnlearnConfig(num_pairs=32, batch_size=32), scoring=ScoringConfig(timesteps=(300, 700))
+)
+
+
+@pytest.fixture(scope="module")
+def teacher_inputs(small_world, test_preset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    model = TextToImageModel.from_preset(test_preset, seed=0)
+    model.save(root / "model")
+    prompts = [
+        "a large cyan circle in the center on a black background",
+        "a small red square on the left",
+        "a big magenta triangle on the right over gray",
+    ]
+    write_query_set(
+        model,
+        prompts,
+        root / "queries",
+        sampler=SamplerConfig(num_steps=2),
+        model_dir=root / "model",
+        progress=False,
+    )
+    data = prepare_training_data(model, small_world, progress=False)
+    fit_fisher(
+        model, data, FisherConfig(kind="diagonal", num_samples=32, batch_size=16), progress=False
+    ).save(root / "fisher")
+    return {
+        "model_dir": root / "model",
+        "data_dir": small_world.root,
+        "queries_dir": root / "queries",
+        "fisher_dir": root / "fisher",
+    }
+
+
+def test_teacher_ranks_every_training_item_for_every_query(teacher_inputs, tmp_path):
+    job = TeacherJob(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
+    job.run()
+    ground_truth = job.merge()
+    assert ground_truth.ids.shape == (3, 60) and ground_truth.ids.dtype == np.int32
+    for ids, scores in zip(ground_truth.ids, ground_truth.scores, strict=True):
+        assert sorted(ids.tolist()) == list(range(60))
+        assert np.all(np.diff(scores) <= 0) and np.isfinite(scores).all()
+    loaded = GroundTruth.load(tmp_path / "run" / "ground_truth")
+    np.testing.assert_array_equal(loaded.ids, ground_truth.ids)
+
+
+def test_interrupted_run_finishes_only_what_is_missing_with_identical_results(
+    teacher_inputs, tmp_path
+):
+    whole = TeacherJob(out_dir=tmp_path / "whole", config=CONFIG, progress=False, **teacher_inputs)
+    whole.run()
+    first = TeacherJob(
+        out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
+    )
+    first.run([1])  # the run "dies" after one query
+    (tmp_path / "resumed" / "results" / ".q_000002.npz.123.tmp").write_bytes(
+        b"half a file"
+    )  # killed mid-write
+    again = TeacherJob(
+        out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
+    )
+    assert again.pending() == [0, 2]
+    again.run()
+    a, b = whole.merge(), again.merge()
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
+
+
+def test_candidate_pools_rank_only_the_nearest_items(teacher_inputs, tmp_path):
+    config = TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10)
+    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job.run([0])
+    assert set(job.candidates(0)) == set(
+        np.load(tmp_path / "run/results/q_000000.npz")["ids"].tolist()
+    )
+    assert len(job.candidates(0)) == 10
+
+
+def test_mismatched_inputs_are_refused(teacher_inputs, test_preset, tmp_path):
+    other = TextToImageModel.from_preset(test_preset, seed=1)
+    other.save(tmp_path / "other")
+    with pytest.raises(IncompatibleArtifactError, match="another model"):
+        TeacherJob(
+            **{**teacher_inputs, "model_dir": tmp_path / "other"},
+            out_dir=tmp_path / "run",
+            config=CONFIG,
+        )
+    TeacherJob(out_dir=tmp_path / "run2", config=CONFIG, progress=False, **teacher_inputs)
+    changed = TeacherConfig(unlearn=UnlearnConfig(num_pairs=16), scoring=CONFIG.scoring)
+    with pytest.raises(IncompatibleArtifactError, match="config"):
+        TeacherJob(out_dir=tmp_path / "run2", config=changed, progress=False, **teacher_inputs)
+    with pytest.raises(FastGDAError, match="lacks results"):
+        GroundTruth.merge(tmp_path / "run2" / "results", [0, 1, 2])
+
+
+def test_teacher_cli_runs_and_merges(teacher_inputs, tmp_path, capsys):
+    t = teacher_inputs
+    assert (
+        main(
+            [
+                "teacher",
+                "run",
+                "--model",
+                str(t["model_dir"]),
+                "--data",
+                str(t["data_dir"]),
+                "--queries",
+                str(t["queries_dir"]),
+                "--fisher",
+                str(t["fisher_dir"]),
+                "--out",
+                str(tmp_path / "run"),
+                "--pairs",
+                "16",
+                "--timesteps",
+                "500",
+                "--candidates",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["shape"] == [3, 8]
+    assert main(["teacher", "merge", "--run", str(tmp_path / "run")]) == 0

@@ -1,0 +1,186 @@
+"""Unit-exact checks of the teacher's parts on a real (tiny) diffusers UNet."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastgda import FastGDAError
+from fastgda.diffusion.training import prepare_training_data
+from fastgda.unlearning import (
+    EKFAC,
+    BeforeLosses,
+    DiagonalFisher,
+    FisherConfig,
+    ScoringConfig,
+    UnlearnConfig,
+    fit_fisher,
+    influence_scores,
+    item_losses,
+    mean_item_loss,
+    newton_step,
+    query_gradient,
+    select_linear_layers,
+    weights_shifted,
+)
+from fastgda.unlearning.fisher import per_sample_gradients, record_linear_io
+from fastgda.unlearning.noise import keyed_noise
+
+
+@pytest.fixture
+def world_data(tiny_model, small_world):
+    return prepare_training_data(tiny_model, small_world, progress=False)
+
+
+def _random_orthogonal(n, gen):
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return q
+
+
+def test_ekfac_step_equals_dense_damped_inverse():
+    gen = torch.Generator().manual_seed(0)
+    u_a, u_b = _random_orthogonal(3, gen), _random_orthogonal(4, gen)  # d_in = 3, d_out = 4
+    scales = torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.1
+    fisher = EKFAC(
+        FisherConfig(damping=0.1), {"w.eigvecs_a": u_a, "w.eigvecs_b": u_b, "w.scales": scales}
+    )
+    g = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    # Column-major vec: vec(U_B^T G U_A) = (U_A kron U_B)^T vec(G).
+    basis = torch.kron(u_a, u_b)
+    dense = basis @ torch.diag(scales.T.flatten()) @ basis.T + 0.1 * scales.mean() * torch.eye(
+        12, dtype=torch.float64
+    )
+    expected = torch.linalg.solve(dense, g.T.flatten()).reshape(3, 4).T
+    torch.testing.assert_close(fisher.precondition({"w": g})["w"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_diagonal_step_equals_dense_damped_inverse():
+    gen = torch.Generator().manual_seed(1)
+    diag = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    fisher = DiagonalFisher(FisherConfig(kind="diagonal", damping=0.1), {"w.diag": diag})
+    dense = torch.diag(diag.flatten()) + 0.1 * diag.mean() * torch.eye(12, dtype=torch.float64)
+    expected = torch.linalg.solve(dense, g.flatten()).reshape(4, 3)
+    torch.testing.assert_close(fisher.precondition({"w": g})["w"], expected, rtol=1e-10, atol=1e-12)
+    step = newton_step(fisher, {"w": g}, alpha=0.5, num_train=10)["w"]
+    torch.testing.assert_close(step, 0.05 * expected)
+
+
+def test_kv_selection_and_unknown_patterns(tiny_model):
+    layers = select_linear_layers(tiny_model.unet, "kv")
+    assert len(layers) == 8 and all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in layers)
+    assert all(layer.bias is None for layer in layers.values())
+    assert len(select_linear_layers(tiny_model.unet, "cross-attn")) == 16
+    with pytest.raises(FastGDAError, match="matches no linear layer"):
+        select_linear_layers(tiny_model.unet, "attn9")
+
+
+def test_hooked_per_sample_gradients_equal_one_backward_per_sample(tiny_model, world_data):
+    layers = select_linear_layers(tiny_model.unet, "kv")
+    name, layer = next(iter(layers.items()))
+    x0, states, mask = world_data.x0[:3], world_data.states[:3], world_data.mask[:3]
+    noise, t = torch.randn_like(x0), torch.tensor([10, 500, 990])
+    with record_linear_io(layers) as (inputs, grads):
+        tiny_model.loss(x0, states, mask, noise, t).sum().backward()
+    hooked = per_sample_gradients(inputs[name], grads[name])
+    for s in range(3):
+        (g,) = torch.autograd.grad(
+            tiny_model.loss(
+                x0[s : s + 1], states[s : s + 1], mask[s : s + 1], noise[s : s + 1], t[s : s + 1]
+            ).sum(),
+            [layer.weight],
+        )
+        torch.testing.assert_close(hooked[s].float(), g, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "ekfac"])
+def test_fitted_fisher_is_positive_and_round_trips(tiny_model, world_data, kind, tmp_path):
+    fisher = fit_fisher(
+        tiny_model,
+        world_data,
+        FisherConfig(kind=kind, num_samples=48, batch_size=16),
+        progress=False,
+    )
+    assert len(fisher.layer_names) == 8
+    values = [v for k, v in fisher.tensors.items() if k.endswith((".diag", ".scales"))]
+    assert all(torch.isfinite(v).all() and (v >= 0).all() and v.sum() > 0 for v in values)
+    if kind == "ekfac":
+        u = fisher.tensors[f"{fisher.layer_names[0]}.eigvecs_a"].double()
+        torch.testing.assert_close(
+            u.T @ u, torch.eye(u.shape[0], dtype=torch.float64), atol=1e-5, rtol=0
+        )
+    fisher.save(tmp_path / "f")
+    loaded = type(fisher).load(tmp_path / "f")
+    assert loaded.kind == kind and loaded.tensors.keys() == fisher.tensors.keys()
+
+
+def test_unlearning_moves_only_kv_weights_and_raises_the_query_loss(tiny_model, world_data):
+    layers = select_linear_layers(tiny_model.unet, "kv")
+    fisher = fit_fisher(
+        tiny_model,
+        world_data,
+        FisherConfig(kind="ekfac", num_samples=32, batch_size=16),
+        progress=False,
+    )
+    x0, states, mask = world_data.x0[0], world_data.states[0], world_data.mask[0]
+    grads = query_gradient(
+        tiny_model, layers, x0, states, mask, UnlearnConfig(num_pairs=64, batch_size=32)
+    )
+    delta = newton_step(fisher, grads, alpha=0.01, num_train=60)
+    before = {n: p.detach().clone() for n, p in tiny_model.unet.named_parameters()}
+    gen = torch.Generator().manual_seed(5)
+    noise, t = (
+        torch.randn((64, *x0.shape), generator=gen),
+        torch.randint(0, 1000, (64,), generator=gen),
+    )
+
+    def query_loss():
+        with torch.no_grad():
+            return (
+                tiny_model.loss(
+                    x0.expand(64, -1, -1, -1),
+                    states.expand(64, -1, -1),
+                    mask.expand(64, -1),
+                    noise,
+                    t,
+                )
+                .mean()
+                .item()
+            )
+
+    loss_before = query_loss()
+    with weights_shifted(layers, delta):
+        changed = {
+            n for n, p in tiny_model.unet.named_parameters() if not torch.equal(p, before[n])
+        }
+        assert changed == {f"{n}.weight" for n in layers}
+        assert query_loss() > loss_before
+    assert all(torch.equal(p, before[n]) for n, p in tiny_model.unet.named_parameters())
+
+
+def test_keyed_noise_depends_only_on_its_key():
+    a = keyed_noise((3, 4, 4), 0, [(1, 0, 100, 0), (2, 1, 500, 0)])
+    b = keyed_noise((3, 4, 4), 0, [(2, 1, 500, 0)])
+    torch.testing.assert_close(a[1], b[0], rtol=0, atol=0)
+    assert not torch.equal(a[0], keyed_noise((3, 4, 4), 0, [(1, 0, 100, 1)])[0])
+    assert not torch.equal(a[0], keyed_noise((3, 4, 4), 1, [(1, 0, 100, 0)])[0])
+
+
+def test_cached_before_losses_equal_a_recomputation_on_any_subset(tiny_model, world_data, tmp_path):
+    config = ScoringConfig(timesteps=(100, 600), batch_size=7)
+    before = BeforeLosses.compute(
+        tiny_model, world_data, config, key={"model": "m"}, progress=False
+    )
+    before.save(tmp_path / "before")
+    cached = BeforeLosses.load(tmp_path / "before", config, key={"model": "m"})
+    subset = np.array([41, 3, 17])
+    recomputed = item_losses(
+        tiny_model, world_data, subset, ScoringConfig(timesteps=(100, 600), batch_size=5)
+    )
+    np.testing.assert_allclose(cached.losses[subset], recomputed, rtol=1e-5, equal_nan=True)
+    # Identical noise before and after: with unchanged weights every influence is (numerically) zero.
+    np.testing.assert_allclose(
+        influence_scores(tiny_model, world_data, subset, cached), 0, atol=1e-6
+    )
+    assert mean_item_loss(cached.losses).shape == (60,)
+    with pytest.raises(Exception, match="delete the cache"):
+        BeforeLosses.load(tmp_path / "before", ScoringConfig(timesteps=(100,)), key={"model": "m"})
