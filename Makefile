@@ -12,13 +12,13 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,dev]'
+	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: install
-	$(OFFLINE) $(PY) -m pytest -q -m "not ray and not weights and not gpu"
+	$(OFFLINE) $(PY) -m pytest -q -m "not weights and not gpu"
 
 test-fast: install
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not ray and not weights and not gpu"

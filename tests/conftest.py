@@ -66,3 +66,39 @@ def tiny_model(test_preset):
     from fastgda.diffusion import TextToImageModel
 
     return TextToImageModel.from_preset(test_preset, seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher_inputs(small_world, test_preset, tmp_path_factory):
+    """A saved tiny model, 3 queries sampled from it, and a diagonal Fisher over the small world."""
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.queries import SamplerConfig, write_query_set
+    from fastgda.diffusion.training import prepare_training_data
+    from fastgda.unlearning import FisherConfig, fit_fisher
+
+    root = tmp_path_factory.mktemp("teacher")
+    model = TextToImageModel.from_preset(test_preset, seed=0)
+    model.save(root / "model")
+    prompts = [
+        "a large cyan circle in the center on a black background",
+        "a small red square on the left",
+        "a big magenta triangle on the right over gray",
+    ]
+    write_query_set(
+        model,
+        prompts,
+        root / "queries",
+        sampler=SamplerConfig(num_steps=2),
+        model_dir=root / "model",
+        progress=False,
+    )
+    data = prepare_training_data(model, small_world, progress=False)
+    fit_fisher(
+        model, data, FisherConfig(kind="diagonal", num_samples=32, batch_size=16), progress=False
+    ).save(root / "fisher")
+    return {
+        "model_dir": root / "model",
+        "data_dir": small_world.root,
+        "queries_dir": root / "queries",
+        "fisher_dir": root / "fisher",
+    }

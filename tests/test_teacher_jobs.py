@@ -8,45 +8,13 @@ import pytest
 from fastgda import FastGDAError, IncompatibleArtifactError
 from fastgda.cli import main
 from fastgda.diffusion import TextToImageModel
-from fastgda.diffusion.queries import SamplerConfig, write_query_set
-from fastgda.diffusion.training import prepare_training_data
 from fastgda.ground_truth import GroundTruth
-from fastgda.unlearning import FisherConfig, ScoringConfig, UnlearnConfig, fit_fisher
+from fastgda.unlearning import ScoringConfig, UnlearnConfig
 from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
 
 CONFIG = TeacherConfig(
     unlearn=UnlearnConfig(num_pairs=32, batch_size=32), scoring=ScoringConfig(timesteps=(300, 700))
 )
-
-
-@pytest.fixture(scope="module")
-def teacher_inputs(small_world, test_preset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher")
-    model = TextToImageModel.from_preset(test_preset, seed=0)
-    model.save(root / "model")
-    prompts = [
-        "a large cyan circle in the center on a black background",
-        "a small red square on the left",
-        "a big magenta triangle on the right over gray",
-    ]
-    write_query_set(
-        model,
-        prompts,
-        root / "queries",
-        sampler=SamplerConfig(num_steps=2),
-        model_dir=root / "model",
-        progress=False,
-    )
-    data = prepare_training_data(model, small_world, progress=False)
-    fit_fisher(
-        model, data, FisherConfig(kind="diagonal", num_samples=32, batch_size=16), progress=False
-    ).save(root / "fisher")
-    return {
-        "model_dir": root / "model",
-        "data_dir": small_world.root,
-        "queries_dir": root / "queries",
-        "fisher_dir": root / "fisher",
-    }
 
 
 def test_teacher_ranks_every_training_item_for_every_query(teacher_inputs, tmp_path):

@@ -77,9 +77,10 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
     )
-    run.add_argument("--executor", choices=["local"], default="local")
+    run.add_argument("--executor", choices=["local", "ray"], default="local")
+    run.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
+    run.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     run.add_argument("--threads", type=int)
-    run.add_argument("--no-merge", action="store_true", help="leave the per-query files unmerged")
     add_json_flag(run)
     run.set_defaults(handler=handle_run)
 
@@ -116,34 +117,29 @@ def handle_fisher(args) -> int:
 
 
 def handle_run(args) -> int:
+    from ..executors import make_executor
     from ..pack import resolve_model_dir
     from ..unlearning import ScoringConfig, UnlearnConfig
-    from ..unlearning.jobs import TeacherConfig, TeacherJob
+    from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
 
     set_threads(args.threads)
+    unlearn = UnlearnConfig(
+        num_pairs=args.pairs, alpha=args.alpha, num_steps=args.newton_steps, seed=args.seed
+    )
     config = TeacherConfig(
-        unlearn=UnlearnConfig(
-            num_pairs=args.pairs, alpha=args.alpha, num_steps=args.newton_steps, seed=args.seed
-        ),
+        unlearn=unlearn,
         scoring=ScoringConfig(timesteps=tuple(args.timesteps), noise_seed=args.seed),
         num_candidates=args.candidates,
     )
-    job = TeacherJob(
-        resolve_model_dir(args.model),
-        args.data,
-        args.queries,
-        args.fisher,
-        args.out,
-        config,
-        cache_dir=args.cache,
+    model_dir = str(resolve_model_dir(args.model))
+    spec = TeacherSpec(
+        model_dir, args.data, args.queries, args.fisher, args.out, config, args.cache
     )
-    job.run()
-    result = {"out": args.out, "num_queries": job.num_queries, "pending": len(job.pending())}
-    if not args.no_merge:
-        ground_truth = job.merge()
-        result["ground_truth"] = f"{args.out}/ground_truth"
-        result["shape"] = list(ground_truth.ids.shape)
-    emit(args, result, f"ranked {job.num_queries} queries; results in {args.out}")
+    ground_truth = run_teacher(spec, make_executor(args.executor, args.workers, args.address))
+    shape = list(ground_truth.ids.shape)
+    result = {"out": args.out, "ground_truth": f"{args.out}/ground_truth", "shape": shape}
+    text = f"ranked {shape[0]} queries x {shape[1]} candidates; ground truth in {args.out}/ground_truth"
+    emit(args, result, text)
     return 0
 
 

@@ -177,3 +177,50 @@ class TeacherJob:
         )
         ground_truth.save(self.out_dir / "ground_truth", overwrite=overwrite)
         return ground_truth
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Everything a worker process needs to rebuild a ``TeacherJob`` (picklable, for Ray actors)."""
+
+    model_dir: str
+    data_dir: str
+    queries_dir: str
+    fisher_dir: str
+    out_dir: str
+    config: TeacherConfig = field(default_factory=TeacherConfig)
+    cache_dir: str | None = None
+
+    def job(self, progress: bool = False) -> TeacherJob:
+        return TeacherJob(
+            self.model_dir,
+            self.data_dir,
+            self.queries_dir,
+            self.fisher_dir,
+            self.out_dir,
+            self.config,
+            cache_dir=self.cache_dir,
+            progress=progress,
+        )
+
+    def __call__(self):
+        """Build a worker: ``worker(query_id)`` ranks one query and writes its result file."""
+        return self.job().run_query
+
+
+def run_teacher(spec: TeacherSpec, executor=None, progress: bool = True) -> GroundTruth:
+    """Run every pending query of ``spec`` on ``executor`` (default: this process), then merge.
+
+    The driver builds the job first, so inputs are validated, ``run.json`` is written and the before-loss cache
+    is computed exactly once before any worker starts.
+    """
+    from ..executors import LocalExecutor
+
+    executor = executor or LocalExecutor(progress=progress)
+    job = spec.job(progress=progress)
+    pending = job.pending()
+    if isinstance(executor, LocalExecutor):
+        executor.map(lambda: job.run_query, pending, desc="teacher queries")  # reuse the loaded job
+    else:
+        executor.map(spec, pending, desc="teacher queries")
+    return job.merge()

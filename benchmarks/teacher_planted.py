@@ -1,0 +1,130 @@
+"""Planted-concept recall of the teacher on the standard world, beside raw-pixel neighbours, with its costs.
+
+For prompts that name a planted rare concept (the shape `cross`, the colours `magenta` and `cyan`), the teacher
+should rank that concept's exemplars first. Prints recall@(number of exemplars) per query, the raw-pixel
+nearest-neighbour baseline and random (= k/N), and the seconds spent on the Fisher, the before-loss cache and
+each query.
+
+    python benchmarks/teacher_planted.py --world runs/world --model shipped --out runs/teacher-planted
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastgda.data import ImageCaptionFolder, ShapesWorld
+from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.queries import SamplerConfig, write_query_set
+from fastgda.diffusion.training import prepare_training_data
+from fastgda.ground_truth import read_query_result
+from fastgda.pack import resolve_model_dir
+from fastgda.unlearning import FisherConfig, ScoringConfig, UnlearnConfig, fit_fisher
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+
+PROMPTS = [
+    ("cyan", "a large cyan circle in the center on a black background"),
+    ("cyan", "a small cyan square on the left on a white background"),
+    ("magenta", "a large magenta triangle on the right on a gray background"),
+    ("magenta", "a small magenta circle in the center on a black background"),
+    ("cross", "a large yellow cross in the center on a gray background"),
+    ("cross", "a small blue cross on the left on a white background"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", required=True)
+    parser.add_argument("--model", default="shipped")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--fisher", choices=["ekfac", "diagonal"], default="ekfac")
+    parser.add_argument("--fisher-samples", type=int, default=10_000)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.01])
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(range(0, 1000, 100)))
+    parser.add_argument("--num-queries", type=int, default=len(PROMPTS))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    model_dir = resolve_model_dir(args.model)
+    world = ShapesWorld(args.world)
+    prompts = PROMPTS[: args.num_queries]
+
+    model = TextToImageModel.from_pretrained(model_dir)
+    if not (out / "queries").exists():
+        write_query_set(
+            model,
+            [{"prompt": p, "concept": c} for c, p in prompts],
+            out / "queries",
+            sampler=SamplerConfig(),
+            model_dir=model_dir,
+        )
+    fisher_dir = out / f"fisher-{args.fisher}"
+    if not fisher_dir.exists():
+        began = time.perf_counter()
+        data = prepare_training_data(model, world)
+        fit_fisher(
+            model, data, FisherConfig(kind=args.fisher, num_samples=args.fisher_samples)
+        ).save(fisher_dir)
+        print(
+            f"Fisher ({args.fisher}, {args.fisher_samples} samples): {time.perf_counter() - began:.0f} s"
+        )
+
+    pixels = torch.nn.functional.normalize(
+        torch.as_tensor(world.load_images()).flatten(1).float(), dim=1
+    )
+    queries = ImageCaptionFolder(out / "queries")
+    n = len(world)
+    print(
+        "\n| alpha | query | concept | k | teacher recall@k | pixel-NN recall@k | random | s/query |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for alpha in args.alpha:
+        config = TeacherConfig(
+            unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=alpha),
+            scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
+        )
+        began = time.perf_counter()
+        job = TeacherJob(
+            model_dir,
+            args.world,
+            out / "queries",
+            fisher_dir,
+            out / f"run-alpha{alpha:g}",
+            config,
+            cache_dir=out / "before_losses",
+        )
+        print(f"(setup incl. before-loss cache if new: {time.perf_counter() - began:.0f} s)")
+        recalls, pixel_recalls = [], []
+        for q, (concept, prompt) in enumerate(prompts):
+            began = time.perf_counter()
+            if q in job.pending():
+                job.run_query(q)
+            seconds = time.perf_counter() - began
+            ids, _ = read_query_result(out / f"run-alpha{alpha:g}" / "results" / f"q_{q:06d}.npz")
+            exemplars = set(world.concepts[concept])
+            k = len(exemplars)
+            recall = len(exemplars & set(ids[:k].tolist())) / k
+            query_pixels = torch.nn.functional.normalize(
+                torch.as_tensor(queries.load_image(q)).flatten().float(), dim=0
+            )
+            pixel_top = torch.topk(pixels @ query_pixels, k).indices.tolist()
+            pixel_recall = len(exemplars & set(pixel_top)) / k
+            recalls.append(recall)
+            pixel_recalls.append(pixel_recall)
+            print(
+                f"| {alpha:g} | {prompt} | {concept} | {k} | {recall:.2f} | {pixel_recall:.2f} | {k / n:.3f} | "
+                f"{seconds:.0f} |",
+                flush=True,
+            )
+        print(
+            f"| {alpha:g} | **mean** | | | **{np.mean(recalls):.2f}** | {np.mean(pixel_recalls):.2f} | | |"
+        )
+
+
+if __name__ == "__main__":
+    main()
