@@ -70,3 +70,15 @@ def test_demo_writes_the_query_grid(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["num_queries"] == 6 and (tmp_path / "demo" / "queries.png").is_file()
     assert set(result["adherence"]) >= {"colour", "shape", "all"}
+
+
+def test_demo_from_scratch_retrains_with_the_pack_recipe(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--out", str(out), "--from-scratch", "--steps", "2", "--num-queries", "2"])
+        == 0
+    )
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    recipe = pack.pack_info()["model"]["train_config"]
+    assert manifest["training"]["config"] == {**recipe, "steps": 2}
+    assert (out / "queries.png").is_file()

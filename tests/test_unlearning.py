@@ -181,6 +181,21 @@ def test_cached_before_losses_equal_a_recomputation_on_any_subset(tiny_model, wo
     np.testing.assert_allclose(
         influence_scores(tiny_model, world_data, subset, cached), 0, atol=1e-6
     )
-    assert mean_item_loss(cached.losses).shape == (60,)
+    assert mean_item_loss(cached.losses).shape == (60, 1)
     with pytest.raises(Exception, match="delete the cache"):
         BeforeLosses.load(tmp_path / "before", ScoringConfig(timesteps=(100,)), key={"model": "m"})
+
+
+def test_flipped_scoring_takes_the_larger_rise_with_its_own_noise(tiny_model, world_data):
+    config = ScoringConfig(timesteps=(400,), flips=True)
+    losses = item_losses(tiny_model, world_data, np.array([0, 1]), config)
+    assert losses.shape[:2] == (2, 2) and not np.allclose(
+        losses[:, 0], losses[:, 1], equal_nan=True
+    )
+    before = BeforeLosses(losses, config, key={})
+    layers = select_linear_layers(tiny_model.unet, "kv")
+    delta = {n: 0.05 * torch.randn_like(layer.weight) for n, layer in layers.items()}
+    with weights_shifted(layers, delta):
+        after = mean_item_loss(item_losses(tiny_model, world_data, np.array([0, 1]), config))
+        tau = influence_scores(tiny_model, world_data, np.array([0, 1]), before)
+    np.testing.assert_allclose(tau, (after - mean_item_loss(losses)).max(axis=1), rtol=1e-6)

@@ -128,7 +128,9 @@ def handle_run(args) -> int:
     )
     config = TeacherConfig(
         unlearn=unlearn,
-        scoring=ScoringConfig(timesteps=tuple(args.timesteps), noise_seed=args.seed),
+        scoring=ScoringConfig(
+            timesteps=tuple(args.timesteps), noise_seed=args.seed, flips=args.flips
+        ),
         num_candidates=args.candidates,
     )
     model_dir = str(resolve_model_dir(args.model))

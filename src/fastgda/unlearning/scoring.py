@@ -31,6 +31,11 @@ class ScoringConfig:
     timesteps: tuple[int, ...] = tuple(range(0, 1000, 100))  # 10 equally spaced (method.md §12.1)
     noise_seed: int = 0
     batch_size: int = 256
+    flips: bool = False  # also score the mirrored sample, tau = max over the two; only for data trained with flips
+
+    @property
+    def num_flips(self) -> int:
+        return 2 if self.flips else 1
 
 
 def item_losses(
@@ -43,20 +48,23 @@ def item_losses(
         item_ids: int array (n,) of rows to score.
 
     Returns:
-        float32 (n, C_max, T): NaN where an item has fewer than C_max captions.
+        float32 (n, F, C_max, T), F = 2 with flips else 1: NaN where an item has fewer than C_max captions.
     """
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     c_max = int(data.caption_count.max())
     timesteps = list(config.timesteps)
-    # Flatten (item, caption, t) into rows so batches stay full whatever the caption counts.
+    # Flatten (item, flip, caption, t) into rows so batches stay full whatever the caption counts.
     rows = [
-        (row, item, c, ti)
+        (row, item, flip, c, ti)
         for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))
+        for flip in range(config.num_flips)
         for c in range(int(count))
         for ti in range(len(timesteps))
     ]
-    out = np.full((len(item_ids), c_max, len(timesteps)), np.nan, dtype=np.float32)
+    out = np.full(
+        (len(item_ids), config.num_flips, c_max, len(timesteps)), np.nan, dtype=np.float32
+    )
     shape = tuple(data.x0.shape[1:])
     with torch.no_grad():
         for start in tqdm(
@@ -64,28 +72,30 @@ def item_losses(
         ):
             batch = rows[start : start + config.batch_size]
             items = torch.tensor([r[1] for r in batch])
-            captions = data.caption_start[items] + torch.tensor([r[2] for r in batch])
-            t = torch.tensor([timesteps[r[3]] for r in batch])
-            noise = keyed_noise(
-                shape, config.noise_seed, [(r[1], r[2], timesteps[r[3]], 0) for r in batch]
-            )
+            flips = torch.tensor([r[2] for r in batch], dtype=torch.bool)
+            captions = data.caption_start[items] + torch.tensor([r[3] for r in batch])
+            t = torch.tensor([timesteps[r[4]] for r in batch])
+            keys = [(r[1], r[3], timesteps[r[4]], r[2]) for r in batch]
+            noise = keyed_noise(shape, config.noise_seed, keys)
+            x0 = data.x0[items]
+            x0 = torch.where(flips.view(-1, 1, 1, 1), x0.flip(-1), x0)  # mirror along the width
             mask = None if data.mask is None else data.mask[captions]
-            losses = model.loss(data.x0[items], data.states[captions], mask, noise, t).numpy()
-            for (row, _, c, ti), value in zip(batch, losses, strict=True):
-                out[row, c, ti] = value
+            losses = model.loss(x0, data.states[captions], mask, noise, t).numpy()
+            for (row, _, flip, c, ti), value in zip(batch, losses, strict=True):
+                out[row, flip, c, ti] = value
     return out
 
 
 def mean_item_loss(losses: np.ndarray) -> np.ndarray:
-    """Average over timesteps, then over each item's own captions: (n, C_max, T) -> float64 (n,)."""
-    return np.nanmean(losses.astype(np.float64).mean(axis=2), axis=1)
+    """Average over timesteps, then over each item's own captions: (n, F, C_max, T) -> float64 (n, F)."""
+    return np.nanmean(losses.astype(np.float64).mean(axis=3), axis=2)
 
 
 class BeforeLosses:
     """L(z, theta_0) for every training item, computed once per (model, data, scoring config) and cached.
 
     Attributes:
-        losses: float32 (N, C_max, T) per-(item, caption, t) losses.
+        losses: float32 (N, F, C_max, T) per-(item, flip, caption, t) losses.
     """
 
     def __init__(self, losses: np.ndarray, config: ScoringConfig, key: dict):
@@ -132,11 +142,13 @@ class BeforeLosses:
 def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
     """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now.
 
+    With flips, tau is the larger of the original's and the mirror's rise (method.md §3.6).
+
     Returns:
         float64 (n,) scores; higher = more influential.
     """
     after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
-    return after - mean_item_loss(before.losses[np.asarray(candidate_ids)])
+    return (after - mean_item_loss(before.losses[np.asarray(candidate_ids)])).max(axis=1)
 
 
 def rank(candidate_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
