@@ -30,20 +30,7 @@ def test_env_reports_versions_as_json(capsys):
 
 def test_world_shapes_writes_a_world_and_reports_it(tmp_path, capsys):
     assert (
-        main(
-            [
-                "world",
-                "shapes",
-                "--out",
-                str(tmp_path / "w"),
-                "--size",
-                "50",
-                "--per-concept",
-                "4",
-                "--json",
-            ]
-        )
-        == 0
+        main(f"world shapes --out {tmp_path / 'w'} --size 50 --per-concept 4 --json".split()) == 0
     )
     result = json.loads(capsys.readouterr().out)
     assert result["size"] == 50 and len(result["concepts"]["cross"]) == 4
@@ -64,16 +51,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n\n")
     assert (
         main(
-            [
-                "model",
-                "sample",
-                "--model",
-                str(tmp_path / "nope"),
-                "--prompts",
-                str(tmp_path / "empty.txt"),
-                "--out",
-                str(tmp_path / "q"),
-            ]
+            f"model sample --model {tmp_path / 'nope'} --prompts {tmp_path / 'empty.txt'} "
+            f"--out {tmp_path / 'q'}".split()
         )
         == 2
     )
@@ -88,20 +67,8 @@ def test_model_train_then_sample_writes_a_query_set(small_world, tmp_path, capsy
     model_dir = tmp_path / "model"
     assert (
         main(
-            [
-                "model",
-                "train",
-                "--data",
-                str(small_world.root),
-                "--out",
-                str(model_dir),
-                "--steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--checkpoint-every",
-                "1",
-            ]
+            f"model train --data {small_world.root} --out {model_dir} --steps 2 --batch-size 4 "
+            "--checkpoint-every 1".split()
         )
         == 0
     )
@@ -114,21 +81,8 @@ def test_model_train_then_sample_writes_a_query_set(small_world, tmp_path, capsy
     )
     assert (
         main(
-            [
-                "model",
-                "sample",
-                "--model",
-                str(model_dir),
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(tmp_path / "q"),
-                "--steps",
-                "2",
-                "--seed",
-                "7",
-                "--json",
-            ]
+            f"model sample --model {model_dir} --prompts {prompts} --out {tmp_path / 'q'} --steps 2 "
+            "--seed 7 --json".split()
         )
         == 0
     )
@@ -146,18 +100,7 @@ def test_model_train_then_sample_writes_a_query_set(small_world, tmp_path, capsy
     assert queries.load_image(1).shape == (16, 16, 3)
     assert (
         main(
-            [
-                "model",
-                "sample",
-                "--model",
-                str(model_dir),
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(tmp_path / "q"),
-                "--steps",
-                "2",
-            ]
+            f"model sample --model {model_dir} --prompts {prompts} --out {tmp_path / 'q'} --steps 2".split()
         )
         == 2
     )

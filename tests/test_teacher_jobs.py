@@ -82,27 +82,9 @@ def test_teacher_cli_runs_and_merges(teacher_inputs, tmp_path, capsys):
     t = teacher_inputs
     assert (
         main(
-            [
-                "teacher",
-                "run",
-                "--model",
-                str(t["model_dir"]),
-                "--data",
-                str(t["data_dir"]),
-                "--queries",
-                str(t["queries_dir"]),
-                "--fisher",
-                str(t["fisher_dir"]),
-                "--out",
-                str(tmp_path / "run"),
-                "--pairs",
-                "16",
-                "--timesteps",
-                "500",
-                "--candidates",
-                "8",
-                "--json",
-            ]
+            f"teacher run --model {t['model_dir']} --data {t['data_dir']} --queries {t['queries_dir']} "
+            f"--fisher {t['fisher_dir']} --out {tmp_path / 'run'} --pairs 16 --timesteps 500 "
+            "--candidates 8 --json".split()
         )
         == 0
     )
