@@ -91,3 +91,32 @@ def test_teacher_cli_runs_and_merges(teacher_inputs, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["shape"] == [3, 8]
     assert main(["teacher", "merge", "--run", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.slow
+def test_teacher_killed_with_sigkill_resumes_to_the_same_ground_truth(teacher_inputs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    t = teacher_inputs
+    argv = [sys.executable, "-m", "fastgda.cli", "teacher", "run", "--model", str(t["model_dir"]), "--data",
+            str(t["data_dir"]), "--queries", str(t["queries_dir"]), "--fisher", str(t["fisher_dir"]),
+            "--pairs", "256", "--timesteps", "100", "300", "500", "700", "900"]  # fmt: skip
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*argv, "--out", str(killed)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "results").glob("q_*.npz")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len(list((killed / "results").glob("q_*.npz")))
+    assert 1 <= finished_before < 3, "the run should be killed part-way"
+    subprocess.run([*argv, "--out", str(killed)], check=True, stderr=subprocess.DEVNULL)
+    subprocess.run([*argv, "--out", str(tmp_path / "whole")], check=True, stderr=subprocess.DEVNULL)
+    a = GroundTruth.load(killed / "ground_truth")
+    b = GroundTruth.load(tmp_path / "whole" / "ground_truth")
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)

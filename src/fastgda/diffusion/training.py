@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import ImageCaptionDataset
-from ..errors import DatasetError, IncompatibleArtifactError
+from ..errors import DatasetError, FastGDAError, IncompatibleArtifactError
 from .model import TextToImageModel
 
 logger = logging.getLogger(__name__)
@@ -247,8 +247,9 @@ def train_diffusion(
         x0, states, mask, noise, t = draw_batch(data, step, config, num_timesteps)
         loss = model.loss(x0, states, mask, noise, t).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {step}; lower the learning rate"
+            raise FastGDAError(
+                f"training loss became {loss.item()} at step {step}; lower --lr, or check the data for NaNs "
+                f"(the last good checkpoint in {checkpoint_dir} is kept)"
             )
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)

@@ -85,6 +85,15 @@ class TeacherJob:
                 f"query samples have shape {tuple(self.queries['x0'].shape[1:])}, the model denoises "
                 f"{self.model.sample_shape}; sample the queries with this model"
             )
+        bad = [
+            k
+            for k, v in self.queries.items()
+            if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:
+            raise IncompatibleArtifactError(
+                f"query set {queries_dir} has NaN or infinite values in {bad}; sample the queries again"
+            )
         self.data = prepare_training_data(self.model, self.dataset, progress=progress)
         self.num_train = len(self.dataset)
         self.run_info = {
