@@ -47,6 +47,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.01])
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(range(0, 1000, 100)))
     parser.add_argument("--num-queries", type=int, default=len(PROMPTS))
+    parser.add_argument(
+        "--stability-queries",
+        type=int,
+        default=0,
+        help="rerun this many queries with seed 1 and print the Spearman of the top-100 scores",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -124,6 +130,51 @@ def main() -> None:
         print(
             f"| {alpha:g} | **mean** | | | **{np.mean(recalls):.2f}** | {np.mean(pixel_recalls):.2f} | | |"
         )
+
+    if args.stability_queries:
+        alpha = args.alpha[0]
+        print(
+            "\n| query | Spearman of top-100 scores, seed 0 vs seed 1 | s/query |\n|---|---:|---:|"
+        )
+        runs = {}
+        for seed in (0, 1):
+            config = TeacherConfig(
+                unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=alpha, seed=seed),
+                scoring=ScoringConfig(timesteps=tuple(args.timesteps), noise_seed=seed),
+            )
+            name = f"run-alpha{alpha:g}" + ("" if seed == 0 else "-seed1")
+            cache = out / ("before_losses" if seed == 0 else "before_losses-seed1")
+            runs[seed] = TeacherJob(
+                model_dir,
+                args.world,
+                out / "queries",
+                fisher_dir,
+                out / name,
+                config,
+                cache_dir=cache,
+            )
+        for q in range(args.stability_queries):
+            began = time.perf_counter()
+            for job in runs.values():
+                if q in job.pending():
+                    job.run_query(q)
+            seconds = (time.perf_counter() - began) / 2
+            (ids_a, scores_a), (ids_b, scores_b) = (
+                read_query_result(job.results_dir / f"q_{q:06d}.npz") for job in runs.values()
+            )
+            top = ids_a[:100]
+            lookup = dict(zip(ids_b.tolist(), scores_b.tolist(), strict=True))
+            print(
+                f"| {prompts[q][1]} | {spearman(scores_a[:100], np.array([lookup[i] for i in top])):.3f} | "
+                f"{seconds:.0f} |",
+                flush=True,
+            )
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (ties broken by order; scores are continuous)."""
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
 if __name__ == "__main__":

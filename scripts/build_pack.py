@@ -4,7 +4,7 @@
     fastgda model train --data runs/world --out runs/model --preset tiny16 --steps 10000 --seed 0 \
         --checkpoint-every 1000 --keep-checkpoints 100
     fastgda world probe --out runs/probe --world runs/world
-    python scripts/build_pack.py --world runs/world --model runs/model --probe runs/probe --guidance 3.0
+    python scripts/build_pack.py --world runs/world --model runs/model --probe runs/probe --guidance 1.0
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--probe", required=True)
     parser.add_argument(
-        "--guidance", type=float, default=3.0, help="sampler guidance scale shipped with the pack"
+        "--guidance", type=float, default=1.0, help="sampler guidance scale shipped with the pack"
     )
     parser.add_argument(
         "--seeds", type=int, default=4, help="samples per held-out prompt for the figures"

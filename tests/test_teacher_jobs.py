@@ -109,6 +109,9 @@ def test_teacher_killed_with_sigkill_resumes_to_the_same_ground_truth(teacher_in
     process = subprocess.Popen([*argv, "--out", str(killed)], stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list((killed / "results").glob("q_*.npz")) and time.time() < deadline:
+        assert process.poll() is None, (
+            "the teacher run exited early; run its command by hand to see why"
+        )
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -29,7 +29,15 @@ def add_parser(sub) -> None:
     train.add_argument("--images", help="image folder for a COCO captions file")
     train.add_argument("--out", required=True, help="model folder to create")
     train.add_argument("--preset", default="tiny16", help="architecture preset (default tiny16)")
-    train.add_argument("--steps", type=int, default=defaults.steps)
+    train.add_argument(
+        "--steps", type=int, default=defaults.steps, help="length of the LR schedule"
+    )
+    train.add_argument(
+        "--stop-at",
+        type=int,
+        default=defaults.stop_at_step,
+        help="end the run at this step of the schedule (early stopping; default %(default)s)",
+    )
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument(
@@ -37,6 +45,9 @@ def add_parser(sub) -> None:
     )
     train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     train.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    train.add_argument(
+        "--checkpoint-dir", help="checkpoint folder (default OUT.checkpoints); resumed if present"
+    )
     train.add_argument("--threads", type=int, help="torch threads")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     train.set_defaults(handler=handle_train)
@@ -72,6 +83,7 @@ def handle_train(args) -> int:
     dataset = open_dataset(args.data, args.images)
     config = DiffusionTrainConfig(
         steps=args.steps,
+        stop_at_step=args.stop_at,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -80,7 +92,15 @@ def handle_train(args) -> int:
     )
     model = TextToImageModel.from_preset(args.preset, seed=args.seed)
     command = "fastgda " + shlex.join(args.argv)
-    train_diffusion(model, dataset, args.out, config, command=command, overwrite=args.overwrite)
+    train_diffusion(
+        model,
+        dataset,
+        args.out,
+        config,
+        checkpoint_dir=args.checkpoint_dir,
+        command=command,
+        overwrite=args.overwrite,
+    )
     print(f"wrote model to {args.out}")
     return 0
 

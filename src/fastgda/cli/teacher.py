@@ -72,6 +72,11 @@ def add_parser(sub) -> None:
         "--timesteps", type=int, nargs="+", default=list(sdef.timesteps), help="scoring timesteps"
     )
     run.add_argument(
+        "--flips",
+        action="store_true",
+        help="score mirrored images too, tau = max of the two (only for data trained with flips)",
+    )
+    run.add_argument(
         "--seed", type=int, default=0, help="seeds the query pairs and the scoring noise"
     )
     run.add_argument(

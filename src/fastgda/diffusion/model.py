@@ -142,7 +142,9 @@ class TextToImageModel(torch.nn.Module):
         raw = manifest["config"]["preset"]
         preset = ModelPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         diffusers = _diffusers()
-        unet = diffusers.UNet2DConditionModel.from_pretrained(model_dir / "unet")
+        unet = diffusers.UNet2DConditionModel.from_pretrained(
+            model_dir / "unet", low_cpu_mem_usage=False
+        )
         scheduler = diffusers.DDPMScheduler.from_pretrained(model_dir / "scheduler")
         text_encoder = MiniLMTokenEncoder(max_tokens=preset.max_tokens)
         model = cls(unet, scheduler, text_encoder, None, manifest["config"])
@@ -161,8 +163,10 @@ class TextToImageModel(torch.nn.Module):
                 f"{pipeline_dir}/model_index.json lacks {missing}: expected a Stable Diffusion v1.x pipeline "
                 "(unet, vae, text_encoder, tokenizer, scheduler)"
             )
-        unet = diffusers.UNet2DConditionModel.from_pretrained(pipeline_dir / "unet")
-        vae = diffusers.AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+        unet = diffusers.UNet2DConditionModel.from_pretrained(
+            pipeline_dir / "unet", low_cpu_mem_usage=False
+        )
+        vae = diffusers.AutoencoderKL.from_pretrained(pipeline_dir / "vae", low_cpu_mem_usage=False)
         scheduler = diffusers.DDPMScheduler.from_pretrained(pipeline_dir / "scheduler")
         text_encoder = CLIPTokenEncoder(pipeline_dir)
         config = {
@@ -275,7 +279,7 @@ class TextToImageModel(torch.nn.Module):
         prompts: list[str],
         seeds: list[int],
         num_steps: int = 50,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = 1.0,
         return_states: bool = False,
     ):
         """Deterministic DDIM sampling (eta = 0) with classifier-free guidance.
@@ -295,15 +299,21 @@ class TextToImageModel(torch.nn.Module):
         ).to(device)
         x = x * scheduler.init_noise_sigma
         states, mask = self.encode_prompts(list(prompts))
-        null_states, null_mask = self.encode_prompts([""] * len(prompts))
-        both_states = torch.cat([null_states, states])
-        both_mask = None if mask is None else torch.cat([null_mask, mask])
+        guided = guidance_scale != 1.0  # at scale 1 the unconditional branch cancels out: skip it
+        if guided:
+            null_states, null_mask = self.encode_prompts([""] * len(prompts))
+            both_states = torch.cat([null_states, states])
+            both_mask = None if mask is None else torch.cat([null_mask, mask])
         for t in scheduler.timesteps:
-            tt = torch.full((2 * len(prompts),), int(t), device=device, dtype=torch.long)
-            eps_null, eps_text = self.predict_noise(
-                torch.cat([x, x]), tt, both_states, both_mask
-            ).chunk(2)
-            eps = eps_null + guidance_scale * (eps_text - eps_null)
+            if guided:
+                tt = torch.full((2 * len(prompts),), int(t), device=device, dtype=torch.long)
+                eps_null, eps_text = self.predict_noise(
+                    torch.cat([x, x]), tt, both_states, both_mask
+                ).chunk(2)
+                eps = eps_null + guidance_scale * (eps_text - eps_null)
+            else:
+                tt = torch.full((len(prompts),), int(t), device=device, dtype=torch.long)
+                eps = self.predict_noise(x, tt, states, mask)
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         if return_states:
             return x, states, mask

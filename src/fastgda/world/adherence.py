@@ -28,7 +28,7 @@ def measure_adherence(
     probe: AttributeProbe,
     prompts: list[dict],
     seeds_per_prompt: int = 4,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = 1.0,
     num_steps: int = 50,
     batch_size: int = 128,
 ) -> dict[str, float]:
