@@ -194,7 +194,7 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
         batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
     )
     num_timesteps = model.scheduler.config.num_train_timesteps
-    params = [p for p in model.unet.parameters()]
+    params = list(model.unet.parameters())
     required = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -139,14 +140,18 @@ class TeacherJob:
         done = finished_queries(self.results_dir)
         return [q for q in range(self.num_queries) if q not in done]
 
+    @cached_property
+    def _unit_train_samples(self) -> torch.Tensor:
+        """Training x0 flattened and L2-normalised, (N, C*h*w): the pixel feature for candidate pools."""
+        return torch.nn.functional.normalize(self.data.x0.flatten(1), dim=1)
+
     def candidates(self, q: int) -> np.ndarray:
         """All training ids, or the query's top-M neighbours by cosine of the clean samples (pixels)."""
         m = self.config.num_candidates
         if m is None or m >= self.num_train:
             return np.arange(self.num_train)
-        train = torch.nn.functional.normalize(self.data.x0.flatten(1), dim=1)  # (N, C*h*w)
         query = torch.nn.functional.normalize(self.queries["x0"][q].flatten(), dim=0)
-        return torch.topk(train @ query, m).indices.numpy()
+        return torch.topk(self._unit_train_samples @ query, m).indices.numpy()
 
     def run_query(self, q: int) -> None:
         """Unlearn query ``q``, score its candidates and write ``results/q_<q>.npz`` atomically."""
