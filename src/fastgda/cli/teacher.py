@@ -151,16 +151,9 @@ def handle_run(args) -> int:
 
 
 def handle_merge(args) -> int:
-    import json
-    from pathlib import Path
+    from ..unlearning.jobs import merge_run
 
-    from ..ground_truth import GroundTruth
-
-    run = Path(args.run)
-    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    ground_truth = GroundTruth.merge(run / "results", list(range(info["num_queries"])), config=info)
-    ground_truth.save(run / "ground_truth", overwrite=True)
-    print(
-        f"merged {len(ground_truth)} queries x {ground_truth.ids.shape[1]} candidates into {run / 'ground_truth'}"
-    )
+    ground_truth = merge_run(args.run)
+    shape = ground_truth.ids.shape
+    print(f"merged {shape[0]} queries x {shape[1]} candidates into {args.run}/ground_truth")
     return 0

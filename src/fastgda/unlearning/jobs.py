@@ -176,21 +176,27 @@ class TeacherJob:
 
     def run(self, query_ids: list[int] | None = None) -> None:
         """Run every pending query in this process, with a progress bar."""
-        todo = (
-            self.pending()
-            if query_ids is None
-            else [q for q in query_ids if q in set(self.pending())]
-        )
+        pending = self.pending()
+        todo = pending if query_ids is None else sorted(set(query_ids) & set(pending))
         for q in tqdm(todo, desc="teacher queries", disable=not self.progress):
             self.run_query(q)
 
     def merge(self, overwrite: bool = True) -> GroundTruth:
         """Gather all per-query results into ``out_dir/ground_truth``."""
-        ground_truth = GroundTruth.merge(
-            self.results_dir, list(range(self.num_queries)), config=self.run_info
-        )
-        ground_truth.save(self.out_dir / "ground_truth", overwrite=overwrite)
-        return ground_truth
+        return merge_run(self.out_dir, overwrite=overwrite)
+
+
+def merge_run(out_dir, overwrite: bool = True) -> GroundTruth:
+    """Merge a teacher run's ``results/q_*.npz`` into ``out_dir/ground_truth``; every query must be finished.
+
+    The query count and the provenance recorded with the ground truth come from the run's ``run.json``.
+    """
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    query_ids = list(range(info["num_queries"]))
+    ground_truth = GroundTruth.merge(out_dir / "results", query_ids, config=info)
+    ground_truth.save(out_dir / "ground_truth", overwrite=overwrite)
+    return ground_truth
 
 
 @dataclass(frozen=True)
