@@ -48,6 +48,11 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(range(0, 1000, 100)))
     parser.add_argument("--num-queries", type=int, default=len(PROMPTS))
     parser.add_argument(
+        "--swap-control",
+        action="store_true",
+        help="also rank with each query's image replaced by another concept's query image, prompt kept",
+    )
+    parser.add_argument(
         "--stability-queries",
         type=int,
         default=0,
@@ -131,6 +136,9 @@ def main() -> None:
             f"| {alpha:g} | **mean** | | | **{np.mean(recalls):.2f}** | {np.mean(pixel_recalls):.2f} | | |"
         )
 
+    if args.swap_control:
+        swap_control(args, out, model_dir, world, fisher_dir, prompts)
+
     if args.stability_queries:
         alpha = args.alpha[0]
         print(
@@ -169,6 +177,80 @@ def main() -> None:
                 f"{seconds:.0f} |",
                 flush=True,
             )
+
+
+def swapped_query_set(queries_dir: Path, out_dir: Path, donors: list[int]) -> None:
+    """Copy a query set giving query i the image (x0 and PNG) of query donors[i], its own prompt kept."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from fastgda._artifacts import atomic_dir, read_manifest, write_manifest
+    from fastgda.diffusion.queries import load_query_tensors
+
+    manifest = read_manifest(queries_dir, "query_set", 1)
+    tensors = load_query_tensors(queries_dir)
+    tensors["x0"] = tensors["x0"][donors].contiguous()
+    with atomic_dir(out_dir) as tmp:
+        shutil.copy(queries_dir / "captions.jsonl", tmp / "captions.jsonl")
+        (tmp / "images").mkdir()
+        for i, donor in enumerate(donors):
+            shutil.copy(queries_dir / f"images/q{donor:06d}.png", tmp / f"images/q{i:06d}.png")
+        save_file(tensors, tmp / "tensors.safetensors")
+        extra = {
+            k: v
+            for k, v in manifest.items()
+            if k not in ("kind", "format_version", "shapes", "config")
+        }
+        extra.pop("checksums", None)
+        write_manifest(
+            tmp,
+            "query_set",
+            1,
+            config={**manifest["config"], "swapped_images_from": donors},
+            shapes={k: list(v.shape) for k, v in tensors.items()},
+            extra=extra,
+        )
+
+
+def swap_control(args, out: Path, model_dir, world, fisher_dir: Path, prompts) -> None:
+    """Image-swapped control: is the teacher attributing the image or only matching the prompt?"""
+    # Each query takes the image of the query two places on, which names another planted concept.
+    donors = [(q + 2) % len(prompts) for q in range(len(prompts))]
+    swapped = out / "queries-swapped"
+    if not swapped.exists():
+        swapped_query_set(out / "queries", swapped, donors)
+    alpha = args.alpha[0]
+    config = TeacherConfig(
+        unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=alpha),
+        scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
+    )
+    job = TeacherJob(
+        model_dir,
+        args.world,
+        swapped,
+        fisher_dir,
+        out / f"run-swapped-alpha{alpha:g}",
+        config,
+        cache_dir=out / "before_losses",
+    )
+    print(
+        "\n| prompt (kept) | image from | recall@k of the prompt's concept | recall@k of the image's concept |"
+        "\n|---|---|---:|---:|"
+    )
+    for q, (concept, prompt) in enumerate(prompts):
+        if q in job.pending():
+            job.run_query(q)
+        ids, _ = read_query_result(job.results_dir / f"q_{q:06d}.npz")
+        image_concept, image_prompt = prompts[donors[q]]
+        recall = {}
+        for name in (concept, image_concept):
+            exemplars = set(world.concepts[name])
+            recall[name] = len(exemplars & set(ids[: len(exemplars)].tolist())) / len(exemplars)
+        print(
+            f"| {prompt} | {image_prompt} | {recall[concept]:.2f} | {recall[image_concept]:.2f} |",
+            flush=True,
+        )
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

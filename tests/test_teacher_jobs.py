@@ -10,7 +10,7 @@ from fastgda.cli import main
 from fastgda.diffusion import TextToImageModel
 from fastgda.ground_truth import GroundTruth
 from fastgda.unlearning import ScoringConfig, UnlearnConfig
-from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob, teacher_config_from_json
 
 CONFIG = TeacherConfig(
     unlearn=UnlearnConfig(num_pairs=32, batch_size=32), scoring=ScoringConfig(timesteps=(300, 700))
@@ -123,3 +123,31 @@ def test_teacher_killed_with_sigkill_resumes_to_the_same_ground_truth(teacher_in
     b = GroundTruth.load(tmp_path / "whole" / "ground_truth")
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
+
+
+def test_candidate_pools_can_come_from_an_image_encoder(teacher_inputs, tmp_path):
+    config = TeacherConfig(
+        unlearn=CONFIG.unlearn,
+        scoring=CONFIG.scoring,
+        num_candidates=10,
+        candidate_feature="effnet",
+    )
+    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    pixel_job = TeacherJob(
+        out_dir=tmp_path / "pixels",
+        config=TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10),
+        progress=False,
+        **teacher_inputs,
+    )
+    pools = [set(job.candidates(q).tolist()) for q in range(3)]
+    assert all(len(p) == 10 for p in pools)
+    assert any(p != set(pixel_job.candidates(q).tolist()) for q, p in enumerate(pools))
+
+
+def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
+    config = TeacherConfig(
+        unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=7, candidate_feature="effnet"
+    )
+    TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert teacher_config_from_json(saved) == config

@@ -182,8 +182,32 @@ def test_cached_before_losses_equal_a_recomputation_on_any_subset(tiny_model, wo
         influence_scores(tiny_model, world_data, subset, cached), 0, atol=1e-6
     )
     assert mean_item_loss(cached.losses).shape == (60, 1)
+    partial = BeforeLosses.compute(
+        tiny_model, world_data, config, {}, progress=False, item_ids=subset
+    )
+    np.testing.assert_allclose(
+        partial.losses[subset], cached.losses[subset], rtol=1e-5, equal_nan=True
+    )
+    with pytest.raises(ValueError, match="no before losses"):
+        influence_scores(tiny_model, world_data, np.array([3, 4]), partial)
+    # A subset of the cached timesteps is served from the cache and equals its own recomputation.
+    only_600 = BeforeLosses.load(
+        tmp_path / "before", ScoringConfig(timesteps=(600,)), {"model": "m"}
+    )
+    np.testing.assert_allclose(
+        only_600.losses[subset],
+        item_losses(tiny_model, world_data, subset, ScoringConfig(timesteps=(600,))),
+        rtol=1e-5,
+        equal_nan=True,
+    )
+    for other in (
+        ScoringConfig(timesteps=(100, 300)),
+        ScoringConfig(timesteps=(100, 600), noise_seed=1),
+    ):
+        with pytest.raises(Exception, match="delete the cache"):
+            BeforeLosses.load(tmp_path / "before", other, key={"model": "m"})
     with pytest.raises(Exception, match="delete the cache"):
-        BeforeLosses.load(tmp_path / "before", ScoringConfig(timesteps=(100,)), key={"model": "m"})
+        BeforeLosses.load(tmp_path / "before", config, key={"model": "other"})
 
 
 def test_flipped_scoring_takes_the_larger_rise_with_its_own_noise(tiny_model, world_data):

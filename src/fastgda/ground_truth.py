@@ -4,9 +4,9 @@ Sign convention (stated once, used everywhere): a score is *higher = more influe
 tau = L(z, theta_-) - L(z, theta_0), the rise of a training item's loss after unlearning the query; rows are
 sorted by descending tau. The ranker later trains on 1 - normalised rank, so its learned scale is positive.
 
-Stored as ``ground_truth.safetensors`` (query_ids int64 (Q,), ids int32 (Q, K), scores float32 (Q, K)) plus a
-manifest. Per-query files (``q_000012.npz``, npy arrays without pickles) are what a running job writes; ``merge``
-gathers them.
+Stored as ``ground_truth.safetensors`` (query_ids int64 (Q,), ids int32 (Q, K), scores float32 (Q, K), or float16
+with a per-row float32 ``score_scale`` when saved compact) plus a manifest. Per-query files (``q_000012.npz``, npy
+arrays without pickles) are what a running job writes; ``merge`` gathers them.
 """
 
 from __future__ import annotations
@@ -107,13 +107,26 @@ class GroundTruth:
             dict(config or {}),
         )
 
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write ``ground_truth.safetensors`` and a manifest atomically."""
+    def save(
+        self, out_dir: str | os.PathLike, overwrite: bool = False, compact: bool = False
+    ) -> None:
+        """Write ``ground_truth.safetensors`` and a manifest atomically.
+
+        ``compact`` stores scores as float16 divided by each row's largest magnitude (kept as float32
+        ``score_scale`` (Q,)): half the size, ~3 significant digits, and tiny taus do not underflow. The order of
+        ``ids`` is always the full-precision ranking.
+        """
         tensors = {
             "query_ids": torch.from_numpy(self.query_ids.astype(np.int64)),
             "ids": torch.from_numpy(self.ids.astype(np.int32)),
-            "scores": torch.from_numpy(self.scores.astype(np.float32)),
         }
+        if compact:
+            scale = np.abs(self.scores).max(axis=1).astype(np.float32)
+            scale[scale == 0] = 1.0
+            tensors["scores"] = torch.from_numpy((self.scores / scale[:, None]).astype(np.float16))
+            tensors["score_scale"] = torch.from_numpy(scale)
+        else:
+            tensors["scores"] = torch.from_numpy(self.scores.astype(np.float32))
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             save_file(tensors, tmp / "ground_truth.safetensors")
             write_manifest(
@@ -130,9 +143,7 @@ class GroundTruth:
         manifest = read_manifest(gt_dir, GROUND_TRUTH_KIND, GROUND_TRUTH_FORMAT_VERSION)
         verify_checksums(gt_dir, manifest)
         tensors = load_file(Path(gt_dir) / "ground_truth.safetensors")
-        return cls(
-            tensors["query_ids"].numpy(),
-            tensors["ids"].numpy(),
-            tensors["scores"].numpy(),
-            manifest["config"],
-        )
+        scores = tensors["scores"].numpy().astype(np.float32)
+        if "score_scale" in tensors:  # a compact (float16) artifact
+            scores = scores * tensors["score_scale"].numpy()[:, None]
+        return cls(tensors["query_ids"].numpy(), tensors["ids"].numpy(), scores, manifest["config"])

@@ -59,7 +59,12 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--candidates",
         type=int,
-        help="rank only each query's top-M pixel neighbours (default: all N)",
+        help="rank only each query's top-M neighbours in the --candidate-feature space (default: all N)",
+    )
+    run.add_argument(
+        "--candidate-feature",
+        default="pixels",
+        help="image encoder that picks the candidates: pixels (default) or effnet",
     )
     run.add_argument(
         "--pairs", type=int, default=udef.num_pairs, help="(noise, t) pairs for the query gradient"
@@ -137,6 +142,7 @@ def handle_run(args) -> int:
             timesteps=tuple(args.timesteps), noise_seed=args.seed, flips=args.flips
         ),
         num_candidates=args.candidates,
+        candidate_feature=args.candidate_feature,
     )
     model_dir = str(resolve_model_dir(args.model))
     spec = TeacherSpec(

@@ -37,13 +37,26 @@ class TeacherConfig:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     num_candidates: int | None = (
-        None  # None ranks all N (test queries); M ranks the top-M pixel neighbours
+        None  # None ranks all N (test queries); M ranks the top-M neighbours in candidate_feature space
+    )
+    candidate_feature: str = (
+        "pixels"  # an image encoder name (``fastgda.encoders``): pixels, effnet, ...
     )
     damping: float | None = None  # None keeps the Fisher's own
 
 
 def _config_to_json(config: TeacherConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
+
+
+def teacher_config_from_json(obj: dict) -> TeacherConfig:
+    """Inverse of the ``config`` stored in ``run.json`` and in ground-truth artifacts."""
+    scoring = {**obj["scoring"], "timesteps": tuple(obj["scoring"]["timesteps"])}
+    return TeacherConfig(
+        unlearn=UnlearnConfig(**obj["unlearn"]),
+        scoring=ScoringConfig(**scoring),
+        **{k: v for k, v in obj.items() if k not in ("unlearn", "scoring")},
+    )
 
 
 class TeacherJob:
@@ -81,6 +94,7 @@ class TeacherJob:
         self.layers = select_linear_layers(self.model.unet, self.fisher.config.layers)
         self.fisher.check_layers(list(self.layers))
         self.queries = load_query_tensors(queries_dir)
+        self.queries_dir = Path(queries_dir)
         if tuple(self.queries["x0"].shape[1:]) != self.model.sample_shape:
             raise IncompatibleArtifactError(
                 f"query samples have shape {tuple(self.queries['x0'].shape[1:])}, the model denoises "
@@ -141,17 +155,38 @@ class TeacherJob:
         return [q for q in range(self.num_queries) if q not in done]
 
     @cached_property
-    def _unit_train_samples(self) -> torch.Tensor:
-        """Training x0 flattened and L2-normalised, (N, C*h*w): the pixel feature for candidate pools."""
-        return torch.nn.functional.normalize(self.data.x0.flatten(1), dim=1)
+    def _candidate_space(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised candidate features of training items (N, D) and queries (Q, D), computed once.
+
+        ``pixels`` uses the clean samples the model denoises (x0, pixels or latents); any other name is an image
+        encoder from ``fastgda.encoders`` applied to the training images and the query set's PNGs.
+        """
+        name = self.config.candidate_feature
+        if name == "pixels":
+            train, queries = self.data.x0.flatten(1), self.queries["x0"].flatten(1)
+        else:
+            from ..data import ImageCaptionFolder
+            from ..encoders import make_encoder
+
+            encoder = make_encoder(name)
+            if encoder.modality != "image":
+                raise IncompatibleArtifactError(
+                    f"candidate feature {name!r} is a {encoder.modality} encoder; pick an image encoder"
+                )
+            train = torch.from_numpy(encoder.encode(self.dataset.load_images()))
+            queries = torch.from_numpy(
+                encoder.encode(ImageCaptionFolder(self.queries_dir).load_images())
+            )
+        normalize = torch.nn.functional.normalize
+        return normalize(train.float(), dim=1), normalize(queries.float(), dim=1)
 
     def candidates(self, q: int) -> np.ndarray:
-        """All training ids, or the query's top-M neighbours by cosine of the clean samples (pixels)."""
+        """All training ids, or the query's top-M neighbours by cosine in the candidate feature space."""
         m = self.config.num_candidates
         if m is None or m >= self.num_train:
             return np.arange(self.num_train)
-        query = torch.nn.functional.normalize(self.queries["x0"][q].flatten(), dim=0)
-        return torch.topk(self._unit_train_samples @ query, m).indices.numpy()
+        train, queries = self._candidate_space
+        return torch.topk(train @ queries[q], m).indices.numpy()
 
     def run_query(self, q: int) -> None:
         """Unlearn query ``q``, score its candidates and write ``results/q_<q>.npz`` atomically."""

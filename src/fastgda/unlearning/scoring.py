@@ -105,10 +105,25 @@ class BeforeLosses:
 
     @classmethod
     def compute(
-        cls, model, data, config: ScoringConfig, key: dict, progress: bool = True
+        cls,
+        model,
+        data,
+        config: ScoringConfig,
+        key: dict,
+        progress: bool = True,
+        item_ids: np.ndarray | None = None,
     ) -> BeforeLosses:
-        ids = np.arange(data.x0.shape[0])
-        return cls(item_losses(model, data, ids, config, progress=progress), config, key)
+        """Losses of every item, or only of ``item_ids`` (other rows stay NaN; for checks on a few queries)."""
+        if item_ids is None:
+            return cls(
+                item_losses(model, data, np.arange(data.x0.shape[0]), config, progress=progress),
+                config,
+                key,
+            )
+        part = item_losses(model, data, np.asarray(item_ids), config, progress=progress)
+        losses = np.full((data.x0.shape[0], *part.shape[1:]), np.nan, dtype=np.float32)
+        losses[np.asarray(item_ids)] = part
+        return cls(losses, config, key)
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -124,19 +139,30 @@ class BeforeLosses:
 
     @classmethod
     def load(cls, cache_dir: str | os.PathLike, config: ScoringConfig, key: dict) -> BeforeLosses:
-        """Load a cache, refusing one made for another model, dataset or scoring config."""
+        """Load a cache, refusing one made for another model, dataset, noise seed or flip setting.
+
+        A cache computed at more timesteps serves any subset of them: noise is keyed by (item, caption, t, flip),
+        so the columns of the kept timesteps are exactly what a recomputation would give.
+        """
         manifest = read_manifest(cache_dir, BEFORE_KIND, BEFORE_FORMAT_VERSION)
         saved = ScoringConfig(
             **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
         )
-        if (saved.timesteps, saved.noise_seed) != (config.timesteps, config.noise_seed) or manifest[
-            "key"
-        ] != key:
+        missing = sorted(set(config.timesteps) - set(saved.timesteps))
+        if (
+            missing
+            or (saved.noise_seed, saved.flips) != (config.noise_seed, config.flips)
+            or manifest["key"] != key
+        ):
             raise IncompatibleArtifactError(
                 f"before-loss cache {cache_dir} was computed for {manifest['key']} with {asdict(saved)}, this run "
                 f"needs {key} with {asdict(config)}; delete the cache to recompute it"
             )
-        return cls(np.load(Path(cache_dir) / "losses.npy", allow_pickle=False), config, key)
+        losses = np.load(Path(cache_dir) / "losses.npy", allow_pickle=False)
+        columns = [saved.timesteps.index(t) for t in config.timesteps]
+        if columns != list(range(len(saved.timesteps))):
+            losses = np.ascontiguousarray(losses[..., columns])
+        return cls(losses, config, key)
 
 
 def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
@@ -147,8 +173,13 @@ def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosse
     Returns:
         float64 (n,) scores; higher = more influential.
     """
+    rows = before.losses[np.asarray(candidate_ids)]
+    if np.isnan(rows).reshape(len(rows), -1).all(axis=1).any():
+        raise ValueError(
+            "some candidates have no before losses; compute them for every candidate first"
+        )
     after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
-    return (after - mean_item_loss(before.losses[np.asarray(candidate_ids)])).max(axis=1)
+    return (after - mean_item_loss(rows)).max(axis=1)
 
 
 def rank(candidate_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

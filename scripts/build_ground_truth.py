@@ -1,0 +1,110 @@
+"""Compute the reference ground truth of the standard world and (with --pack) ship it in the world pack.
+
+Samples the reference query splits (``fastgda.world.query_prompts``) with the shipped model, runs the teacher on
+each (training and validation queries over their top-M EfficientNet neighbours, test queries over all N), merges
+the rankings, and packs them compactly with the query images, their clean samples and the EK-FAC Fisher.
+Resumable: rerun the same command after an interruption and only the missing queries are computed.
+
+    fastgda world shapes --out runs/world --size 2000 --seed 0
+    fastgda teacher fisher --model shipped --data runs/world --out runs/teacher-planted/fisher-ekfac \
+        --kind ekfac --samples 10000
+    python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac \
+        --work runs/gt --cache runs/teacher-planted/before_losses --pack
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fastgda.data import ShapesWorld
+from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.queries import SamplerConfig, write_query_set
+from fastgda.pack import PACK_DIR, model_dir
+from fastgda.reference import pack_reference
+from fastgda.unlearning import ScoringConfig, UnlearnConfig
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+from fastgda.world.query_prompts import SPLITS, reference_query_prompts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", required=True)
+    parser.add_argument("--fisher", required=True, help="EK-FAC folder for the shipped model")
+    parser.add_argument("--work", required=True, help="folder for query sets and teacher runs")
+    parser.add_argument(
+        "--cache", help="before-loss cache of the shipped model (any superset of timesteps)"
+    )
+    parser.add_argument("--splits", nargs="+", default=["val", "test", "train"], choices=SPLITS)
+    parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(range(0, 1000, 100)))
+    parser.add_argument(
+        "--candidates", type=int, default=256, help="M for training and validation queries"
+    )
+    parser.add_argument("--candidate-feature", default="effnet")
+    parser.add_argument(
+        "--pack", action="store_true", help="copy the finished splits into the world pack"
+    )
+    parser.add_argument("--pack-dir", default=str(PACK_DIR))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    world = ShapesWorld(args.world)
+    prompts = reference_query_prompts(world.meta["held_out"])
+    model = TextToImageModel.from_pretrained(model_dir())
+    timings = {}
+    for split in args.splits:
+        queries = work / f"queries-{split}"
+        if not queries.exists():
+            write_query_set(
+                model, prompts[split], queries, sampler=SamplerConfig(), model_dir=model_dir()
+            )
+        config = TeacherConfig(
+            unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=args.alpha),
+            scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
+            num_candidates=None if split == "test" else args.candidates,
+            candidate_feature=args.candidate_feature,
+        )
+        began = time.perf_counter()
+        job = TeacherJob(
+            model_dir(),
+            args.world,
+            queries,
+            args.fisher,
+            work / f"run-{split}",
+            config,
+            cache_dir=args.cache,
+        )
+        pending = len(job.pending())
+        job.run()
+        job.merge()
+        seconds = time.perf_counter() - began
+        timings[split] = {"queries_computed": pending, "seconds": round(seconds, 1)}
+        print(
+            f"{split}: {job.num_queries} queries ({pending} computed now) in {seconds:.0f} s",
+            flush=True,
+        )
+    print(json.dumps(timings))
+    if args.pack:
+        pack_reference(
+            {split: work / f"queries-{split}" for split in SPLITS},
+            {split: work / f"run-{split}" for split in SPLITS},
+            args.fisher,
+            Path(args.pack_dir) / "reference",
+            command=(
+                "python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac "
+                f"--work runs/gt --cache runs/teacher-planted/before_losses --alpha {args.alpha:g} "
+                f"--pairs {args.pairs} --timesteps {' '.join(map(str, args.timesteps))} "
+                f"--candidates {args.candidates} --candidate-feature {args.candidate_feature} --pack"
+            ),
+        )
+        print(f"packed the reference ground truth into {args.pack_dir}/reference")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The frozen-encoder interface and the registry behind feature spec strings such as ``effnet+minilm``.
+
+An encoder maps a batch of images (uint8 (B, H, W, 3)) or texts to float32 (B, dim) features. A feature spec
+joins encoders with ``+``; the feature of an item is the raw concatenation of its parts (method.md §5), image
+parts reading the image and text parts reading the caption (training items) or prompt (queries).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FastGDAError
+
+
+class Encoder(ABC):
+    """A frozen feature extractor for one modality."""
+
+    name: str = ""
+    modality: str = ""  # "image" or "text"
+    dim: int = 0
+
+    @abstractmethod
+    def encode(self, batch: Sequence) -> np.ndarray:
+        """Encode images (uint8 (B, H, W, 3) array or list of them) or strings: float32 (B, dim)."""
+
+    def config(self) -> dict:
+        """What identifies this encoder's output in a features manifest."""
+        return {"name": self.name, "modality": self.modality, "dim": self.dim}
+
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an encoder constructible by name in feature specs."""
+
+    def decorate(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def encoder_names() -> list[str]:
+    from . import image, text  # noqa: F401  (importing registers the built-in encoders)
+
+    return sorted(_REGISTRY)
+
+
+def make_encoder(name: str, **options) -> Encoder:
+    """Build a registered encoder; unknown names fail listing the known ones."""
+    known = encoder_names()
+    if name not in _REGISTRY:
+        raise FastGDAError(f"unknown encoder {name!r}; known encoders: {', '.join(known)}")
+    return _REGISTRY[name](**options)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Encoder names joined by '+', e.g. ``effnet+minilm``; the order fixes the feature layout."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> FeatureSpec:
+        names = tuple(part.strip() for part in spec.split("+"))
+        if not spec.strip() or any(not n for n in names):
+            raise FastGDAError(f"feature spec {spec!r} is empty; write encoder names joined by '+'")
+        known = encoder_names()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FastGDAError(
+                f"feature spec {spec!r} names unknown encoders {unknown}; known: {', '.join(known)}"
+            )
+        if len(set(names)) != len(names):
+            raise FastGDAError(f"feature spec {spec!r} repeats an encoder")
+        return cls(names)
+
+    def __str__(self) -> str:
+        return "+".join(self.names)

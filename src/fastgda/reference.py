@@ -1,0 +1,168 @@
+"""The reference ground truth shipped with the world pack: teacher rankings for the standard world's query splits.
+
+Layout of ``packs/shapes2000/reference``::
+
+    fisher/                  the EK-FAC Fisher the teacher used (a Fisher artifact)
+    <split>/captions.jsonl   the queries: prompt, sampling seed, scene, kind, planted concept
+    <split>/images/          the generated query images (PNG)
+    <split>/x0.safetensors   x0 (Q, C, h, w) float32, the exact clean samples the teacher unlearned
+    <split>/ground_truth/    a compact GroundTruth: ids int32 (Q, K), scores float16 x per-row scale
+    manifest.json            kind "reference_ground_truth", the teacher settings per split, the command
+
+Text states are not shipped (they would be 90% of the bytes): ``reference_query_set`` recomputes them with the
+model's frozen text encoder and writes an ordinary query-set folder the teacher and ranker can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from ._artifacts import (
+    MANIFEST_NAME,
+    atomic_dir,
+    read_manifest,
+    sha256_file,
+    verify_checksums,
+    write_manifest,
+)
+from .errors import IncompatibleArtifactError
+from .ground_truth import GroundTruth
+
+REFERENCE_KIND = "reference_ground_truth"
+REFERENCE_FORMAT_VERSION = 1
+
+
+def reference_dir() -> Path:
+    """Folder of the shipped reference ground truth."""
+    from .pack import PACK_DIR
+
+    return PACK_DIR / "reference"
+
+
+def pack_reference(
+    query_dirs: dict[str, os.PathLike],
+    run_dirs: dict[str, os.PathLike],
+    fisher_dir: os.PathLike,
+    out_dir: os.PathLike,
+    command: str = "",
+) -> None:
+    """Write the reference artifact from finished teacher runs (each with a merged ``ground_truth/``)."""
+    from .diffusion.queries import load_query_tensors
+
+    splits: dict[str, dict] = {}
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        shutil.copytree(fisher_dir, tmp / "fisher")
+        for split, query_dir in query_dirs.items():
+            query_dir, run_dir = Path(query_dir), Path(run_dirs[split])
+            (tmp / split).mkdir()
+            shutil.copy(query_dir / "captions.jsonl", tmp / split / "captions.jsonl")
+            shutil.copytree(query_dir / "images", tmp / split / "images")
+            save_file(
+                {"x0": load_query_tensors(query_dir)["x0"].contiguous()},
+                tmp / split / "x0.safetensors",
+            )
+            truth = GroundTruth.load(run_dir / "ground_truth")
+            truth.save(tmp / split / "ground_truth", compact=True)
+            run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            splits[split] = {
+                "num_queries": int(truth.ids.shape[0]),
+                "num_candidates": int(truth.ids.shape[1]),
+                "teacher": run_info["config"],
+                "model_manifest_sha256": run_info["model_manifest_sha256"],
+                "data_content_hash": run_info["data_content_hash"],
+                "query_sampler": read_manifest(query_dir, "query_set", 1)["config"]["sampler"],
+            }
+        write_manifest(
+            tmp,
+            REFERENCE_KIND,
+            REFERENCE_FORMAT_VERSION,
+            config={"splits": splits, "command": command},
+            shapes={split: [s["num_queries"], s["num_candidates"]] for split, s in splits.items()},
+        )
+
+
+def _manifest(root: Path) -> dict:
+    if not (root / MANIFEST_NAME).is_file():
+        raise IncompatibleArtifactError(
+            f"no reference ground truth at {root}; build it with scripts/build_ground_truth.py --pack"
+        )
+    return read_manifest(root, REFERENCE_KIND, REFERENCE_FORMAT_VERSION)
+
+
+def reference_info(root: os.PathLike | None = None) -> dict:
+    """The reference manifest's config: per split the teacher settings, sizes and provenance."""
+    return _manifest(Path(root) if root else reference_dir())["config"]
+
+
+def reference_ground_truth(split: str, root: os.PathLike | None = None) -> GroundTruth:
+    """The teacher's rankings for ``split`` ("train", "val" or "test"), scores as float32."""
+    root = Path(root) if root else reference_dir()
+    splits = _manifest(root)["config"]["splits"]
+    if split not in splits:
+        raise IncompatibleArtifactError(f"the reference has splits {sorted(splits)}, not {split!r}")
+    return GroundTruth.load(root / split / "ground_truth")
+
+
+def reference_queries(split: str, root: os.PathLike | None = None) -> list[dict]:
+    """The split's query records (prompt, seed, scene, kind, concept, file), in query-id order."""
+    root = Path(root) if root else reference_dir()
+    lines = (root / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def reference_query_set(
+    split: str, model, model_dir: os.PathLike, out_dir: os.PathLike, root=None
+) -> Path:
+    """Materialise ``split`` as a query-set folder at ``out_dir`` (text states recomputed by ``model``).
+
+    Reuses ``out_dir`` when it already holds this split for this model. Returns ``out_dir``.
+    """
+    from .diffusion.queries import QUERY_SET_FORMAT_VERSION, QUERY_SET_KIND
+
+    root = Path(root) if root else reference_dir()
+    manifest = _manifest(root)
+    verify_checksums(root, manifest)
+    info = manifest["config"]["splits"][split]
+    model_digest = sha256_file(Path(model_dir) / MANIFEST_NAME)
+    if model_digest != info["model_manifest_sha256"]:
+        raise IncompatibleArtifactError(
+            f"the reference {split} queries were sampled by another model than {model_dir}; use the shipped model"
+        )
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST_NAME).is_file():
+        existing = read_manifest(out_dir, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
+        if (
+            existing.get("reference_split") == split
+            and existing.get("model_manifest_sha256") == model_digest
+        ):
+            return out_dir
+    records = reference_queries(split, root)
+    states, mask = model.encode_prompts([r["prompt"] for r in records])
+    tensors = {
+        "x0": load_file(root / split / "x0.safetensors")["x0"],
+        "text_states": states.contiguous(),
+    }
+    if mask is not None:
+        tensors["text_mask"] = mask.contiguous()
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        shutil.copy(root / split / "captions.jsonl", tmp / "captions.jsonl")
+        shutil.copytree(root / split / "images", tmp / "images")
+        save_file(tensors, tmp / "tensors.safetensors")
+        write_manifest(
+            tmp,
+            QUERY_SET_KIND,
+            QUERY_SET_FORMAT_VERSION,
+            config={"sampler": info["query_sampler"], "model_dir": str(model_dir)},
+            shapes={k: list(v.shape) for k, v in tensors.items()},
+            extra={
+                "model_manifest_sha256": model_digest,
+                "num_queries": len(records),
+                "reference_split": split,
+            },
+        )
+    return out_dir

@@ -1,0 +1,25 @@
+"""GroundTruth artifacts: full and compact (float16) storage keep the ranking and the scores' precision."""
+
+import numpy as np
+
+from fastgda.ground_truth import GroundTruth
+
+
+def test_compact_storage_keeps_the_ranking_and_three_digits_of_every_score(tmp_path, rng):
+    scores = -np.sort(-rng.normal(size=(4, 400)), axis=1).astype(np.float32)
+    scores[1] *= 1e-7  # taus this small underflow a plain float16
+    scores[2] = 0.0
+    ids = np.stack([rng.permutation(400) for _ in range(4)]).astype(np.int32)
+    truth = GroundTruth(np.arange(4), ids, scores, {"note": "x"})
+    truth.save(tmp_path / "full")
+    truth.save(tmp_path / "compact", compact=True)
+    full, compact = GroundTruth.load(tmp_path / "full"), GroundTruth.load(tmp_path / "compact")
+    np.testing.assert_array_equal(full.scores, scores)
+    np.testing.assert_array_equal(compact.ids, ids)
+    assert compact.config == {"note": "x"} and compact.scores.dtype == np.float32
+    for row, original in zip(compact.scores, scores, strict=True):
+        np.testing.assert_allclose(
+            row, original, rtol=0, atol=1e-3 * max(np.abs(original).max(), 1e-30)
+        )
+    size = lambda d: (tmp_path / d / "ground_truth.safetensors").stat().st_size  # noqa: E731
+    assert size("compact") < 0.8 * size("full")

@@ -1,0 +1,73 @@
+"""The reference ground-truth artifact: packing finished teacher runs and materialising its query sets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastgda import IncompatibleArtifactError
+from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.queries import load_query_tensors
+from fastgda.reference import (
+    pack_reference,
+    reference_ground_truth,
+    reference_info,
+    reference_queries,
+    reference_query_set,
+)
+from fastgda.unlearning import ScoringConfig, UnlearnConfig
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+
+
+def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_path):
+    config = TeacherConfig(
+        unlearn=UnlearnConfig(num_pairs=16, batch_size=16),
+        scoring=ScoringConfig(timesteps=(500,)),
+        num_candidates=20,
+    )
+    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job.run()
+    truth = job.merge()
+    root = tmp_path / "reference"
+    pack_reference(
+        {"val": teacher_inputs["queries_dir"]},
+        {"val": tmp_path / "run"},
+        teacher_inputs["fisher_dir"],
+        root,
+        command="test",
+    )
+    assert reference_info(root)["splits"]["val"]["teacher"]["num_candidates"] == 20
+    loaded = reference_ground_truth("val", root)
+    np.testing.assert_array_equal(loaded.ids, truth.ids)
+    np.testing.assert_allclose(
+        loaded.scores, truth.scores, rtol=2e-3, atol=1e-3 * np.abs(truth.scores).max()
+    )
+    assert [r["prompt"] for r in reference_queries("val", root)][0].startswith("a large cyan")
+
+    model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"])
+    out = reference_query_set("val", model, teacher_inputs["model_dir"], tmp_path / "queries", root)
+    original, rebuilt = load_query_tensors(teacher_inputs["queries_dir"]), load_query_tensors(out)
+    for name in original:
+        torch.testing.assert_close(rebuilt[name], original[name], rtol=1e-5, atol=1e-5)
+    # The materialised set is a valid teacher input: same rankings as the original queries.
+    again = TeacherJob(
+        out_dir=tmp_path / "again",
+        config=config,
+        progress=False,
+        **{**teacher_inputs, "queries_dir": out},
+    )
+    again.run([0])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "again/results/q_000000.npz")["ids"], truth.ids[0]
+    )
+
+    with pytest.raises(IncompatibleArtifactError, match="splits"):
+        reference_ground_truth("test", root)
+    with pytest.raises(IncompatibleArtifactError, match="no reference"):
+        reference_info(tmp_path / "nowhere")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert (
+        manifest["kind"] == "reference_ground_truth"
+        and "fisher/fisher.safetensors" in manifest["checksums"]
+    )
