@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument(
         "--common-queries", type=int, default=3, help="held-out combination queries"
     )
+    parser.add_argument(
+        "--max-queries", type=int, help="evaluate only the first n queries (e.g. those already computed)"
+    )
     parser.add_argument("--pool", type=int, default=128, help="candidate pool size per query")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
     parser.add_argument("--pairs", type=int, nargs="+", default=[250, 500, 1000, 2000])
@@ -153,6 +156,8 @@ def main() -> None:
 
     per_query = []
     for q, (query_scene, concept) in enumerate(zip(query_scenes, concepts, strict=True)):
+        if args.max_queries is not None and q >= args.max_queries:
+            break
         cache = out / f"q{q}.npz"
         exemplars = np.array(world.concepts[concept]) if concept else np.zeros(0, dtype=int)
         near = torch.topk(

@@ -1,0 +1,212 @@
+"""Features artifacts: frozen-encoder embeddings of training items or queries, written resumably in chunks.
+
+A training item is embedded with its image and its *first* caption, a query with its generated image and its
+prompt (a query set's only caption), so the same code embeds both. Layout of a features folder::
+
+    values.npy      float32 or float16 (n, D): the raw concatenation of the spec's parts, in spec order
+    ids.npy         int64 (n,): dataset row ids
+    manifest.json   kind "features": spec, parts (name, modality, dim, offset), source dataset hash, dtype
+
+While embedding, finished chunks live in ``<out>.partial/`` (one atomic ``.npy`` per chunk); an interrupted run
+started again embeds only the missing chunks, and the final folder appears in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._artifacts import (
+    atomic_dir,
+    read_manifest,
+    verify_checksums,
+    write_json_atomic,
+    write_manifest,
+)
+from .encoders import FeatureSpec, make_encoder
+from .errors import IncompatibleArtifactError
+
+FEATURES_KIND = "features"
+FEATURES_FORMAT_VERSION = 1
+
+
+@dataclass
+class Features:
+    """Embeddings of n items. ``values`` (n, D) float32; ``parts`` locate each encoder's columns."""
+
+    values: np.ndarray
+    ids: np.ndarray
+    spec: str
+    parts: list[dict]
+    source: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    def part(self, name: str) -> np.ndarray:
+        """The columns of one encoder: (n, dim_part)."""
+        for p in self.parts:
+            if p["name"] == name:
+                return self.values[:, p["offset"] : p["offset"] + p["dim"]]
+        raise KeyError(f"features {self.spec!r} have no part {name!r}")
+
+    def save(
+        self, out_dir: str | os.PathLike, dtype: str = "float32", overwrite: bool = False
+    ) -> None:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            np.save(tmp / "values.npy", self.values.astype(dtype))
+            np.save(tmp / "ids.npy", self.ids.astype(np.int64))
+            write_manifest(
+                tmp,
+                FEATURES_KIND,
+                FEATURES_FORMAT_VERSION,
+                config={"spec": self.spec, "parts": self.parts, "dtype": dtype},
+                shapes={"values": list(self.values.shape), "ids": list(self.ids.shape)},
+                extra={"source": self.source},
+            )
+
+    @classmethod
+    def load(cls, features_dir: str | os.PathLike, expect_spec: str | None = None) -> Features:
+        """Load (checksums verified); with ``expect_spec``, refuse features made by other encoders."""
+        features_dir = Path(features_dir)
+        manifest = read_manifest(features_dir, FEATURES_KIND, FEATURES_FORMAT_VERSION)
+        verify_checksums(features_dir, manifest)
+        spec = manifest["config"]["spec"]
+        if expect_spec is not None and spec != str(FeatureSpec.parse(expect_spec)):
+            raise IncompatibleArtifactError(
+                f"features at {features_dir} were made with spec {spec!r}, expected {expect_spec!r}; "
+                f"embed again with `fastgda embed --spec {expect_spec}`"
+            )
+        values = np.load(features_dir / "values.npy", allow_pickle=False).astype(np.float32)
+        ids = np.load(features_dir / "ids.npy", allow_pickle=False)
+        return cls(values, ids, spec, manifest["config"]["parts"], manifest.get("source", {}))
+
+
+class FeatureEmbedder:
+    """Builds the spec's encoders once; ``embed(dataset, rows)`` returns (len(rows), D) float32."""
+
+    def __init__(self, spec: str | FeatureSpec):
+        self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.parse(spec)
+        self.encoders = [make_encoder(name) for name in self.spec.names]
+        self.parts = encoder_layout(self.encoders)
+        self.dim = sum(encoder.dim for encoder in self.encoders)
+
+    def embed_pairs(self, images, texts: list[str]) -> np.ndarray:
+        """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D)."""
+        columns = [
+            encoder.encode(images if encoder.modality == "image" else texts)
+            for encoder in self.encoders
+        ]
+        return np.concatenate(columns, axis=1).astype(np.float32)
+
+    def embed(self, dataset, rows) -> np.ndarray:
+        rows = list(rows)
+        images = dataset.load_images(rows)
+        texts = [dataset.captions(i)[0] for i in rows]
+        return self.embed_pairs(images, texts)
+
+
+def encoder_layout(encoders) -> list[dict]:
+    """Each encoder's config with the column ``offset`` where its features start."""
+    offset, parts = 0, []
+    for encoder in encoders:
+        parts.append({**encoder.config(), "offset": offset})
+        offset += encoder.dim
+    return parts
+
+
+def spec_layout(spec: str) -> list[dict]:
+    """The column layout of a spec (builds its encoders; they are cached, so this is cheap after embedding)."""
+    return encoder_layout([make_encoder(name) for name in FeatureSpec.parse(spec).names])
+
+
+@dataclass(frozen=True)
+class _ChunkTask:
+    """Picklable worker factory for executors: embeds one chunk of rows and writes it atomically."""
+
+    dataset_dir: str
+    spec: str
+    partial_dir: str
+    chunk_size: int
+
+    def __call__(self):
+        from .data import open_dataset
+
+        dataset, embedder = open_dataset(self.dataset_dir), FeatureEmbedder(self.spec)
+
+        def run(chunk: int) -> None:
+            rows = range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(dataset)))
+            path = Path(self.partial_dir) / f"chunk_{chunk:06d}.npy"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, embedder.embed(dataset, rows))
+            os.replace(tmp, path)
+
+        return run
+
+
+def embed_dataset(
+    dataset_dir: str | os.PathLike,
+    spec: str,
+    out_dir: str | os.PathLike,
+    chunk_size: int = 512,
+    executor=None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> Features:
+    """Embed every row of a dataset (training set or query set) into a features artifact at ``out_dir``.
+
+    Resumable: chunks finished by an earlier (interrupted) call with the same settings are reused.
+    """
+    from .data import open_dataset
+    from .executors import LocalExecutor
+
+    spec = str(FeatureSpec.parse(spec))
+    dataset = open_dataset(dataset_dir)
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    settings = {"spec": spec, "chunk_size": chunk_size, "content_hash": dataset.content_hash}
+    settings_file = partial / "settings.json"
+    if partial.exists():
+        saved = (
+            json.loads(settings_file.read_text(encoding="utf-8"))
+            if settings_file.exists()
+            else None
+        )
+        if saved != settings:
+            shutil.rmtree(partial)  # left by a run with other settings: nothing reusable
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(settings_file, settings)
+    num_chunks = -(-len(dataset) // chunk_size)
+    pending = [c for c in range(num_chunks) if not (partial / f"chunk_{c:06d}.npy").exists()]
+    task = _ChunkTask(str(dataset_dir), spec, str(partial), chunk_size)
+    executor = executor or LocalExecutor(progress=progress)
+    executor.map(task, pending, desc=f"embedding ({spec})")
+    values = np.concatenate(
+        [np.load(partial / f"chunk_{c:06d}.npy", allow_pickle=False) for c in range(num_chunks)]
+    )
+    if not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        raise IncompatibleArtifactError(
+            f"encoders returned NaN or infinite features for rows {bad[:5].tolist()} of {dataset_dir}; "
+            "check those images"
+        )
+    features = Features(
+        values,
+        np.arange(len(dataset), dtype=np.int64),
+        spec,
+        spec_layout(spec),
+        {"dataset": str(dataset_dir), "content_hash": dataset.content_hash},
+    )
+    features.save(out_dir, dtype=dtype, overwrite=True)
+    shutil.rmtree(partial)
+    return features

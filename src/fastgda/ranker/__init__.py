@@ -1,0 +1,7 @@
+"""The distilled ranker (method.md §5): a shared MLP over frozen features, trained to imitate the teacher."""
+
+from .model import Ranker, RankerShape
+from .pairs import PairSampler
+from .training import RankerTrainConfig, train_ranker
+
+__all__ = ["PairSampler", "Ranker", "RankerShape", "RankerTrainConfig", "train_ranker"]

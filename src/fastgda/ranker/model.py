@@ -1,0 +1,113 @@
+"""The distilled ranker: one shared MLP over frozen features whose cosine reproduces the teacher's ranking.
+
+Method.md §5: g maps query and training-item features into one space; the logit of a pair is
+``scale * cos(g(q), g(z)) + bias`` with a learnable scale and bias, trained against the teacher's normalised
+rank. Higher cosine = more influential (the sign convention of the whole public API). Inputs are standardised
+with the training items' per-feature mean and standard deviation, stored with the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from ..errors import IncompatibleArtifactError
+
+RANKER_KIND = "ranker"
+RANKER_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RankerShape:
+    """The network's shape (the paper's: 3 hidden layers of 768, 768-d output)."""
+
+    in_dim: int
+    hidden: tuple[int, ...] = (768, 768, 768)
+    out_dim: int = 768
+    dropout: float = 0.0
+
+
+class Ranker(nn.Module):
+    """Shared MLP g with input standardisation, L2-normalised output, and a learnable logit scale and bias."""
+
+    def __init__(self, shape: RankerShape):
+        super().__init__()
+        self.shape = shape
+        self.register_buffer("feature_mean", torch.zeros(shape.in_dim))
+        self.register_buffer("feature_std", torch.ones(shape.in_dim))
+        layers: list[nn.Module] = []
+        width = shape.in_dim
+        for hidden in shape.hidden:
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            if shape.dropout:
+                layers.append(nn.Dropout(shape.dropout))
+            width = hidden
+        layers.append(nn.Linear(width, shape.out_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.logit_scale = nn.Parameter(torch.tensor(5.0))
+        self.logit_bias = nn.Parameter(torch.tensor(0.0))
+
+    def fit_standardisation(self, features: np.ndarray) -> None:
+        """Set the input mean/std from training-item features (n, in_dim); constant columns get std 1."""
+        x = torch.as_tensor(features, dtype=torch.float32)
+        std = x.std(dim=0)
+        self.feature_mean.copy_(x.mean(dim=0))
+        self.feature_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) raw features -> (B, out_dim) unit vectors."""
+        if features.shape[-1] != self.shape.in_dim:
+            raise IncompatibleArtifactError(
+                f"the ranker takes {self.shape.in_dim}-d features, got {features.shape[-1]}-d; embed with the "
+                "feature spec the ranker was trained on"
+            )
+        z = self.mlp((features - self.feature_mean) / self.feature_std)
+        return nn.functional.normalize(z, dim=-1)
+
+    def logits(self, query_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """Pairwise logits of aligned unit embeddings (P, out_dim) x (P, out_dim) -> (P,)."""
+        return self.logit_scale * (query_emb * item_emb).sum(-1) + self.logit_bias
+
+    @torch.no_grad()
+    def embed_numpy(self, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Embed many feature rows in eval mode: float32 (n, out_dim)."""
+        was_training = self.training
+        self.eval()
+        out = [
+            self.embed(torch.as_tensor(features[i : i + batch_size], dtype=torch.float32)).numpy()
+            for i in range(0, len(features), batch_size)
+        ]
+        self.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, self.shape.out_dim), np.float32)
+
+    def save(
+        self, out_dir: str | os.PathLike, spec: str, extra: dict | None = None, overwrite=False
+    ) -> None:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, tmp / "ranker.safetensors")
+            write_manifest(
+                tmp,
+                RANKER_KIND,
+                RANKER_FORMAT_VERSION,
+                config={"shape": asdict(self.shape), "spec": spec},
+                shapes={k: list(v.shape) for k, v in state.items()},
+                extra=extra,
+            )
+
+    @classmethod
+    def load(cls, ranker_dir: str | os.PathLike) -> tuple[Ranker, dict]:
+        """Load weights and return (ranker in eval mode, manifest)."""
+        manifest = read_manifest(ranker_dir, RANKER_KIND, RANKER_FORMAT_VERSION)
+        verify_checksums(ranker_dir, manifest)
+        shape = manifest["config"]["shape"]
+        ranker = cls(RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}))
+        ranker.load_state_dict(load_file(Path(ranker_dir) / "ranker.safetensors"))
+        return ranker.eval(), manifest

@@ -1,0 +1,168 @@
+"""Training the ranker: pointwise learning-to-rank against the teacher, with validation and early stopping.
+
+Each step takes a batch of queries and ``pairs_per_query`` pairs per query (``PairSampler``), embeds every
+distinct query and training item of the batch *once* (an item drawn by several pairs is not re-embedded), and
+applies the loss to ``scale * cos + bias``:
+
+- ``bce`` (default, method.md §5): binary cross-entropy with logits against the target in [0, 1];
+- ``mse``: squared error between sigmoid(logit) and the target (the regression ablation).
+
+Pair the loss with ``target="rank"`` (normalised rank, default) or ``target="score"`` (raw-score regression).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..evaluation import candidate_map
+from .model import Ranker, RankerShape
+from .pairs import PairSampler
+
+
+@dataclass(frozen=True)
+class RankerTrainConfig:
+    hidden: tuple[int, ...] = (768, 768, 768)
+    out_dim: int = 768
+    dropout: float = 0.0
+    epochs: int = 60
+    batch_queries: int = 32
+    pairs_per_query: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    outlier_prob: float = 0.1
+    loss: str = "bce"  # bce | mse
+    target: str = "rank"  # rank | score
+    candidate_fraction: float = 1.0
+    patience: int = 10  # epochs without a better validation mAP before stopping
+    val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
+    seed: int = 0
+
+
+def _loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if kind == "bce":
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    if kind == "mse":
+        return nn.functional.mse_loss(torch.sigmoid(logits), targets)
+    raise ValueError(f"unknown loss {kind!r}; use 'bce' or 'mse'")
+
+
+def pair_loss(
+    ranker: Ranker,
+    query_features: torch.Tensor,
+    item_features: torch.Tensor,
+    rows: np.ndarray,
+    items: np.ndarray,
+    targets: np.ndarray,
+    kind: str,
+) -> torch.Tensor:
+    """Mean loss over pairs, embedding each distinct query and item of the batch once."""
+    q_unique, q_index = np.unique(rows, return_inverse=True)
+    i_unique, i_index = np.unique(items, return_inverse=True)
+    q_emb = ranker.embed(query_features[torch.from_numpy(q_unique)])
+    i_emb = ranker.embed(item_features[torch.from_numpy(i_unique)])
+    logits = ranker.logits(q_emb[torch.from_numpy(q_index)], i_emb[torch.from_numpy(i_index)])
+    return _loss(kind, logits, torch.from_numpy(targets))
+
+
+@torch.no_grad()
+def validate(
+    ranker: Ranker,
+    query_features: np.ndarray,
+    item_embeddings: np.ndarray,
+    ranked_ids: np.ndarray,
+    L: int,
+) -> float:
+    """Mean AP within the candidate pools: how well the ranker orders each query's teacher-ranked candidates."""
+    q_emb = ranker.embed_numpy(query_features)
+    scores = np.einsum("qd,qkd->qk", q_emb, item_embeddings[ranked_ids])
+    return float(candidate_map(scores, ranked_ids, L).mean())
+
+
+def train_ranker(
+    train_query_features: np.ndarray,
+    item_features: np.ndarray,
+    train_ranked_ids: np.ndarray,
+    config: RankerTrainConfig = RankerTrainConfig(),
+    val_query_features: np.ndarray | None = None,
+    val_ranked_ids: np.ndarray | None = None,
+    train_scores: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[Ranker, list[dict]]:
+    """Fit a ranker; returns the best-on-validation weights (or the last, without validation) and history.
+
+    Args:
+        train_query_features: float (Q, D) features of the training queries.
+        item_features: float (N, D) features of every training item.
+        train_ranked_ids: int (Q, K) the teacher's candidate rankings, most influential first.
+    """
+    torch.manual_seed(config.seed)
+    ranker = Ranker(
+        RankerShape(item_features.shape[1], config.hidden, config.out_dim, config.dropout)
+    )
+    ranker.fit_standardisation(item_features)
+    sampler = PairSampler(
+        train_ranked_ids,
+        len(item_features),
+        config.outlier_prob,
+        config.target,
+        train_scores,
+        config.candidate_fraction,
+        config.seed,
+    )
+    optimiser = torch.optim.AdamW(
+        ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_ranked_ids) / config.batch_queries)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.05
+    )
+    q_train = torch.as_tensor(train_query_features, dtype=torch.float32)
+    items = torch.as_tensor(item_features, dtype=torch.float32)
+    has_val = val_query_features is not None and val_ranked_ids is not None
+    val_l = max(1, round(config.val_fraction_l * (val_ranked_ids.shape[1] if has_val else 1)))
+    history: list[dict] = []
+    best, best_state, stale = -1.0, None, 0
+    order_rng = np.random.default_rng(config.seed + 1)
+    bar = tqdm(range(config.epochs), desc="ranker epochs", disable=not progress)
+    for epoch in bar:
+        ranker.train()
+        losses = []
+        order = order_rng.permutation(len(train_ranked_ids))
+        for start in range(0, len(order), config.batch_queries):
+            rows, ids, targets = sampler.sample(
+                order[start : start + config.batch_queries], config.pairs_per_query
+            )
+            loss = pair_loss(ranker, q_train, items, rows, ids, targets, config.loss)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if has_val:
+            item_emb = ranker.embed_numpy(item_features)
+            record["val_map"] = validate(
+                ranker, val_query_features, item_emb, val_ranked_ids, val_l
+            )
+            if record["val_map"] > best:
+                best, best_state, stale = record["val_map"], copy.deepcopy(ranker.state_dict()), 0
+            else:
+                stale += 1
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        if has_val and stale >= config.patience:
+            break
+    if best_state is not None:
+        ranker.load_state_dict(best_state)
+    return ranker.eval(), history
+
+
+def config_to_json(config: RankerTrainConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,52 @@
+"""Features artifacts: embedding a dataset in resumable chunks, layout, spec checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastgda import IncompatibleArtifactError
+from fastgda.features import FeatureEmbedder, Features, embed_dataset
+
+
+def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_path):
+    features = embed_dataset(
+        small_world.root, "pixels+minilm", tmp_path / "f", chunk_size=16, progress=False
+    )
+    assert features.values.shape == (60, 768 + 384) and features.ids.tolist() == list(range(60))
+    assert [p["name"] for p in features.parts] == ["pixels", "minilm"]
+    embedder = FeatureEmbedder("pixels+minilm")
+    np.testing.assert_allclose(
+        features.values[:5], embedder.embed(small_world, range(5)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        features.part("pixels")[7], small_world.load_image(7).reshape(-1) / 255.0, atol=1e-6
+    )
+    loaded = Features.load(tmp_path / "f", expect_spec="pixels+minilm")
+    np.testing.assert_array_equal(loaded.values, features.values)
+    assert not (tmp_path / "f.partial").exists()
+    with pytest.raises(IncompatibleArtifactError, match="embed again"):
+        Features.load(tmp_path / "f", expect_spec="effnet+minilm")
+
+
+def test_an_interrupted_embedding_reuses_its_finished_chunks(small_world, tmp_path):
+    whole = embed_dataset(
+        small_world.root, "pixels", tmp_path / "whole", chunk_size=16, progress=False
+    )
+    partial = tmp_path / "resumed.partial"
+    embed_dataset(small_world.root, "pixels", tmp_path / "resumed", chunk_size=16, progress=False)
+    # Simulate a run that died after two chunks: a marker value in a finished chunk must survive the resume.
+    (tmp_path / "resumed").rename(tmp_path / "first")
+    partial.mkdir()
+    settings = {"spec": "pixels", "chunk_size": 16, "content_hash": small_world.content_hash}
+    (partial / "settings.json").write_text(json.dumps(settings))
+    marked = whole.values[:16].copy()
+    marked[0, 0] = 42.0
+    np.save(partial / "chunk_000000.npy", marked)
+    (partial / ".chunk_000001.npy.9.tmp").write_bytes(b"half")
+    resumed = embed_dataset(
+        small_world.root, "pixels", tmp_path / "resumed", chunk_size=16, progress=False
+    )
+    assert resumed.values[0, 0] == 42.0  # reused, not recomputed
+    np.testing.assert_array_equal(resumed.values[16:], whole.values[16:])
+    assert not partial.exists()

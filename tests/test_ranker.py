@@ -1,0 +1,95 @@
+"""The distilled ranker: pair sampling, sign convention, learning a planted ranking, mAP(L) definition."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from fastgda.evaluation import average_precision, l_values, map_at_l
+from fastgda.ranker import PairSampler, Ranker, RankerShape, RankerTrainConfig, train_ranker
+from fastgda.ranker.training import pair_loss
+
+
+def planted_problem(rng, num_train=300, num_queries=200, dim=16, k=40):
+    """Features plus a teacher whose ranking is cosine in a hidden 4-d projection: learnable, not trivial."""
+    items = rng.normal(size=(num_train, dim)).astype(np.float32)
+    queries = rng.normal(size=(num_queries, dim)).astype(np.float32)
+    projection = rng.normal(size=(dim, 4))
+
+    def project(x):
+        z = x @ projection
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    scores = project(queries) @ project(items).T
+    ranked = np.argsort(-scores, axis=1)[:, :k]
+    return queries, items, ranked, scores
+
+
+def test_outliers_never_come_from_the_candidate_pool_and_targets_follow_rank(rng):
+    ranked = np.stack([rng.choice(50, 45, replace=False) for _ in range(8)])  # pools cover 90% of N
+    sampler = PairSampler(ranked, num_train=50, outlier_prob=0.5, seed=1)
+    rows, items, targets = sampler.sample(np.arange(8), 400)
+    position = {(q, i): r for q in range(8) for r, i in enumerate(ranked[q])}
+    outliers = 0
+    for q, item, target in zip(rows, items, targets, strict=True):
+        if (q, item) in position:
+            assert target == pytest.approx(1 - position[(q, item)] / 44)
+        else:
+            outliers += 1
+            assert target == 0.0
+    assert 0.4 < outliers / len(rows) < 0.6
+    assert targets.max() == pytest.approx(
+        1.0
+    )  # the teacher's first choice is the most positive target
+
+
+def test_a_batch_embeds_each_distinct_query_and_item_once(rng):
+    ranker = Ranker(RankerShape(in_dim=6, hidden=(8,), out_dim=4))
+    seen = []
+    ranker.mlp.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    rows, items = np.array([0, 0, 1, 1, 1]), np.array([3, 3, 3, 5, 7])
+    q, x = torch.randn(2, 6), torch.randn(10, 6)
+    pair_loss(ranker, q, x, rows, items, np.ones(5, dtype=np.float32), "bce")
+    assert seen == [2, 3]
+
+
+def test_the_ranker_learns_a_planted_ranking_and_higher_cosine_means_more_influential(rng):
+    queries, items, ranked, _ = planted_problem(rng)
+    config = RankerTrainConfig(
+        hidden=(64,),
+        out_dim=16,
+        epochs=30,
+        batch_queries=4,
+        pairs_per_query=40,
+        lr=3e-3,
+        patience=30,
+    )
+    ranker, history = train_ranker(
+        queries[:160], items, ranked[:160], config, queries[160:], ranked[160:], progress=False
+    )
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    q_emb, i_emb = ranker.embed_numpy(queries[160:]), ranker.embed_numpy(items)
+    predicted = q_emb @ i_emb.T  # cosine: higher = more influential
+    tuned = map_at_l(predicted, ranked[160:], 10).mean()
+    reversed_sign = map_at_l(-predicted, ranked[160:], 10).mean()
+    untuned = map_at_l(queries[160:] @ items.T, ranked[160:], 10).mean()
+    random = map_at_l(rng.random(predicted.shape), ranked[160:], 10).mean()
+    assert tuned > 1.5 * max(untuned, random) and tuned > 5 * reversed_sign, (
+        tuned,
+        untuned,
+        random,
+    )
+    assert ranker.logit_scale.item() > 0
+
+
+def test_map_equals_scikit_learn_average_precision(rng):
+    scores = rng.normal(size=(5, 200))
+    teacher = np.argsort(-(scores + rng.normal(scale=2.0, size=scores.shape)), axis=1)
+    ours = map_at_l(scores, teacher, L=12)
+    for q in range(5):
+        labels = np.isin(np.arange(200), teacher[q, :12])
+        assert ours[q] == pytest.approx(average_precision_score(labels, scores[q]))
+    assert average_precision(
+        np.array([3.0, 2.0, 1.0]), np.array([True, False, True])
+    ) == pytest.approx((1 + 2 / 3) / 2)
+    assert l_values(118_287) == [497, 1005, 4022] and l_values(2000) == [8, 17, 68]
