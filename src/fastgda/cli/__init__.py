@@ -11,9 +11,9 @@ import logging
 import sys
 
 from ..errors import FastGDAError
-from . import demo, env, model, teacher, world
+from . import attribute, attributor, demo, embed, env, evaluate, model, ranker, teacher, world
 
-COMMANDS = (env, world, model, teacher, demo)
+COMMANDS = (env, world, model, teacher, embed, ranker, attributor, attribute, evaluate, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

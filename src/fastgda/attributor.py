@@ -1,0 +1,218 @@
+"""``Attributor``: answer "which training images made this?" with one encoder pass, one MLP pass, one search.
+
+An attributor folder holds everything a query needs::
+
+    ranker/        the distilled ranker (its manifest names the feature spec)
+    index/         ranker embeddings of every training item (a VectorIndex)
+    items.jsonl    per training id: captions and image path (relative to the dataset root)
+    manifest.json  kind "attributor": spec, dataset root and content hash, share temperature
+
+Scores are cosines in the ranker's space: higher = more influential. ``share`` is a softmax of the top-k scores
+with a temperature fitted to the teacher (``fit_share_temperature``), for "percentage of influence" displays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ._artifacts import atomic_dir, read_manifest, write_manifest
+from .errors import FastGDAError, IncompatibleArtifactError
+from .features import FeatureEmbedder, Features
+from .index import VectorIndex
+from .ranker import Ranker
+
+ATTRIBUTOR_KIND = "attributor"
+ATTRIBUTOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class Attribution:
+    """One training item's part in a query's answer."""
+
+    id: int
+    score: float
+    share: float
+    captions: list[str]
+    image: str  # absolute path of the training image (may not exist on another machine)
+
+
+def softmax_shares(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax over each row of top-k scores (Q, k); -inf scores (padding) get share 0."""
+    z = np.where(np.isfinite(scores), scores / temperature, -np.inf)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_share_temperature(predicted: np.ndarray, teacher_scores: np.ndarray) -> float:
+    """Temperature T whose softmax(predicted / T) best matches the teacher's shares (cross-entropy).
+
+    Args:
+        predicted: (Q, K) ranker cosines of each query's teacher-ranked candidates.
+        teacher_scores: (Q, K) the teacher's taus for the same items; a query's target shares are its positive
+            taus normalised to sum to 1 (queries with no positive tau are skipped).
+    """
+    positive = np.clip(teacher_scores, 0, None)
+    keep = positive.sum(axis=1) > 0
+    if not keep.any():
+        return 0.05
+    target = positive[keep] / positive[keep].sum(axis=1, keepdims=True)
+    grid = np.logspace(-3, 0.5, 60)
+    losses = [
+        -(target * np.log(softmax_shares(predicted[keep], t) + 1e-12)).sum(axis=1).mean()
+        for t in grid
+    ]
+    return float(grid[int(np.argmin(losses))])
+
+
+class Attributor:
+    """A loaded attributor: ranker, index and item metadata; encoders are built on the first image query."""
+
+    def __init__(
+        self, root: Path, ranker: Ranker, index: VectorIndex, items: list[dict], manifest: dict
+    ):
+        self.root, self.ranker, self.index, self.items, self.manifest = (
+            root,
+            ranker,
+            index,
+            items,
+            manifest,
+        )
+        self.spec: str = manifest["config"]["spec"]
+        self.temperature: float = manifest["config"]["share_temperature"]
+        self.data_root = Path(manifest["config"]["data_root"])
+        self._embedder: FeatureEmbedder | None = None
+
+    # -- building ----------------------------------------------------------------------------------------
+    @staticmethod
+    def build(
+        out_dir: str | os.PathLike,
+        ranker_dir: str | os.PathLike,
+        item_features: Features,
+        dataset,
+        backend: str = "exact",
+        share_temperature: float = 0.05,
+        overwrite: bool = False,
+        **index_options,
+    ) -> Attributor:
+        """Embed every training item with the ranker, index them, and write the attributor folder."""
+        ranker, ranker_manifest = Ranker.load(ranker_dir)
+        spec = ranker_manifest["config"]["spec"]
+        if item_features.spec != spec:
+            raise IncompatibleArtifactError(
+                f"the ranker was trained on {spec!r} features, the item features are {item_features.spec!r}; "
+                f"embed the training set with `fastgda embed --spec {spec}`"
+            )
+        if item_features.source.get("content_hash") not in (None, dataset.content_hash):
+            raise IncompatibleArtifactError(
+                "the item features were computed on another dataset than the one given; embed this dataset"
+            )
+        index = VectorIndex(ranker.shape.out_dim, backend, **index_options)
+        index.add(item_features.ids, ranker.embed_numpy(item_features.values))
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            shutil.copytree(ranker_dir, tmp / "ranker")
+            index.save(tmp / "index")
+            lines = [
+                json.dumps(
+                    {
+                        "id": int(i),
+                        "captions": list(dataset.captions(int(i))),
+                        "file": _item_file(dataset, i),
+                    }
+                )
+                for i in item_features.ids
+            ]
+            (tmp / "items.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_manifest(
+                tmp,
+                ATTRIBUTOR_KIND,
+                ATTRIBUTOR_FORMAT_VERSION,
+                config={
+                    "spec": spec,
+                    "data_root": str(Path(dataset.root).resolve()),
+                    "content_hash": dataset.content_hash,
+                    "share_temperature": share_temperature,
+                    "backend": backend,
+                },
+                shapes={"items": [len(item_features)]},
+            )
+        return Attributor.load(out_dir)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> Attributor:
+        root = Path(root)
+        manifest = read_manifest(root, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
+        ranker, _ = Ranker.load(root / "ranker")
+        index = VectorIndex.load(root / "index")
+        lines = (root / "items.jsonl").read_text(encoding="utf-8").splitlines()
+        items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}
+        return cls(root, ranker, index, items, manifest)
+
+    # -- querying ----------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> FeatureEmbedder:
+        if self._embedder is None:
+            self._embedder = FeatureEmbedder(self.spec)
+        return self._embedder
+
+    def query_features(self, images, prompts: list[str]) -> np.ndarray:
+        """Features (Q, D) of query images (uint8 (Q, H, W, 3), paths, or PIL images) and their prompts."""
+        arrays = [_load_query_image(im) for im in images]
+        if len(arrays) != len(prompts):
+            raise FastGDAError(f"{len(arrays)} images for {len(prompts)} prompts")
+        return self.embedder.embed_pairs(arrays, list(prompts))
+
+    def attribute_features(self, features: np.ndarray, k: int = 10) -> list[list[Attribution]]:
+        """Top-k training items for query features (Q, D), most influential first."""
+        ids, scores = self.index.search(self.ranker.embed_numpy(np.atleast_2d(features)), k)
+        shares = softmax_shares(scores, self.temperature)
+        return [
+            [
+                Attribution(
+                    int(i), float(s), float(p), self.items[int(i)]["captions"], self._path(int(i))
+                )
+                for i, s, p in zip(row_ids, row_scores, row_shares, strict=True)
+                if i >= 0
+            ]
+            for row_ids, row_scores, row_shares in zip(ids, scores, shares, strict=True)
+        ]
+
+    def attribute(self, image, prompt: str, k: int = 10) -> list[Attribution]:
+        """Top-k training items for one generated image and its prompt."""
+        return self.attribute_batch([image], [prompt], k)[0]
+
+    def attribute_batch(self, images, prompts: list[str], k: int = 10) -> list[list[Attribution]]:
+        return self.attribute_features(self.query_features(images, prompts), k)
+
+    def _path(self, item_id: int) -> str:
+        return (
+            str(self.data_root / self.items[item_id]["file"]) if self.items[item_id]["file"] else ""
+        )
+
+
+def _item_file(dataset, item_id) -> str:
+    """The item's image path relative to its dataset root (absolute if it lies elsewhere)."""
+    path = Path(dataset.image_path(int(item_id)))
+    try:
+        return path.resolve().relative_to(Path(dataset.root).resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _load_query_image(image) -> np.ndarray:
+    if isinstance(image, str | os.PathLike):
+        try:
+            with Image.open(image) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise FastGDAError(f"cannot read query image {image}: {exc}") from exc
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image)

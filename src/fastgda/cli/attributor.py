@@ -1,0 +1,73 @@
+"""``fastgda attributor build``: index a training set with a trained ranker, ready for queries."""
+
+from __future__ import annotations
+
+from ._common import add_json_flag, emit, set_threads
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "attributor",
+        help="build an attributor (ranker + index)",
+        description="Build an attributor folder.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    build = verbs.add_parser(
+        "build",
+        help="embed the training set with the ranker and index it",
+        description="Write ranker/, index/ and items.jsonl; with validation data, fit the share temperature.",
+    )
+    build.add_argument("--ranker", required=True, help="folder from `fastgda ranker train`")
+    build.add_argument("--items", required=True, help="features of the training set")
+    build.add_argument(
+        "--data", required=True, help="the training dataset (captions and image paths)"
+    )
+    build.add_argument("--out", required=True, help="attributor folder to create")
+    build.add_argument("--backend", choices=["exact", "hnsw", "ivfpq"], default="exact")
+    build.add_argument(
+        "--val-queries", help="validation query features (to fit the share temperature)"
+    )
+    build.add_argument("--val-ground-truth", help="the teacher's ground truth for them")
+    build.add_argument("--threads", type=int)
+    build.add_argument("--overwrite", action="store_true")
+    add_json_flag(build)
+    build.set_defaults(handler=handle_build)
+
+
+def handle_build(args) -> int:
+    import numpy as np
+
+    from ..attributor import Attributor, fit_share_temperature
+    from ..data import open_dataset
+    from ..features import Features
+    from ..ground_truth import GroundTruth
+    from ..ranker import Ranker
+
+    set_threads(args.threads)
+    items = Features.load(args.items)
+    temperature = 0.05
+    if args.val_queries and args.val_ground_truth:
+        ranker, _ = Ranker.load(args.ranker)
+        truth = GroundTruth.load(args.val_ground_truth)
+        q = ranker.embed_numpy(
+            Features.load(args.val_queries, expect_spec=items.spec).values[truth.query_ids]
+        )
+        x = ranker.embed_numpy(items.values)
+        predicted = np.einsum("qd,qkd->qk", q, x[truth.ids])
+        temperature = fit_share_temperature(predicted, truth.scores)
+    attributor = Attributor.build(
+        args.out,
+        args.ranker,
+        items,
+        open_dataset(args.data),
+        args.backend,
+        temperature,
+        args.overwrite,
+    )
+    result = {"out": args.out, "items": len(attributor.index), "share_temperature": temperature}
+    emit(
+        args,
+        result,
+        f"indexed {len(attributor.index)} training items ({args.backend}) -> {args.out}",
+    )
+    return 0

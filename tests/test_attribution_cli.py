@@ -1,0 +1,149 @@
+"""The fast path end to end through the CLI on a tiny real setup: embed, train, build, attribute, evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastgda.attributor import Attributor, fit_share_temperature, softmax_shares
+from fastgda.cli import main
+from fastgda.unlearning import ScoringConfig, UnlearnConfig
+from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+
+
+@pytest.fixture(scope="module")
+def fast_path(teacher_inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    for config, name in [(20, "train"), (None, "test")]:
+        job = TeacherJob(
+            out_dir=root / name,
+            config=TeacherConfig(
+                unlearn=UnlearnConfig(num_pairs=16, batch_size=16),
+                scoring=ScoringConfig(timesteps=(500,)),
+                num_candidates=config,
+            ),
+            progress=False,
+            **teacher_inputs,
+        )
+        job.run()
+        job.merge()
+    spec = "pixels+minilm"
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(teacher_inputs["data_dir"]),
+                "--spec",
+                spec,
+                "--out",
+                str(root / "items"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(teacher_inputs["queries_dir"]),
+                "--spec",
+                spec,
+                "--out",
+                str(root / "q"),
+            ]
+        )
+        == 0
+    )
+    return root, teacher_inputs
+
+
+def test_train_build_attribute_and_evaluate(fast_path, capsys):
+    root, inputs = fast_path
+    code = main(
+        [
+            "ranker", "train", "--items", str(root / "items"), "--queries", str(root / "q"),
+            "--ground-truth", str(root / "train/ground_truth"), "--val-queries", str(root / "q"),
+            "--val-ground-truth", str(root / "train/ground_truth"), "--out", str(root / "ranker"),
+            "--epochs", "3", "--hidden", "32", "--out-dim", "16", "--batch-queries", "2", "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 3
+    code = main(
+        [
+            "attributor", "build", "--ranker", str(root / "ranker"), "--items", str(root / "items"),
+            "--data", str(inputs["data_dir"]), "--out", str(root / "attributor"),
+            "--val-queries", str(root / "q"), "--val-ground-truth", str(root / "train/ground_truth"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    query_image = inputs["queries_dir"] / "images/q000000.png"
+    html = root / "answer.html"
+    args = ["attribute", "--attributor", str(root / "attributor"), "--image", str(query_image)]
+    args += ["--prompt", "a large cyan circle", "-k", "5", "--json", "--html", str(html)]
+    assert main(args) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["results"]) == 5
+    scores = [r["score"] for r in answer["results"]]
+    assert (
+        scores == sorted(scores, reverse=True)
+        and abs(sum(r["share"] for r in answer["results"]) - 1) < 1e-5
+    )
+    assert all(r["image"].endswith(".png") and r["captions"] for r in answer["results"])
+    page = html.read_text()
+    assert page.count("<figure>") == 6 and "data:image/png;base64," in page
+    # The library gives the same answer as the CLI.
+    library = Attributor.load(root / "attributor").attribute(
+        str(query_image), "a large cyan circle", 5
+    )
+    assert [a.id for a in library] == [r["id"] for r in answer["results"]]
+
+    out = root / "map.json"
+    args = ["eval", "map", "--items", str(root / "items"), "--queries", str(root / "q")]
+    args += [
+        "--ground-truth",
+        str(root / "test/ground_truth"),
+        "--ranker",
+        str(root / "ranker"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = json.loads(out.read_text())["map"]
+    assert {"ranker (ranker)", "untuned image (pixels)", "untuned text (minilm)", "random"} <= set(
+        table
+    )
+    assert "mAP(L=" in capsys.readouterr().out
+
+
+def test_bad_attribution_inputs_fail_with_one_line(fast_path, tmp_path, capsys):
+    root, inputs = fast_path
+    text = tmp_path / "not-an-image.png"
+    text.write_text("hello")
+    args = [
+        "attribute",
+        "--attributor",
+        str(root / "attributor"),
+        "--image",
+        str(text),
+        "--prompt",
+        "x",
+    ]
+    assert main(args) == 2
+    assert "cannot read query image" in capsys.readouterr().err
+    args = ["eval", "map", "--items", str(root / "items"), "--queries", str(root / "q")]
+    assert main([*args, "--ground-truth", str(root / "train/ground_truth")]) == 2
+    assert "full rankings" in capsys.readouterr().err
+
+
+def test_share_temperature_matches_the_teacher_and_shares_sum_to_one(rng):
+    teacher = np.sort(rng.random((20, 30)), axis=1)[:, ::-1] ** 8
+    predicted = (
+        np.log(teacher / teacher.sum(axis=1, keepdims=True)) * 0.1
+    )  # softmax at T = 0.1 is exact
+    assert fit_share_temperature(predicted, teacher) == pytest.approx(0.1, rel=0.1)
+    shares = softmax_shares(np.array([[0.5, 0.2, -np.inf]]), 0.1)
+    assert shares[0, 2] == 0 and shares.sum() == pytest.approx(1.0)
