@@ -53,3 +53,55 @@ def test_encoders_refuse_bad_batches():
         make_encoder("minilm").encode(["fine", "  "])
     with pytest.raises(FastGDAError, match="unknown encoder"):
         make_encoder("resnet")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_folders(tmp_path_factory):
+    """A random DINO-style ViT and a random CLIP (both towers, projection 24-d) saved like hub folders."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
+
+    from _tiny_hf import write_clip_tokenizer_files
+
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    vit = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    ViTModel(
+        ViTConfig(image_size=32, patch_size=8, **vit), add_pooling_layer=False
+    ).save_pretrained(root / "dino")
+    vocab = write_clip_tokenizer_files(root / "clip")
+    tokenizer = CLIPTokenizer(
+        str(root / "clip/vocab.json"), str(root / "clip/merges.txt"), model_max_length=16
+    )
+    tokenizer.save_pretrained(root / "clip")
+    text = dict(
+        vocab_size=vocab, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1
+    )
+    config = CLIPConfig(
+        text_config={**vit, **text, "projection_dim": 24},
+        vision_config={**vit, "image_size": 32, "patch_size": 8, "projection_dim": 24},
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(root / "clip")
+    return root
+
+
+def test_dino_and_clip_encoders_load_from_local_folders(tiny_hf_folders, small_world, monkeypatch):
+    images = small_world.load_images(range(3))
+    dino = make_encoder("dino", path=str(tiny_hf_folders / "dino"))
+    assert dino.encode(images).shape == (3, 32) and dino.config()["image_size"] == 32
+    monkeypatch.setenv("FASTGDA_CLIP_PATH", str(tiny_hf_folders / "clip"))
+    image_part, text_part = make_encoder("clip_image"), make_encoder("clip_text")
+    assert image_part.encode(images).shape == (3, 24)
+    v = text_part.encode(["a red circle", "a blue square", "a red circle"])
+    assert v.shape == (3, 24) and np.allclose(v[0], v[2]) and not np.allclose(v[0], v[1])
+    from fastgda.features import FeatureEmbedder
+
+    monkeypatch.setenv("FASTGDA_DINO_PATH", str(tiny_hf_folders / "dino"))
+    both = FeatureEmbedder("dino+clip_text").embed(small_world, range(4))
+    assert both.shape == (4, 32 + 24)
+
+
+def test_missing_hf_weights_fail_with_instructions(tmp_path):
+    with pytest.raises(FastGDAError, match="local folder"):
+        make_encoder("dino", path=str(tmp_path / "nothing-here"))

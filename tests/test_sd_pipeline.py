@@ -6,21 +6,9 @@ import json
 import pytest
 import torch
 
+from _tiny_hf import write_clip_tokenizer_files
 from fastgda import IncompatibleArtifactError
 from fastgda.diffusion import TextToImageModel
-
-
-def _write_clip_tokenizer_files(folder):
-    # Byte-level BPE with no merges: every character is its own token, enough to tokenize test prompts.
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return len(vocab)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +22,7 @@ def tiny_sd_dir(tmp_path_factory):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     root = tmp_path_factory.mktemp("sd")
-    vocab_size = _write_clip_tokenizer_files(root / "tok")
+    vocab_size = write_clip_tokenizer_files(root / "tok")
     tokenizer = CLIPTokenizer(
         str(root / "tok" / "vocab.json"), str(root / "tok" / "merges.txt"), model_max_length=16
     )

@@ -46,7 +46,7 @@ def register(name: str):
 
 
 def encoder_names() -> list[str]:
-    from . import image, text  # noqa: F401  (importing registers the built-in encoders)
+    from . import hf, image, text  # noqa: F401  (importing registers the built-in encoders)
 
     return sorted(_REGISTRY)
 
