@@ -52,7 +52,7 @@ def main() -> None:
     )
     parser.add_argument("--pack-dir", default=str(PACK_DIR))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     world = ShapesWorld(args.world)
     prompts = reference_query_prompts(world.meta["held_out"])
