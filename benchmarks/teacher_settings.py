@@ -101,7 +101,9 @@ def main() -> None:
         "--common-queries", type=int, default=3, help="held-out combination queries"
     )
     parser.add_argument(
-        "--max-queries", type=int, help="evaluate only the first n queries (e.g. those already computed)"
+        "--max-queries",
+        type=int,
+        help="evaluate only the first n queries (e.g. those already computed)",
     )
     parser.add_argument("--pool", type=int, default=128, help="candidate pool size per query")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])

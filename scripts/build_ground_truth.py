@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument(
         "--pack", action="store_true", help="copy the finished splits into the world pack"
     )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (two 1-thread runs use 2 cores best)"
+    )
     parser.add_argument("--pack-dir", default=str(PACK_DIR))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

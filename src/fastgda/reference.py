@@ -108,6 +108,11 @@ def reference_ground_truth(split: str, root: os.PathLike | None = None) -> Groun
     return GroundTruth.load(root / split / "ground_truth")
 
 
+def reference_split_dir(split: str, root: os.PathLike | None = None) -> Path:
+    """The split's folder: an ImageCaptionFolder of the query images and prompts (``fastgda embed`` reads it)."""
+    return (Path(root) if root else reference_dir()) / split
+
+
 def reference_queries(split: str, root: os.PathLike | None = None) -> list[dict]:
     """The split's query records (prompt, seed, scene, kind, concept, file), in query-id order."""
     root = Path(root) if root else reference_dir()
