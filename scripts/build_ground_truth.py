@@ -19,7 +19,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fastgda.data import ShapesWorld
 from fastgda.diffusion import TextToImageModel
@@ -83,13 +85,16 @@ def main() -> None:
             config,
             cache_dir=args.cache,
         )
-        pending = len(job.pending())
-        job.run()
+        pending = job.pending()
+        # A seeded shuffle, so that any prefix of finished queries mixes every kind of prompt.
+        order = np.random.default_rng(0).permutation(job.num_queries)
+        for q in tqdm([q for q in order if q in set(pending)], desc=f"teacher {split}"):
+            job.run_query(int(q))
         job.merge()
         seconds = time.perf_counter() - began
-        timings[split] = {"queries_computed": pending, "seconds": round(seconds, 1)}
+        timings[split] = {"queries_computed": len(pending), "seconds": round(seconds, 1)}
         print(
-            f"{split}: {job.num_queries} queries ({pending} computed now) in {seconds:.0f} s",
+            f"{split}: {job.num_queries} queries ({len(pending)} computed now) in {seconds:.0f} s",
             flush=True,
         )
     print(json.dumps(timings))
