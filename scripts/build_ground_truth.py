@@ -56,6 +56,12 @@ def main() -> None:
         "--threads", type=int, default=2, help="torch threads (two 1-thread runs use 2 cores best)"
     )
     parser.add_argument("--pack-dir", default=str(PACK_DIR))
+    parser.add_argument(
+        "--pack-only", action="store_true", help="pack what is finished, compute nothing"
+    )
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="pack splits with only their finished queries"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -63,7 +69,7 @@ def main() -> None:
     prompts = reference_query_prompts(world.meta["held_out"])
     model = TextToImageModel.from_pretrained(model_dir())
     timings = {}
-    for split in args.splits:
+    for split in [] if args.pack_only else args.splits:
         queries = work / f"queries-{split}"
         if not queries.exists():
             write_query_set(
@@ -90,7 +96,8 @@ def main() -> None:
         order = np.random.default_rng(0).permutation(job.num_queries)
         for q in tqdm([q for q in order if q in set(pending)], desc=f"teacher {split}"):
             job.run_query(int(q))
-        job.merge()
+        if not job.pending():
+            job.merge()
         seconds = time.perf_counter() - began
         timings[split] = {"queries_computed": len(pending), "seconds": round(seconds, 1)}
         print(
@@ -98,12 +105,13 @@ def main() -> None:
             flush=True,
         )
     print(json.dumps(timings))
-    if args.pack:
+    if args.pack or args.pack_only:
         pack_reference(
             {split: work / f"queries-{split}" for split in SPLITS},
             {split: work / f"run-{split}" for split in SPLITS},
             args.fisher,
             Path(args.pack_dir) / "reference",
+            allow_partial=args.allow_partial,
             command=(
                 "python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac "
                 f"--work runs/gt --cache runs/teacher-planted/before_losses --alpha {args.alpha:g} "

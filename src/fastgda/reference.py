@@ -50,9 +50,15 @@ def pack_reference(
     fisher_dir: os.PathLike,
     out_dir: os.PathLike,
     command: str = "",
+    allow_partial: bool = False,
 ) -> None:
-    """Write the reference artifact from finished teacher runs (each with a merged ``ground_truth/``)."""
+    """Write the reference artifact from teacher runs (their per-query ``results/``).
+
+    With ``allow_partial`` a split may ship only its finished queries: all its query records are kept, and the
+    ground truth's ``query_ids`` say which ones have a ranking.
+    """
     from .diffusion.queries import load_query_tensors
+    from .ground_truth import finished_queries
 
     splits: dict[str, dict] = {}
     with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -66,11 +72,18 @@ def pack_reference(
                 {"x0": load_query_tensors(query_dir)["x0"].contiguous()},
                 tmp / split / "x0.safetensors",
             )
-            truth = GroundTruth.load(run_dir / "ground_truth")
-            truth.save(tmp / split / "ground_truth", compact=True)
             run_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            done = sorted(finished_queries(run_dir / "results"))
+            if len(done) < run_info["num_queries"] and not allow_partial:
+                raise IncompatibleArtifactError(
+                    f"{run_dir} has {len(done)} of {run_info['num_queries']} queries ranked; finish the run or "
+                    "pack with allow_partial"
+                )
+            truth = GroundTruth.merge(run_dir / "results", done, config=run_info)
+            truth.save(tmp / split / "ground_truth", compact=True)
             splits[split] = {
                 "num_queries": int(truth.ids.shape[0]),
+                "num_prompts": int(run_info["num_queries"]),
                 "num_candidates": int(truth.ids.shape[1]),
                 "teacher": run_info["config"],
                 "model_manifest_sha256": run_info["model_manifest_sha256"],
