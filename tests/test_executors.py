@@ -1,4 +1,4 @@
-"""The Ray executor on a real local cluster gives the same teacher rankings as the local executor."""
+"""The Ray executor on a real local cluster gives the same teacher rankings and features as the local one."""
 
 import numpy as np
 import pytest
@@ -34,6 +34,21 @@ def test_ray_executor_matches_local(teacher_inputs, tmp_path):
         executor = make_executor("ray", workers=2, progress=False)
         assert executor.map(lambda: lambda x: x + 1, [1, 2, 3]) == [2, 3, 4]
         distributed = run_teacher(_spec(teacher_inputs, tmp_path / "ray"), executor, progress=False)
+        # Embedding runs its chunks on the same executors, with the same result.
+        from fastgda.features import embed_dataset
+
+        on_ray = embed_dataset(
+            teacher_inputs["data_dir"],
+            "pixels+minilm",
+            tmp_path / "f-ray",
+            16,
+            executor,
+            progress=False,
+        )
+        here = embed_dataset(
+            teacher_inputs["data_dir"], "pixels+minilm", tmp_path / "f", 16, progress=False
+        )
+        np.testing.assert_allclose(on_ray.values, here.values, rtol=1e-5, atol=1e-6)
     finally:
         ray.shutdown()
     np.testing.assert_array_equal(local.ids, distributed.ids)

@@ -78,11 +78,21 @@ def validate(
     item_embeddings: np.ndarray,
     ranked_ids: np.ndarray,
     L: int,
-) -> float:
-    """Mean AP within the candidate pools: how well the ranker orders each query's teacher-ranked candidates."""
+    loss: str = "bce",
+) -> tuple[float, float]:
+    """Validation on every (query, candidate) pair, no outliers.
+
+    Returns:
+        (loss against the normalised-rank targets, mean AP of the teacher's top-L within each pool).
+    """
     q_emb = ranker.embed_numpy(query_features)
-    scores = np.einsum("qd,qkd->qk", q_emb, item_embeddings[ranked_ids])
-    return float(candidate_map(scores, ranked_ids, L).mean())
+    cosine = np.einsum("qd,qkd->qk", q_emb, item_embeddings[ranked_ids])
+    k = ranked_ids.shape[1]
+    targets = torch.from_numpy(
+        np.broadcast_to(1.0 - np.arange(k) / (k - 1), cosine.shape).astype(np.float32)
+    )
+    logits = ranker.logit_scale * torch.from_numpy(cosine) + ranker.logit_bias
+    return _loss(loss, logits, targets).item(), float(candidate_map(cosine, ranked_ids, L).mean())
 
 
 def train_ranker(
@@ -148,8 +158,8 @@ def train_ranker(
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if has_val:
             item_emb = ranker.embed_numpy(item_features)
-            record["val_map"] = validate(
-                ranker, val_query_features, item_emb, val_ranked_ids, val_l
+            record["val_loss"], record["val_map"] = validate(
+                ranker, val_query_features, item_emb, val_ranked_ids, val_l, config.loss
             )
             if record["val_map"] > best:
                 best, best_state, stale = record["val_map"], copy.deepcopy(ranker.state_dict()), 0
