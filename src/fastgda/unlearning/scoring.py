@@ -28,7 +28,9 @@ BEFORE_FORMAT_VERSION = 1
 class ScoringConfig:
     """Which losses score an item; before and after must use the same settings."""
 
-    timesteps: tuple[int, ...] = tuple(range(0, 1000, 100))  # 10 equally spaced (method.md §12.1)
+    # Five spread over the range: 0.989 rank agreement with ten at half the cost on the standard world
+    # (benchmarks/teacher_settings.py); pass ten (0, 100, ..., 900) or the paper's twenty for large models.
+    timesteps: tuple[int, ...] = (0, 200, 400, 600, 800)
     noise_seed: int = 0
     batch_size: int = 256
     flips: bool = False  # also score the mirrored sample, tau = max over the two; only for data trained with flips
