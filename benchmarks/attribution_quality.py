@@ -88,6 +88,10 @@ def main() -> None:
     methods["random"] = np.random.default_rng(args.seed).random(
         methods[f"untuned {args.specs[0]}"].shape
     )
+    # The teacher itself (mAP 1 by definition): its row shows the planted recall of the ground truth.
+    teacher = np.full((len(truth["test"]), n), -np.inf, dtype=np.float32)
+    np.put_along_axis(teacher, truth["test"].ids.astype(np.int64), truth["test"].scores, axis=1)
+    methods["teacher (AbU+, reference)"] = teacher
     table = map_table(methods, truth["test"].ids, n)
     recall = planted_recall(methods, concepts, world.concepts)
     print()

@@ -53,6 +53,12 @@ def main() -> None:
         help="also rank with each query's image replaced by another concept's query image, prompt kept",
     )
     parser.add_argument(
+        "--swap-queries",
+        type=int,
+        nargs="+",
+        help="run the control for these queries only (e.g. 0 2 4)",
+    )
+    parser.add_argument(
         "--stability-queries",
         type=int,
         default=0,
@@ -239,6 +245,8 @@ def swap_control(args, out: Path, model_dir, world, fisher_dir: Path, prompts) -
         "\n|---|---|---:|---:|"
     )
     for q, (concept, prompt) in enumerate(prompts):
+        if args.swap_queries and q not in args.swap_queries:
+            continue
         if q in job.pending():
             job.run_query(q)
         ids, _ = read_query_result(job.results_dir / f"q_{q:06d}.npz")
