@@ -147,3 +147,50 @@ def test_share_temperature_matches_the_teacher_and_shares_sum_to_one(rng):
     assert fit_share_temperature(predicted, teacher) == pytest.approx(0.1, rel=0.1)
     shares = softmax_shares(np.array([[0.5, 0.2, -np.inf]]), 0.1)
     assert shares[0, 2] == 0 and shares.sum() == pytest.approx(1.0)
+
+
+def test_takedowns_persist_and_new_items_are_found_without_retraining(fast_path, tmp_path, capsys):
+    root, inputs = fast_path
+    args = ["ranker", "train", "--items", str(root / "items"), "--queries", str(root / "q")]
+    args += [
+        "--ground-truth",
+        str(root / "train/ground_truth"),
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+    ]
+    assert main([*args, "--hidden", "16", "--out-dim", "8"]) == 0
+    args = ["attributor", "build", "--ranker", str(tmp_path / "r"), "--items", str(root / "items")]
+    assert main([*args, "--data", str(inputs["data_dir"]), "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    query = inputs["queries_dir"] / "images/q000001.png"
+    before = Attributor.load(tmp_path / "a").attribute(
+        str(query), "a small red square on the left", 3
+    )
+    gone = before[0].id
+    assert (
+        main(
+            [
+                "attributor",
+                "remove",
+                "--attributor",
+                str(tmp_path / "a"),
+                "--ids",
+                str(gone),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["removed"] == 1
+    reloaded = Attributor.load(tmp_path / "a")
+    after = reloaded.attribute(str(query), "a small red square on the left", 60)
+    assert gone not in [a.id for a in after] and len(after) == 59
+    with pytest.raises(Exception, match="removed"):
+        reloaded.add_items([gone], [np.zeros((8, 8, 3), np.uint8)], [["back again"]])
+    new_image = np.asarray(__import__("PIL.Image").Image.open(query).convert("RGB"))
+    reloaded.add_items([1000], [new_image], [["a small red square on the left"]])
+    reloaded.save()
+    top = Attributor.load(tmp_path / "a").attribute(new_image, "a small red square on the left", 1)
+    assert top[0].id == 1000 and top[0].score == pytest.approx(1.0, abs=1e-4)

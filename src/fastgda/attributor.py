@@ -155,6 +155,48 @@ class Attributor:
         items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}
         return cls(root, ranker, index, items, manifest)
 
+    # -- changing the training set ----------------------------------------------------------------------
+    def add_items(
+        self, ids, images, captions: list[list[str]], files: list[str] | None = None
+    ) -> None:
+        """Index new training images without retraining: embed (image, first caption) with the ranker.
+
+        Args:
+            ids: new int ids (n,); images: uint8 (n, H, W, 3) or paths; captions: per item, at least one.
+        """
+        arrays = [_load_query_image(im) for im in images]
+        if not all(c and all(t.strip() for t in c) for c in captions):
+            raise FastGDAError("every new training item needs at least one non-empty caption")
+        features = self.embedder.embed_pairs(arrays, [c[0] for c in captions])
+        self.index.add(ids, self.ranker.embed_numpy(features))
+        for n, (item_id, caps) in enumerate(zip(ids, captions, strict=True)):
+            self.items[int(item_id)] = {
+                "id": int(item_id),
+                "captions": list(caps),
+                "file": (files or [""] * len(ids))[n],
+            }
+
+    def remove_items(self, ids) -> int:
+        """Take training items out for good (takedowns); returns how many were indexed."""
+        return self.index.remove(ids)
+
+    def save(self) -> None:
+        """Persist the index and item list in place (written beside, then renamed)."""
+        self.index.save(self.root / "index", overwrite=True)
+        live = set(self.index.ids.tolist()) - self.index.removed
+        lines = [json.dumps(rec) for item_id, rec in sorted(self.items.items()) if item_id in live]
+        from ._artifacts import write_text_atomic
+
+        write_text_atomic(self.root / "items.jsonl", "\n".join(lines) + "\n")
+        config = self.manifest["config"]
+        write_manifest(
+            self.root,
+            ATTRIBUTOR_KIND,
+            ATTRIBUTOR_FORMAT_VERSION,
+            config=config,
+            shapes={"items": [len(live)]},
+        )
+
     # -- querying ----------------------------------------------------------------------------------------
     @property
     def embedder(self) -> FeatureEmbedder:

@@ -33,6 +33,16 @@ def add_parser(sub) -> None:
     add_json_flag(build)
     build.set_defaults(handler=handle_build)
 
+    remove = verbs.add_parser(
+        "remove",
+        help="take training images out of an attributor for good (takedowns)",
+        description="Remove ids from the index; they never come back in answers and cannot be re-added.",
+    )
+    remove.add_argument("--attributor", required=True)
+    remove.add_argument("--ids", type=int, nargs="+", required=True, help="training ids to remove")
+    add_json_flag(remove)
+    remove.set_defaults(handler=handle_remove)
+
 
 def handle_build(args) -> int:
     import numpy as np
@@ -69,5 +79,20 @@ def handle_build(args) -> int:
         args,
         result,
         f"indexed {len(attributor.index)} training items ({args.backend}) -> {args.out}",
+    )
+    return 0
+
+
+def handle_remove(args) -> int:
+    from ..attributor import Attributor
+
+    attributor = Attributor.load(args.attributor)
+    removed = attributor.remove_items(args.ids)
+    attributor.save()
+    result = {"removed": removed, "requested": len(args.ids), "items": len(attributor.index)}
+    emit(
+        args,
+        result,
+        f"removed {removed} of {len(args.ids)} ids; {len(attributor.index)} items remain",
     )
     return 0
