@@ -71,3 +71,66 @@ def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_p
         manifest["kind"] == "reference_ground_truth"
         and "fisher/fisher.safetensors" in manifest["checksums"]
     )
+
+
+def spearman(a, b) -> float:
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+@pytest.mark.slow
+def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
+    """Recompute two shipped training queries (a planted one and a held-out one) from scratch."""
+    from fastgda.diffusion.training import prepare_training_data
+    from fastgda.pack import ensure_world, model_dir
+    from fastgda.reference import reference_dir
+    from fastgda.unlearning import (
+        BeforeLosses,
+        Fisher,
+        influence_scores,
+        select_linear_layers,
+        unlearn,
+        weights_shifted,
+    )
+    from fastgda.unlearning.jobs import teacher_config_from_json
+
+    info = reference_info()
+    sizes = {s: v["num_queries"] for s, v in info["splits"].items()}
+    assert sizes["val"] == 50 and sizes["test"] == 40 and 100 <= sizes["train"] <= 400
+    assert info["splits"]["test"]["num_candidates"] == 2000
+    config = teacher_config_from_json(info["splits"]["train"]["teacher"])
+    model = TextToImageModel.from_pretrained(model_dir())
+    queries = load_query_tensors(
+        reference_query_set("train", model, model_dir(), tmp_path / "queries")
+    )
+    records = reference_queries("train")
+    truth = reference_ground_truth("train")
+    rows = [
+        next(row for row, q in enumerate(truth.query_ids) if records[q]["kind"] == kind)
+        for kind in ("planted", "held-out")
+    ]
+    data = prepare_training_data(
+        model, ensure_world(tmp_path / "world", progress=False), progress=False
+    )
+    fisher = Fisher.load(reference_dir() / "fisher")
+    layers = select_linear_layers(model.unet, fisher.config.layers)
+    for row in rows:
+        q = int(truth.query_ids[row])
+        candidates = truth.ids[row].astype(np.int64)
+        before = BeforeLosses.compute(
+            model, data, config.scoring, {}, progress=False, item_ids=candidates
+        )
+        delta = unlearn(
+            model,
+            layers,
+            fisher,
+            queries["x0"][q],
+            queries["text_states"][q],
+            queries["text_mask"][q] if "text_mask" in queries else None,
+            config.unlearn,
+            data.x0.shape[0],
+            query_key=q,
+        )
+        with weights_shifted(layers, delta):
+            scores = influence_scores(model, data, candidates, before)
+        assert spearman(scores, truth.scores[row]) >= 0.99, (q, records[q]["prompt"])
