@@ -49,74 +49,72 @@ def _image_size(model, default: int = 224) -> int:
     return int(size[0] if isinstance(size, list | tuple) else size)
 
 
+class _HFImageEncoder(Encoder):
+    """A transformers vision model behind the encoder interface; subclasses say how to load and pool."""
+
+    modality = "image"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __init__(self, model, location: str, dim: int, batch_size: int):
+        self.model, self.location, self.dim, self.batch_size = model, location, dim, batch_size
+        self.size = _image_size(model)
+
+    def pool(self, outputs) -> torch.Tensor:
+        """(B, dim) features from the model's outputs."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, batch) -> np.ndarray:
+        images = as_image_batch(batch)
+        out = [
+            self.pool(
+                self.model(
+                    pixel_values=resize_normalise(
+                        images[i : i + self.batch_size], self.size, self.mean, self.std
+                    )
+                )
+            )
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return (
+            torch.cat(out).numpy().astype(np.float32)
+            if out
+            else np.zeros((0, self.dim), np.float32)
+        )
+
+    def config(self) -> dict:
+        return super().config() | {"location": self.location, "image_size": self.size}
+
+
 @register("dino")
-class DinoEncoder(Encoder):
+class DinoEncoder(_HFImageEncoder):
     """DINO ViT (``ViTModel``/``Dinov2Model`` folders): CLS token of the last hidden state."""
 
     name = "dino"
-    modality = "image"
 
     def __init__(self, path: str | None = None, batch_size: int = 32):
-        self.location = _location(path, "FASTGDA_DINO_PATH", "facebook/dino-vitb16")
-        self.model = _load("AutoModel", self.location)
-        self.dim = int(self.model.config.hidden_size)
-        self.size = _image_size(self.model)
-        self.batch_size = batch_size
+        location = _location(path, "FASTGDA_DINO_PATH", "facebook/dino-vitb16")
+        model = _load("AutoModel", location)
+        super().__init__(model, location, int(model.config.hidden_size), batch_size)
 
-    @torch.no_grad()
-    def encode(self, batch) -> np.ndarray:
-        images = as_image_batch(batch)
-        out = [
-            self.model(
-                pixel_values=resize_normalise(
-                    images[i : i + self.batch_size], self.size, IMAGENET_MEAN, IMAGENET_STD
-                )
-            ).last_hidden_state[:, 0]
-            for i in range(0, len(images), self.batch_size)
-        ]
-        return (
-            torch.cat(out).numpy().astype(np.float32)
-            if out
-            else np.zeros((0, self.dim), np.float32)
-        )
-
-    def config(self) -> dict:
-        return super().config() | {"location": self.location, "image_size": self.size}
+    def pool(self, outputs) -> torch.Tensor:
+        return outputs.last_hidden_state[:, 0]
 
 
 @register("clip_image")
-class CLIPImageEncoder(Encoder):
+class CLIPImageEncoder(_HFImageEncoder):
     """CLIP vision tower with its projection (``image_embeds``)."""
 
     name = "clip_image"
-    modality = "image"
+    mean, std = CLIP_MEAN, CLIP_STD
 
     def __init__(self, path: str | None = None, batch_size: int = 32):
-        self.location = _location(path, "FASTGDA_CLIP_PATH", "openai/clip-vit-base-patch32")
-        self.model = _load("CLIPVisionModelWithProjection", self.location)
-        self.dim = int(self.model.config.projection_dim)
-        self.size = _image_size(self.model)
-        self.batch_size = batch_size
+        location = _location(path, "FASTGDA_CLIP_PATH", "openai/clip-vit-base-patch32")
+        model = _load("CLIPVisionModelWithProjection", location)
+        super().__init__(model, location, int(model.config.projection_dim), batch_size)
 
-    @torch.no_grad()
-    def encode(self, batch) -> np.ndarray:
-        images = as_image_batch(batch)
-        out = [
-            self.model(
-                pixel_values=resize_normalise(
-                    images[i : i + self.batch_size], self.size, CLIP_MEAN, CLIP_STD
-                )
-            ).image_embeds
-            for i in range(0, len(images), self.batch_size)
-        ]
-        return (
-            torch.cat(out).numpy().astype(np.float32)
-            if out
-            else np.zeros((0, self.dim), np.float32)
-        )
-
-    def config(self) -> dict:
-        return super().config() | {"location": self.location, "image_size": self.size}
+    def pool(self, outputs) -> torch.Tensor:
+        return outputs.image_embeds
 
 
 @register("clip_text")
