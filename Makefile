@@ -6,18 +6,27 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install browser test test-fast demo lint clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,encoders,index,ray,dev]'
+	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,encoders,index,ray,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: install
+# The browser test drives Debian's Chromium through chromedriver; install them when missing.
+APT_BROWSER := DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  $$SUDO $(APT_BROWSER) || { $$SUDO apt-get update -q >/dev/null && $$SUDO $(APT_BROWSER); }; \
+	fi
+
+test: install browser
 	$(OFFLINE) $(PY) -m pytest -q -m "not weights and not gpu"
 
 test-fast: install

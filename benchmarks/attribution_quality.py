@@ -78,6 +78,7 @@ def main() -> None:
                 split_features["val"].values[truth["val"].query_ids],
                 truth["val"].ids,
                 progress=False,
+                part_dims=items.part_dims,
             )
             minutes[spec] = (time.perf_counter() - began) / 60
             ranker.save(ranker_dir, spec, extra={"history": history})

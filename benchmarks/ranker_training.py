@@ -160,7 +160,7 @@ def main() -> None:
         began = time.perf_counter()
         _, history = train_ranker(
             feats["train"].values, Features.load(item_features).values, truth["train"].ids, RankerTrainConfig(),
-            feats["val"].values, truth["val"].ids,
+            feats["val"].values, truth["val"].ids, part_dims=feats["train"].part_dims,
         )  # fmt: skip
         minutes = (time.perf_counter() - began) / 60
         print(

@@ -1,7 +1,8 @@
 """Compute the reference ground truth of the standard world and (with --pack) ship it in the world pack.
 
 Samples the reference query splits (``fastgda.world.query_prompts``) with the shipped model, runs the teacher on
-each (training and validation queries over their top-M EfficientNet neighbours, test queries over all N), merges
+each (training and validation queries over their top-M neighbours by image and text, test queries over all N),
+merges
 the rankings, and packs them compactly with the query images, their clean samples and the EK-FAC Fisher.
 Resumable: rerun the same command after an interruption and only the missing queries are computed.
 
@@ -43,12 +44,16 @@ def main() -> None:
     )
     parser.add_argument("--splits", nargs="+", default=["val", "test", "train"], choices=SPLITS)
     parser.add_argument("--alpha", type=float, default=0.01)
-    parser.add_argument("--pairs", type=int, default=1000)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(range(0, 1000, 100)))
+    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[0, 200, 400, 600, 800])
     parser.add_argument(
         "--candidates", type=int, default=256, help="M for training and validation queries"
     )
-    parser.add_argument("--candidate-feature", default="effnet")
+    parser.add_argument(
+        "--candidate-feature",
+        default="effnet+minilm",
+        help="feature spec whose top-M neighbours are the candidates (parts weighted equally)",
+    )
     parser.add_argument(
         "--pack", action="store_true", help="copy the finished splits into the world pack"
     )
@@ -113,8 +118,8 @@ def main() -> None:
             Path(args.pack_dir) / "reference",
             allow_partial=args.allow_partial,
             command=(
-                "python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac "
-                f"--work runs/gt --cache runs/teacher-planted/before_losses --alpha {args.alpha:g} "
+                f"python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac "
+                f"--work {args.work} --cache runs/teacher-planted/before_losses --alpha {args.alpha:g} "
                 f"--pairs {args.pairs} --timesteps {' '.join(map(str, args.timesteps))} "
                 f"--candidates {args.candidates} --candidate-feature {args.candidate_feature} --pack"
             ),

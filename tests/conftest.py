@@ -102,3 +102,82 @@ def teacher_inputs(small_world, test_preset, tmp_path_factory):
         "queries_dir": root / "queries",
         "fisher_dir": root / "fisher",
     }
+
+
+@pytest.fixture(scope="session")
+def fast_path(teacher_inputs, tmp_path_factory):
+    """Teacher rankings (20 candidates for training queries, all N for test) and pixels+minilm features."""
+    from fastgda.cli import main
+    from fastgda.unlearning import ScoringConfig, UnlearnConfig
+    from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
+
+    root = tmp_path_factory.mktemp("fast")
+    for config, name in [(20, "train"), (None, "test")]:
+        job = TeacherJob(
+            out_dir=root / name,
+            config=TeacherConfig(
+                unlearn=UnlearnConfig(num_pairs=16, batch_size=16),
+                scoring=ScoringConfig(timesteps=(500,)),
+                num_candidates=config,
+            ),
+            progress=False,
+            **teacher_inputs,
+        )
+        job.run()
+        job.merge()
+    spec = "pixels+minilm"
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(teacher_inputs["data_dir"]),
+                "--spec",
+                spec,
+                "--out",
+                str(root / "items"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(teacher_inputs["queries_dir"]),
+                "--spec",
+                spec,
+                "--out",
+                str(root / "q"),
+            ]
+        )
+        == 0
+    )
+    return root, teacher_inputs
+
+
+@pytest.fixture(scope="session")
+def served(fast_path, tmp_path_factory):
+    """A small real attributor (ranker trained on the fast-path teacher rankings) and the model it came from."""
+    from fastgda.attributor import Attributor
+    from fastgda.data import open_dataset
+    from fastgda.features import Features
+    from fastgda.ground_truth import GroundTruth
+    from fastgda.ranker import RankerTrainConfig, train_ranker
+
+    root, inputs = fast_path
+    out = tmp_path_factory.mktemp("served")
+    items, queries = Features.load(root / "items"), Features.load(root / "q")
+    truth = GroundTruth.load(root / "train" / "ground_truth")
+    config = RankerTrainConfig(hidden=(32,), out_dim=16, epochs=3, batch_queries=2)
+    ranker, _ = train_ranker(
+        queries.values[truth.query_ids], items.values, truth.ids, config, progress=False
+    )
+    ranker.save(out / "ranker", items.spec)
+    Attributor.build(out / "attributor", out / "ranker", items, open_dataset(inputs["data_dir"]))
+    return {
+        "attributor": out / "attributor",
+        "model": inputs["model_dir"],
+        "query_image": inputs["queries_dir"] / "images" / "q000000.png",
+    }

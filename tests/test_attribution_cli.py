@@ -7,56 +7,6 @@ import pytest
 
 from fastgda.attributor import Attributor, fit_share_temperature, softmax_shares
 from fastgda.cli import main
-from fastgda.unlearning import ScoringConfig, UnlearnConfig
-from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
-
-
-@pytest.fixture(scope="module")
-def fast_path(teacher_inputs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fast")
-    for config, name in [(20, "train"), (None, "test")]:
-        job = TeacherJob(
-            out_dir=root / name,
-            config=TeacherConfig(
-                unlearn=UnlearnConfig(num_pairs=16, batch_size=16),
-                scoring=ScoringConfig(timesteps=(500,)),
-                num_candidates=config,
-            ),
-            progress=False,
-            **teacher_inputs,
-        )
-        job.run()
-        job.merge()
-    spec = "pixels+minilm"
-    assert (
-        main(
-            [
-                "embed",
-                "--data",
-                str(teacher_inputs["data_dir"]),
-                "--spec",
-                spec,
-                "--out",
-                str(root / "items"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "embed",
-                "--data",
-                str(teacher_inputs["queries_dir"]),
-                "--spec",
-                spec,
-                "--out",
-                str(root / "q"),
-            ]
-        )
-        == 0
-    )
-    return root, teacher_inputs
 
 
 def test_train_build_attribute_and_evaluate(fast_path, capsys):

@@ -82,6 +82,19 @@ def test_the_ranker_learns_a_planted_ranking_and_higher_cosine_means_more_influe
     assert ranker.logit_scale.item() > 0
 
 
+def test_balanced_parts_get_equal_input_variance(rng):
+    features = np.concatenate(
+        [rng.normal(size=(500, 48)) * 3.0, rng.normal(size=(500, 16))], axis=1
+    )
+    ranker = Ranker(RankerShape(64, (8,), 4))
+    ranker.fit_standardisation(features, part_dims=[48, 16])
+    x = (torch.as_tensor(features, dtype=torch.float32) - ranker.feature_mean) / ranker.feature_std
+    per_part = [x[:, :48].var(dim=0).sum().item(), x[:, 48:].var(dim=0).sum().item()]
+    assert per_part == pytest.approx([32.0, 32.0], rel=1e-3)
+    with pytest.raises(ValueError, match="do not sum"):
+        ranker.fit_standardisation(features, part_dims=[48, 10])
+
+
 def test_map_equals_scikit_learn_average_precision(rng):
     scores = rng.normal(size=(5, 200))
     teacher = np.argsort(-(scores + rng.normal(scale=2.0, size=scores.shape)), axis=1)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fastgda import FastGDAError, IncompatibleArtifactError
 from fastgda.cli import main
@@ -142,6 +143,26 @@ def test_candidate_pools_can_come_from_an_image_encoder(teacher_inputs, tmp_path
     pools = [set(job.candidates(q).tolist()) for q in range(3)]
     assert all(len(p) == 10 for p in pools)
     assert any(p != set(pixel_job.candidates(q).tolist()) for q, p in enumerate(pools))
+
+
+def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, tmp_path):
+    def job(feature: str) -> TeacherJob:
+        config = TeacherConfig(
+            unlearn=CONFIG.unlearn,
+            scoring=CONFIG.scoring,
+            num_candidates=10,
+            candidate_feature=feature,
+        )
+        out = tmp_path / feature.replace("+", "_")
+        return TeacherJob(out_dir=out, config=config, progress=False, **teacher_inputs)
+
+    def cosine(j: TeacherJob) -> torch.Tensor:
+        train, queries = j._candidate_space
+        return queries @ train.T
+
+    both, image, text = job("effnet+minilm"), job("effnet"), job("minilm")
+    torch.testing.assert_close(cosine(both), (cosine(image) + cosine(text)) / 2, atol=1e-5, rtol=0)
+    assert torch.topk(cosine(both)[0], 10).indices.tolist() == both.candidates(0).tolist()
 
 
 def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):

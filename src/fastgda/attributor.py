@@ -4,6 +4,7 @@ An attributor folder holds everything a query needs::
 
     ranker/        the distilled ranker (its manifest names the feature spec)
     index/         ranker embeddings of every training item (a VectorIndex)
+    features/      the items' frozen backbone features (optional): for retraining and untuned baselines
     items.jsonl    per training id: captions and image path (relative to the dataset root)
     manifest.json  kind "attributor": spec, dataset root and content hash, share temperature
 
@@ -23,9 +24,10 @@ import numpy as np
 from PIL import Image
 
 from ._artifacts import atomic_dir, read_manifest, write_manifest
+from .encoders import FeatureSpec, make_encoder
 from .errors import FastGDAError, IncompatibleArtifactError
 from .features import FeatureEmbedder, Features
-from .index import VectorIndex
+from .index import VectorIndex, exact_top_k
 from .ranker import Ranker
 
 ATTRIBUTOR_KIND = "attributor"
@@ -89,6 +91,7 @@ class Attributor:
         self.temperature: float = manifest["config"]["share_temperature"]
         self.data_root = Path(manifest["config"]["data_root"])
         self._embedder: FeatureEmbedder | None = None
+        self._untuned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- building ----------------------------------------------------------------------------------------
     @staticmethod
@@ -100,9 +103,14 @@ class Attributor:
         backend: str = "exact",
         share_temperature: float = 0.05,
         overwrite: bool = False,
+        keep_features: bool = True,
         **index_options,
     ) -> Attributor:
-        """Embed every training item with the ranker, index them, and write the attributor folder."""
+        """Embed every training item with the ranker, index them, and write the attributor folder.
+
+        ``keep_features`` stores the backbone features beside the index (float16), so that a ranker can be
+        retrained with an MLP pass only and ``untuned`` baselines can be served.
+        """
         ranker, ranker_manifest = Ranker.load(ranker_dir)
         spec = ranker_manifest["config"]["spec"]
         if item_features.spec != spec:
@@ -119,6 +127,8 @@ class Attributor:
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             shutil.copytree(ranker_dir, tmp / "ranker")
             index.save(tmp / "index")
+            if keep_features:
+                item_features.save(tmp / "features", dtype="float16")
             lines = [
                 json.dumps(
                     {
@@ -178,6 +188,7 @@ class Attributor:
 
     def remove_items(self, ids) -> int:
         """Take training items out for good (takedowns); returns how many were indexed."""
+        self._untuned.clear()  # the baselines must forget them too
         return self.index.remove(ids)
 
     def save(self) -> None:
@@ -224,6 +235,68 @@ class Attributor:
                 if i >= 0
             ]
             for row_ids, row_scores, row_shares in zip(ids, scores, shares, strict=True)
+        ]
+
+    @property
+    def has_features(self) -> bool:
+        return (self.root / "features" / "manifest.json").exists()
+
+    def baseline_part(self) -> str:
+        """The default untuned baseline: the spec's first text part (the strongest one on the embedded world,
+        BENCHMARKS.md), else its first part."""
+        parts = FeatureSpec.parse(self.spec).names
+        text = [name for name in parts if make_encoder(name).modality == "text"]
+        return (text or parts)[0]
+
+    def untuned(
+        self, features: np.ndarray, k: int = 10, part: str | None = None
+    ) -> list[list[Attribution]]:
+        """Top-k by the plain cosine of one part of the frozen features (no ranker): a baseline to compare with.
+
+        Args:
+            features: float (Q, D) query features of the attributor's spec.
+            part: encoder name within the spec (default ``baseline_part()``).
+
+        Raises:
+            FastGDAError: the attributor was built without ``features/`` or ``part`` is not in the spec.
+        """
+        part = part or self.baseline_part()
+        if part not in self._untuned:
+            if not self.has_features:
+                raise FastGDAError(
+                    f"{self.root} has no features/ folder; rebuild it with `fastgda attributor build` to serve "
+                    "untuned baselines"
+                )
+            stored = Features.load(self.root / "features")
+            try:
+                columns = stored.part(part).astype(np.float32)
+            except KeyError as exc:
+                raise FastGDAError(
+                    f"{part!r} is not a part of {self.spec!r}; choose one of {FeatureSpec.parse(self.spec).names}"
+                ) from exc
+            live = ~np.isin(stored.ids, np.fromiter(self.index.removed, np.int64))
+            columns = columns[live] / np.maximum(
+                np.linalg.norm(columns[live], axis=1, keepdims=True), 1e-12
+            )
+            self._untuned[part] = (stored.ids[live], columns)
+        ids, columns = self._untuned[part]
+        offset = next(p["offset"] for p in self.embedder.parts if p["name"] == part)
+        queries = np.atleast_2d(features)[:, offset : offset + columns.shape[1]].astype(np.float32)
+        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        positions, scores = exact_top_k(queries, columns, k)
+        shares = softmax_shares(scores, self.temperature)
+        return [
+            [
+                Attribution(
+                    int(ids[p]),
+                    float(s),
+                    float(h),
+                    self.items[int(ids[p])]["captions"],
+                    self._path(int(ids[p])),
+                )
+                for p, s, h in zip(row_p, row_s, row_h, strict=True)
+            ]
+            for row_p, row_s, row_h in zip(positions, scores, shares, strict=True)
         ]
 
     def attribute(self, image, prompt: str, k: int = 10) -> list[Attribution]:

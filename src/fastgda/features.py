@@ -52,6 +52,11 @@ class Features:
     def dim(self) -> int:
         return int(self.values.shape[1])
 
+    @property
+    def part_dims(self) -> list[int]:
+        """Widths of the parts, in column order."""
+        return [int(p["dim"]) for p in sorted(self.parts, key=lambda p: p["offset"])]
+
     def part(self, name: str) -> np.ndarray:
         """The columns of one encoder: (n, dim_part)."""
         for p in self.parts:

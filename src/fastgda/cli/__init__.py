@@ -11,9 +11,21 @@ import logging
 import sys
 
 from ..errors import FastGDAError
-from . import attribute, attributor, demo, embed, env, evaluate, model, ranker, teacher, world
+from . import (
+    attribute,
+    attributor,
+    demo,
+    embed,
+    env,
+    evaluate,
+    model,
+    ranker,
+    serve,
+    teacher,
+    world,
+)
 
-COMMANDS = (env, world, model, teacher, embed, ranker, attributor, attribute, evaluate, demo)
+COMMANDS = (env, world, model, teacher, embed, ranker, attributor, attribute, evaluate, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,11 @@ def add_parser(sub) -> None:
     )
     train.add_argument("--candidate-fraction", type=float, default=d.candidate_fraction)
     train.add_argument("--patience", type=int, default=d.patience)
+    train.add_argument(
+        "--no-balance-parts",
+        action="store_true",
+        help="standardise columns only (default: each part of the spec gets the same input variance)",
+    )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--threads", type=int)
     train.add_argument("--overwrite", action="store_true")
@@ -85,6 +90,7 @@ def handle_train(args) -> int:
         candidate_fraction=args.candidate_fraction,
         patience=args.patience,
         seed=args.seed,
+        balance_parts=not args.no_balance_parts,
     )
     ranker, history = train_ranker(
         queries.values[truth.query_ids],
@@ -93,6 +99,7 @@ def handle_train(args) -> int:
         config,
         *val,
         train_scores=truth.scores,
+        part_dims=items.part_dims,
     )
     from dataclasses import asdict
 

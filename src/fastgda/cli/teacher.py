@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--candidate-feature",
         default="pixels",
-        help="image encoder that picks the candidates: pixels (default) or effnet",
+        help="pixels (default) or a feature spec such as effnet or effnet+minilm (parts weighted equally)",
     )
     run.add_argument(
         "--pairs", type=int, default=udef.num_pairs, help="(noise, t) pairs for the query gradient"

@@ -42,6 +42,7 @@ class RankerTrainConfig:
     candidate_fraction: float = 1.0
     patience: int = 10  # epochs without a better validation mAP before stopping
     val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
+    balance_parts: bool = True  # give each part of a concatenated spec the same input variance
     seed: int = 0
 
 
@@ -104,6 +105,7 @@ def train_ranker(
     val_ranked_ids: np.ndarray | None = None,
     train_scores: np.ndarray | None = None,
     progress: bool = True,
+    part_dims: list[int] | None = None,
 ) -> tuple[Ranker, list[dict]]:
     """Fit a ranker; returns the best-on-validation weights (or the last, without validation) and history.
 
@@ -111,12 +113,13 @@ def train_ranker(
         train_query_features: float (Q, D) features of the training queries.
         item_features: float (N, D) features of every training item.
         train_ranked_ids: int (Q, K) the teacher's candidate rankings, most influential first.
+        part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts``.
     """
     torch.manual_seed(config.seed)
     ranker = Ranker(
         RankerShape(item_features.shape[1], config.hidden, config.out_dim, config.dropout)
     )
-    ranker.fit_standardisation(item_features)
+    ranker.fit_standardisation(item_features, part_dims if config.balance_parts else None)
     sampler = PairSampler(
         train_ranked_ids,
         len(item_features),

@@ -40,7 +40,7 @@ class TeacherConfig:
         None  # None ranks all N (test queries); M ranks the top-M neighbours in candidate_feature space
     )
     candidate_feature: str = (
-        "pixels"  # an image encoder name (``fastgda.encoders``): pixels, effnet, ...
+        "pixels"  # "pixels" or a feature spec (``fastgda.encoders``): effnet, effnet+minilm, ...
     )
     damping: float | None = None  # None keeps the Fisher's own
 
@@ -156,29 +156,35 @@ class TeacherJob:
 
     @cached_property
     def _candidate_space(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised candidate features of training items (N, D) and queries (Q, D), computed once.
+        """Candidate features of training items (N, D) and queries (Q, D), computed once.
 
-        ``pixels`` uses the clean samples the model denoises (x0, pixels or latents); any other name is an image
-        encoder from ``fastgda.encoders`` applied to the training images and the query set's PNGs.
+        ``pixels`` uses the clean samples the model denoises (x0, pixels or latents). Anything else is a feature
+        spec from ``fastgda.encoders`` (``effnet``, ``effnet+minilm``, ...): training items are embedded with
+        their image and first caption, queries with their image and prompt. Each part is L2-normalised and
+        scaled by 1/sqrt(parts), so the cosine is the mean of the parts' cosines and no encoder dominates by
+        its width.
         """
         name = self.config.candidate_feature
+        normalize = torch.nn.functional.normalize
         if name == "pixels":
             train, queries = self.data.x0.flatten(1), self.queries["x0"].flatten(1)
-        else:
-            from ..data import ImageCaptionFolder
-            from ..encoders import make_encoder
+            return normalize(train.float(), dim=1), normalize(queries.float(), dim=1)
+        from ..data import ImageCaptionFolder
+        from ..encoders import FeatureSpec, make_encoder
 
-            encoder = make_encoder(name)
-            if encoder.modality != "image":
-                raise IncompatibleArtifactError(
-                    f"candidate feature {name!r} is a {encoder.modality} encoder; pick an image encoder"
-                )
-            train = torch.from_numpy(encoder.encode(self.dataset.load_images()))
-            queries = torch.from_numpy(
-                encoder.encode(ImageCaptionFolder(self.queries_dir).load_images())
-            )
-        normalize = torch.nn.functional.normalize
-        return normalize(train.float(), dim=1), normalize(queries.float(), dim=1)
+        encoders = [make_encoder(part) for part in FeatureSpec.parse(name).names]
+        query_folder = ImageCaptionFolder(self.queries_dir)
+        train_images, query_images = self.dataset.load_images(), query_folder.load_images()
+        train_texts = [self.dataset.captions(i)[0] for i in range(len(self.dataset))]
+        query_texts = [query_folder.captions(i)[0] for i in range(len(query_folder))]
+
+        def encode(encoder, images, texts) -> torch.Tensor:
+            values = encoder.encode(images if encoder.modality == "image" else texts)
+            return normalize(torch.from_numpy(values).float(), dim=1) / len(encoders) ** 0.5
+
+        train = torch.cat([encode(e, train_images, train_texts) for e in encoders], dim=1)
+        queries = torch.cat([encode(e, query_images, query_texts) for e in encoders], dim=1)
+        return train, queries
 
     def candidates(self, q: int) -> np.ndarray:
         """All training ids, or the query's top-M neighbours by cosine in the candidate feature space."""

@@ -1,0 +1,69 @@
+"""``fastgda serve``: the HTTP API and web page over an attributor (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import os
+
+
+def add_parser(sub) -> None:
+    from ..service.config import TOKEN_ENV, ServiceConfig
+
+    d = ServiceConfig(attributor="")
+    parser = sub.add_parser(
+        "serve",
+        help="serve the attribution API and web page",
+        description="Serve POST /v1/attribute, /v1/attribute/batch, /v1/generate-and-attribute, training items "
+        "by id, /healthz, /metrics, OpenAPI docs at /docs, and the web page at /.",
+    )
+    parser.add_argument("--attributor", required=True, help="attributor folder")
+    parser.add_argument(
+        "--model",
+        help="text-to-image model folder, or 'shipped', to enable /v1/generate-and-attribute",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--token", help=f"bearer token required for everything but /healthz (or set {TOKEN_ENV})"
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    parser.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
+    parser.add_argument("--max-k", type=int, default=d.max_k)
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per request")
+    parser.add_argument(
+        "--pool-size", type=int, default=d.pool_size, help="requests doing CPU work at once"
+    )
+    parser.set_defaults(handler=handle_serve)
+
+
+def handle_serve(args) -> int:
+    from .._optional import require
+
+    require("fastapi", "serve")
+    uvicorn = require("uvicorn", "serve")
+
+    from ..service.config import CONFIG_ENV, TOKEN_ENV, ServiceConfig, config_to_environment
+
+    config = ServiceConfig(
+        attributor=os.path.abspath(args.attributor),
+        model=args.model if args.model in (None, "shipped") else os.path.abspath(args.model),
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_k=args.max_k,
+        threads=args.threads,
+        pool_size=args.pool_size,
+    )
+    # Worker processes rebuild the app from this variable; the token travels with it, never on a command line.
+    os.environ[CONFIG_ENV] = config_to_environment(config)
+    uvicorn.run(
+        "fastgda.service.app:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,  # one structured line per request comes from the app instead
+        server_header=False,
+    )
+    return 0

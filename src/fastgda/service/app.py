@@ -1,0 +1,435 @@
+"""The HTTP API and web page: FastAPI over one loaded ``Attributor`` (and optionally its text-to-image model).
+
+Everything heavy loads once in ``create_app``. Request handlers only parse and validate; encoders, the ranker,
+the search and generation run in a bounded thread pool so the event loop never blocks on CPU work.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from ..attributor import Attribution, Attributor
+from ..errors import FastGDAError
+from .config import CONFIG_ENV, ServiceConfig
+from .metrics import Metrics
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware
+from .uploads import UploadError, decode_base64_image, decode_image, encode_png, thumbnail_png
+
+logger = logging.getLogger("fastgda.service")
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+class Query(BaseModel):
+    """One query: a generated image (base64 or data URI) with its prompt, or precomputed features."""
+
+    prompt: str | None = Field(None, description="the prompt the image was generated from")
+    image: str | None = Field(None, description="base64 PNG/JPEG/WEBP, or a data: URI")
+    features: list[float] | None = Field(
+        None, description="query features of the attributor's spec"
+    )
+
+
+class AttributeRequest(Query):
+    k: int = Field(10, description="how many training images to return")
+    baseline: bool = Field(False, description="also return the untuned baseline's top-k")
+
+
+class BatchRequest(BaseModel):
+    queries: list[Query]
+    k: int = 10
+
+
+class GenerateRequest(BaseModel):
+    prompt: str
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    k: int = 10
+    baseline: bool = False
+
+
+def _attribution_json(item: Attribution) -> dict:
+    return {
+        "id": item.id,
+        "score": item.score,
+        "share": item.share,
+        "captions": item.captions,
+        "image_url": f"/v1/train/{item.id}/image",
+    }
+
+
+class Service:
+    """The loaded state shared by all requests."""
+
+    def __init__(self, config: ServiceConfig):
+        import torch
+
+        torch.set_num_threads(config.threads)
+        self.config = config
+        self.attributor = Attributor.load(config.attributor)
+        self.metrics = Metrics()
+        self.limiter = anyio.CapacityLimiter(config.pool_size)
+        self.model = None
+        if config.model:
+            from ..diffusion import TextToImageModel
+            from ..pack import model_dir
+
+            folder = model_dir() if config.model == "shipped" else config.model
+            self.model = TextToImageModel.from_pretrained(folder).eval()
+        self.baseline_part = (
+            self.attributor.baseline_part() if self.attributor.has_features else None
+        )
+        # Build the encoders and touch every code path once, so the first request is not the slow one.
+        warm = self.attributor.query_features([np.zeros((16, 16, 3), np.uint8)], ["warm up"])
+        self.attributor.attribute_features(warm, 1)
+        if self.baseline_part:
+            self.attributor.untuned(warm, 1, self.baseline_part)
+
+    # -- validation ---------------------------------------------------------------------------------------
+    def check_k(self, k) -> int:
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise HTTPException(422, "k must be an integer") from None
+        if not 1 <= k <= self.config.max_k:
+            raise HTTPException(422, f"k must be between 1 and {self.config.max_k}, got {k}")
+        return k
+
+    def check_prompt(self, prompt) -> str:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise HTTPException(422, "a non-empty prompt is required")
+        if len(prompt) > self.config.max_prompt_chars:
+            raise HTTPException(
+                422,
+                f"the prompt has {len(prompt)} characters; the limit is {self.config.max_prompt_chars}",
+            )
+        return prompt.strip()
+
+    def check_features(self, values) -> np.ndarray:
+        features = np.asarray(values, dtype=np.float32)
+        dim = self.attributor.ranker.shape.in_dim
+        if features.shape != (dim,):
+            raise HTTPException(
+                422,
+                f"features must have {dim} values ({self.attributor.spec}); got {features.size}",
+            )
+        if not np.isfinite(features).all():
+            raise HTTPException(422, "features contain NaN or infinite values")
+        return features
+
+    def decode(self, data: bytes | str) -> np.ndarray:
+        try:
+            if isinstance(data, str):
+                return decode_base64_image(data, self.config.max_image_pixels)
+            return decode_image(data, self.config.max_image_pixels)
+        except UploadError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+
+    # -- CPU work (runs in the pool) ---------------------------------------------------------------------
+    async def run(self, function, *args):
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+
+    def answer(self, features: np.ndarray, k: int, baseline: bool) -> dict:
+        """Top-k for query features (Q, D): results per query, and the baseline's when asked."""
+        began = time.perf_counter()
+        results = self.attributor.attribute_features(features, k)
+        out = {
+            "results": [[_attribution_json(a) for a in row] for row in results],
+            "search_ms": (time.perf_counter() - began) * 1000,
+        }
+        if baseline:
+            if self.baseline_part is None:
+                raise HTTPException(
+                    409, "this attributor has no stored features, so it cannot serve a baseline"
+                )
+            rows = self.attributor.untuned(features, k, self.baseline_part)
+            out["baseline"] = {
+                "method": f"untuned {self.baseline_part}",
+                "results": [[_attribution_json(a) for a in row] for row in rows],
+            }
+        return out
+
+    def features_of(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+        return self.attributor.query_features(images, prompts)
+
+    def generate(self, prompt: str, seed: int) -> np.ndarray:
+        x0 = self.model.sample(
+            [prompt], [seed], self.config.generate_steps, self.config.guidance_scale
+        )
+        return self.model.decode(x0)[0]
+
+    def item(self, item_id: int) -> dict:
+        if item_id not in self.attributor.items or item_id in self.attributor.index.removed:
+            raise HTTPException(404, f"no training item with id {item_id}")
+        return self.attributor.items[item_id]
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    """Load the attributor (and model) once and return the application."""
+    service = Service(config)
+    app = FastAPI(
+        title="fastgda",
+        summary="Which training images made this generated image? Fast data attribution.",
+        version=_version(),
+    )
+    app.state.service = service
+
+    def authorised(request: Request) -> None:
+        if not config.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), config.token.encode()
+        ):
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    guarded = [Depends(authorised)]
+
+    @app.exception_handler(FastGDAError)
+    async def library_error(request: Request, exc: FastGDAError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    @app.get("/healthz", tags=["operations"])
+    async def health():
+        """Liveness: always open, even with a token."""
+        return {"status": "ok", "items": len(service.attributor.index), "auth": bool(config.token)}
+
+    @app.get("/metrics", dependencies=guarded, tags=["operations"])
+    async def metrics():
+        return PlainTextResponse(
+            service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/v1/info", dependencies=guarded)
+    async def info():
+        """What this server can do and the bounds it enforces."""
+        return {
+            "spec": service.attributor.spec,
+            "items": len(service.attributor.index),
+            "feature_dim": service.attributor.ranker.shape.in_dim,
+            "generate": service.model is not None,
+            "baseline": f"untuned {service.baseline_part}" if service.baseline_part else None,
+            "limits": {
+                "max_k": config.max_k,
+                "max_prompt_chars": config.max_prompt_chars,
+                "max_batch": config.max_batch,
+                "max_body_bytes": config.max_body_bytes,
+                "max_image_pixels": config.max_image_pixels,
+            },
+        }
+
+    @app.post(
+        "/v1/attribute",
+        dependencies=guarded,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/AttributeRequest"}
+                    },
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image", "prompt"],
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                "prompt": {"type": "string"},
+                                "k": {"type": "integer", "default": 10},
+                                "baseline": {"type": "boolean", "default": False},
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def attribute(request: Request):
+        """Top-k training images for a generated image and its prompt (multipart or JSON), or for features."""
+        began = time.perf_counter()
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            async with request.form(max_files=1, max_fields=8) as form:  # closes spooled files
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    raise HTTPException(422, "the form needs an image file field named 'image'")
+                body = AttributeRequest(
+                    prompt=form.get("prompt"),
+                    k=service.check_k(form.get("k", 10)),
+                    baseline=str(form.get("baseline", "false")).lower()
+                    in ("1", "true", "on", "yes"),
+                )
+                image_bytes: bytes | str | None = await upload.read()
+        elif content_type.startswith("application/json"):
+            body = _parse_json(await request.body(), AttributeRequest)
+            image_bytes = body.image
+        else:
+            raise HTTPException(
+                415, "send multipart/form-data (image + prompt) or application/json"
+            )
+        k = service.check_k(body.k)
+        timings: dict[str, float] = {}
+        if body.features is not None:
+            features = service.check_features(body.features)[None]
+        else:
+            if image_bytes is None:
+                raise HTTPException(422, "send an image and its prompt, or features")
+            prompt = service.check_prompt(body.prompt)
+            tick = time.perf_counter()
+            image = service.decode(image_bytes)
+            timings["decode_ms"] = (time.perf_counter() - tick) * 1000
+            tick = time.perf_counter()
+            features = await service.run(service.features_of, [image], [prompt])
+            timings["features_ms"] = (time.perf_counter() - tick) * 1000
+        answer = await service.run(service.answer, features, k, body.baseline)
+        timings["search_ms"] = answer.pop("search_ms")
+        timings["total_ms"] = (time.perf_counter() - began) * 1000
+        out = {"k": k, "results": answer["results"][0], "timings": timings}
+        if "baseline" in answer:
+            out["baseline"] = {
+                "method": answer["baseline"]["method"],
+                "results": answer["baseline"]["results"][0],
+            }
+        return out
+
+    @app.post("/v1/attribute/batch", dependencies=guarded)
+    async def attribute_batch(body: BatchRequest):
+        """Top-k for many queries at once (JSON): each an image + prompt, or features."""
+        began = time.perf_counter()
+        k = service.check_k(body.k)
+        if not 1 <= len(body.queries) <= config.max_batch:
+            raise HTTPException(
+                422, f"send between 1 and {config.max_batch} queries, got {len(body.queries)}"
+            )
+        rows: list[np.ndarray | None] = [None] * len(body.queries)
+        pending_images, pending_prompts, pending_rows = [], [], []
+        for n, query in enumerate(body.queries):
+            if query.features is not None:
+                rows[n] = service.check_features(query.features)
+            elif query.image is not None:
+                pending_prompts.append(service.check_prompt(query.prompt))
+                pending_images.append(service.decode(query.image))
+                pending_rows.append(n)
+            else:
+                raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
+        if pending_rows:
+            computed = await service.run(service.features_of, pending_images, pending_prompts)
+            for n, features in zip(pending_rows, computed, strict=True):
+                rows[n] = features
+        answer = await service.run(service.answer, np.stack(rows), k, False)
+        return {
+            "k": k,
+            "results": answer["results"],
+            "timings": {
+                "search_ms": answer["search_ms"],
+                "total_ms": (time.perf_counter() - began) * 1000,
+            },
+        }
+
+    @app.post("/v1/generate-and-attribute", dependencies=guarded)
+    async def generate_and_attribute(body: GenerateRequest):
+        """Generate an image from the prompt with the served model (seeded, deterministic), then attribute it."""
+        if service.model is None:
+            raise HTTPException(
+                501, "no text-to-image model is attached; start the server with --model"
+            )
+        began = time.perf_counter()
+        prompt, k = service.check_prompt(body.prompt), service.check_k(body.k)
+        tick = time.perf_counter()
+        image = await service.run(service.generate, prompt, body.seed)
+        generate_ms = (time.perf_counter() - tick) * 1000
+        tick = time.perf_counter()
+        features = await service.run(service.features_of, [image], [prompt])
+        features_ms = (time.perf_counter() - tick) * 1000
+        answer = await service.run(service.answer, features, k, body.baseline)
+        out = {
+            "k": k,
+            "prompt": prompt,
+            "seed": body.seed,
+            "image": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode(),
+            "results": answer["results"][0],
+            "timings": {
+                "generate_ms": generate_ms,
+                "features_ms": features_ms,
+                "search_ms": answer["search_ms"],
+                "total_ms": (time.perf_counter() - began) * 1000,
+            },
+        }
+        if "baseline" in answer:
+            out["baseline"] = {
+                "method": answer["baseline"]["method"],
+                "results": answer["baseline"]["results"][0],
+            }
+        return out
+
+    @app.get("/v1/train/{item_id}", dependencies=guarded)
+    async def train_item(item_id: int):
+        """A training item's metadata, by id (never by path)."""
+        record = service.item(item_id)
+        return {
+            "id": item_id,
+            "captions": record["captions"],
+            "image_url": f"/v1/train/{item_id}/image",
+        }
+
+    @app.get("/v1/train/{item_id}/image", dependencies=guarded)
+    async def train_image(item_id: int, size: int = 128):
+        """A PNG thumbnail of a training image, longer side ``size`` (16-512) pixels."""
+        service.item(item_id)
+        if not 16 <= size <= 512:
+            raise HTTPException(422, f"size must be between 16 and 512, got {size}")
+        path = service.attributor._path(item_id)
+        if not path or not Path(path).is_file():
+            raise HTTPException(404, f"the image of training item {item_id} is not on this server")
+        png = await service.run(thumbnail_png, path, size)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    return app
+
+
+def _parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate_json(raw)
+    except ValueError as exc:
+        raise HTTPException(422, f"invalid JSON body: {exc}") from None
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def app_from_environment() -> FastAPI:
+    """Application factory for uvicorn worker processes: the config comes as JSON in FASTGDA_SERVICE_CONFIG."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the server with `fastgda serve`")
+    return create_app(ServiceConfig(**json.loads(raw)))

@@ -1,0 +1,163 @@
+"""The web page in a real headless Chromium against a real `fastgda serve` process.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); the screenshot is kept in
+``test-artifacts/`` (or ``$FASTGDA_TEST_ARTIFACTS``).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+TOKEN = "browser-test-token"
+PROMPT = "a large cyan circle in the center on a black background"
+ARTIFACTS = Path(os.environ.get("FASTGDA_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", str(served["attributor"])]
+    argv += ["--model", str(served["model"]), "--port", str(port), "--token", TOKEN]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if process.poll() is not None:
+                pytest.fail(f"the server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail(
+            "Debian's chromium and chromium-driver are needed; `make browser` installs them"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # Background networking flags: this machine's network is closed, and Chromium would keep retrying.
+    for flag in [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1280,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ]:  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=CHROMEDRIVER))
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def gallery_ids(driver, list_id: str, k: int) -> list[int]:
+    """Wait until the gallery shows k results with their thumbnails loaded; return their ids in order."""
+
+    def ready(d):
+        cards = d.find_elements(By.CSS_SELECTOR, f"#{list_id} li")
+        loaded = d.execute_script(
+            f"return [...document.querySelectorAll('#{list_id} img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        return len(cards) == k and loaded
+
+    WebDriverWait(driver, 60).until(ready)
+    return [
+        int(li.get_attribute("data-id"))
+        for li in driver.find_elements(By.CSS_SELECTOR, f"#{list_id} li")
+    ]
+
+
+def test_the_page_uploads_generates_compares_and_shows_details(server, browser, served):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    browser.get(server)
+    token = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "token"))
+    WebDriverWait(browser, 30).until(lambda d: token.is_displayed())
+    token.send_keys(TOKEN, Keys.TAB)  # the change event stores it and reconnects
+    WebDriverWait(browser, 30).until(
+        lambda d: "training images indexed" in d.find_element(By.ID, "server-info").text
+    )
+
+    # Upload an image with its prompt; the gallery must show the API's answer.
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys("6")
+    browser.find_element(By.ID, "upload-image").send_keys(str(served["query_image"].resolve()))
+    browser.find_element(By.ID, "upload-prompt").send_keys(PROMPT)
+    browser.find_element(By.ID, "compare").click()
+    browser.find_element(By.ID, "upload-button").click()
+    shown = gallery_ids(browser, "gallery", 6)
+    shown_baseline = gallery_ids(browser, "baseline-gallery", 6)
+    files = {"image": ("q.png", served["query_image"].read_bytes(), "image/png")}
+    api = httpx.post(
+        f"{server}/v1/attribute",
+        files=files,
+        data={"prompt": PROMPT, "k": "6", "baseline": "true"},
+        headers=auth,
+        timeout=60,
+    ).json()
+    assert shown == [r["id"] for r in api["results"]]
+    assert shown_baseline == [r["id"] for r in api["baseline"]["results"]]
+
+    # Keyboard: the first result opens its detail view with Enter and closes with Escape.
+    first = browser.find_element(By.CSS_SELECTOR, "#gallery li button")
+    first.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "detail").is_displayed())
+    assert browser.find_element(By.ID, "detail-id").text == str(shown[0])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "service-detail.png"))
+    browser.find_element(By.ID, "detail").send_keys(Keys.ESCAPE)
+    WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "detail").is_displayed())
+
+    # Generate from a prompt with the served model (seeded): same answer as the API.
+    browser.find_element(By.ID, "generate-seed").clear()
+    browser.find_element(By.ID, "generate-seed").send_keys("7")
+    browser.find_element(By.ID, "generate-button").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: (
+            d.find_element(By.ID, "query-image").get_attribute("src").startswith("data:image/png")
+        )
+    )
+    generated = gallery_ids(browser, "gallery", 6)
+    answer = httpx.post(
+        f"{server}/v1/generate-and-attribute",
+        json={"prompt": browser.find_element(By.ID, "generate-prompt").get_attribute("value"), "seed": 7, "k": 6},
+        headers=auth,
+        timeout=60,
+    ).json()  # fmt: skip
+    assert generated == [r["id"] for r in answer["results"]]
+    assert browser.find_element(By.ID, "query-image").get_attribute("src") == answer["image"]
+    browser.save_screenshot(str(ARTIFACTS / "service-page.png"))
+    assert (ARTIFACTS / "service-page.png").stat().st_size > 10_000
