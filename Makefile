@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser test test-fast demo lint clean
+.PHONY: install browser test test-fast test-demo demo lint clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,17 @@ browser:
 	fi
 
 test: install browser
-	$(OFFLINE) $(PY) -m pytest -q -m "not weights and not gpu"
+	$(OFFLINE) $(PY) -m pytest -q -m "not weights and not gpu and not demo"
+
+test-demo: install
+	$(OFFLINE) $(PY) -m pytest -q -m demo
 
 test-fast: install
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not ray and not weights and not gpu"
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not ray and not weights and not gpu and not demo"
 
+DEMO_OUT ?= demo
 demo: install
-	$(OFFLINE) $(VENV)/bin/fastgda demo --out demo
+	$(OFFLINE) $(VENV)/bin/fastgda demo --out $(DEMO_OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -181,3 +182,39 @@ def served(fast_path, tmp_path_factory):
         "model": inputs["model_dir"],
         "query_image": inputs["queries_dir"] / "images" / "q000000.png",
     }
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """A folder for screenshots a person may want to look at after the tests (``$FASTGDA_TEST_ARTIFACTS``)."""
+    folder = Path(os.environ.get("FASTGDA_TEST_ARTIFACTS", "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Debian Chromium driven by Selenium through chromedriver."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail(
+            "Debian's chromium and chromium-driver are needed; `make browser` installs them"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # Background networking flags: this machine's network is closed, and Chromium would keep retrying.
+    for flag in [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1280,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ]:  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=CHROMEDRIVER))
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()

@@ -5,28 +5,23 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TOKEN = "browser-test-token"
 PROMPT = "a large cyan circle in the center on a black background"
-ARTIFACTS = Path(os.environ.get("FASTGDA_TEST_ARTIFACTS", "test-artifacts"))
 
 
 def free_port() -> int:
@@ -62,27 +57,6 @@ def server(served, tmp_path_factory):
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail(
-            "Debian's chromium and chromium-driver are needed; `make browser` installs them"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # Background networking flags: this machine's network is closed, and Chromium would keep retrying.
-    for flag in [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1280,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ]:  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=CHROMEDRIVER))
-    driver.set_script_timeout(30)
-    yield driver
-    driver.quit()
-
-
 def gallery_ids(driver, list_id: str, k: int) -> list[int]:
     """Wait until the gallery shows k results with their thumbnails loaded; return their ids in order."""
 
@@ -100,7 +74,7 @@ def gallery_ids(driver, list_id: str, k: int) -> list[int]:
     ]
 
 
-def test_the_page_uploads_generates_compares_and_shows_details(server, browser, served):
+def test_the_page_uploads_generates_compares_and_shows_details(server, browser, served, artifacts):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     browser.get(server)
     token = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "token"))
@@ -136,8 +110,7 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     first.send_keys(Keys.ENTER)
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "detail").is_displayed())
     assert browser.find_element(By.ID, "detail-id").text == str(shown[0])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "service-detail.png"))
+    browser.save_screenshot(str(artifacts / "service-detail.png"))
     browser.find_element(By.ID, "detail").send_keys(Keys.ESCAPE)
     WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "detail").is_displayed())
 
@@ -159,5 +132,5 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     ).json()  # fmt: skip
     assert generated == [r["id"] for r in answer["results"]]
     assert browser.find_element(By.ID, "query-image").get_attribute("src") == answer["image"]
-    browser.save_screenshot(str(ARTIFACTS / "service-page.png"))
-    assert (ARTIFACTS / "service-page.png").stat().st_size > 10_000
+    browser.save_screenshot(str(artifacts / "service-page.png"))
+    assert (artifacts / "service-page.png").stat().st_size > 10_000

@@ -1,0 +1,240 @@
+"""``report.html``: one self-contained page (inline SVG charts, inline PNGs) that shows what a run measured.
+
+Sections: the metrics table, quality against speed (one point per method, log-scale queries per second), mAP(L)
+curves over L, and query panels where each method's top-k training images sit beside the query, planted
+exemplars marked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+
+import numpy as np
+
+from .visual import png_data_uri
+
+PALETTE = ("#0b63ce", "#d1495b", "#2e933c", "#edae49", "#7a5195", "#00798c", "#6c757d", "#ef5675")
+
+
+@dataclass
+class MethodRow:
+    """One method's figures: mAP(L) means and standard errors, planted recall, and speed."""
+
+    name: str
+    map_mean: dict[int, float]
+    map_stderr: dict[int, float]
+    planted_recall: float | None = None
+    seconds_per_query: float | None = None  # measured; None where not measured
+
+
+@dataclass
+class PanelRow:
+    method: str
+    ids: list[int]
+    scores: list[float]
+    images: list[np.ndarray]  # uint8 (H, W, 3) each
+
+
+@dataclass
+class QueryPanel:
+    image: np.ndarray  # uint8 (H, W, 3)
+    prompt: str
+    concept: str | None
+    exemplars: set[int] = field(default_factory=set)  # planted exemplars of ``concept``
+    rows: list[PanelRow] = field(default_factory=list)
+
+
+def _svg_axes(width, height, margin, x_label, y_label, x_ticks, y_ticks) -> list[str]:
+    """Axis lines, tick labels and titles; ticks are (pixel position, label) pairs."""
+    left, right, top, bottom = margin, width - 20, 20, height - margin
+    parts = [
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#333"/>',
+        f'<text x="{(left + right) / 2}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text>',
+        f'<text x="14" y="{(top + bottom) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + bottom) / 2})">{escape(y_label)}</text>',
+    ]
+    for x, label in x_ticks:
+        parts.append(f'<line x1="{x}" y1="{bottom}" x2="{x}" y2="{bottom + 4}" stroke="#333"/>')
+        parts.append(f'<text x="{x}" y="{bottom + 16}" text-anchor="middle">{escape(label)}</text>')
+    for y, label in y_ticks:
+        parts.append(f'<line x1="{left - 4}" y1="{y}" x2="{right}" y2="{y}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{escape(label)}</text>')
+    return parts
+
+
+def _colours(names) -> dict[str, str]:
+    """One colour per method, the same in every chart."""
+    return {name: PALETTE[n % len(PALETTE)] for n, name in enumerate(names)}
+
+
+def _speed(seconds: float) -> str:
+    per_second = 1 / seconds
+    rate = f"{per_second:,.0f}/s" if per_second >= 10 else f"{per_second:.2g}/s"
+    return (f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms") + f" ({rate})"
+
+
+def quality_speed_svg(
+    rows: list[MethodRow], L: int, colours: dict[str, str], width=560, height=380, margin=56
+) -> str:
+    """Scatter: mAP(L) against queries per second (log x), one labelled point per timed method."""
+    points = [(r, 1.0 / r.seconds_per_query, r.map_mean[L]) for r in rows if r.seconds_per_query]
+    if not points:
+        return "<p>No method was timed.</p>"
+    low = math.floor(math.log10(min(p[1] for p in points))) - 0.3
+    high = math.ceil(math.log10(max(p[1] for p in points))) + 0.3
+    left, right, top, bottom = margin, width - 20, 20, height - margin
+
+    def x_of(qps):
+        return left + (math.log10(qps) - low) / (high - low) * (right - left)
+
+    def y_of(value):
+        return bottom - value * (bottom - top)
+
+    x_ticks = [(x_of(10.0**e), f"{10.0**e:g}") for e in range(math.ceil(low), math.floor(high) + 1)]
+    y_ticks = [(y_of(v), f"{v:.1f}") for v in np.linspace(0, 1, 6)]
+    parts = _svg_axes(
+        width, height, margin, "queries per second (log)", f"mAP(L={L})", x_ticks, y_ticks
+    )
+    for row, qps, value in points:
+        colour = colours[row.name]
+        x, y = x_of(qps), y_of(value)
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}"/>')
+        anchor = "end" if x > width * 0.7 else "start"
+        dx = -9 if anchor == "end" else 9
+        parts.append(
+            f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}">{escape(row.name)}</text>'
+        )
+    return _svg(width, height, parts, f"mAP(L={L}) against queries per second")
+
+
+def map_curves_svg(
+    curves: dict[str, list[tuple[int, float]]],
+    num_train: int,
+    colours: dict[str, str],
+    width=560,
+    height=380,
+    margin=56,
+) -> str:
+    """Lines of mAP(L) against L (log x), one per method."""
+    all_l = sorted({L for points in curves.values() for L, _ in points})
+    low, high = math.log10(all_l[0]), math.log10(all_l[-1])
+    left, right, top, bottom = margin, width - 170, 20, height - margin
+
+    def x_of(L):
+        return left + (math.log10(L) - low) / max(high - low, 1e-9) * (right - left)
+
+    def y_of(value):
+        return bottom - value * (bottom - top)
+
+    x_ticks = [(x_of(L), str(L)) for L in all_l]
+    y_ticks = [(y_of(v), f"{v:.1f}") for v in np.linspace(0, 1, 6)]
+    parts = _svg_axes(
+        width, height, margin, f"L (teacher's top-L as positives, N = {num_train})", "mAP(L)",
+        x_ticks, y_ticks,
+    )  # fmt: skip
+    for n, (name, points) in enumerate(curves.items()):
+        colour = colours[name]
+        path = " ".join(f"{x_of(L):.1f},{y_of(v):.1f}" for L, v in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(
+            f'<rect x="{right + 12}" y="{24 + 18 * n}" width="12" height="12" fill="{colour}"/>'
+        )
+        parts.append(f'<text x="{right + 30}" y="{34 + 18 * n}">{escape(name)}</text>')
+    return _svg(width, height, parts, "mAP(L) against L")
+
+
+def _svg(width, height, parts, title) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+        f'font-family="system-ui, sans-serif" font-size="12">'
+        f"<title>{escape(title)}</title>{''.join(parts)}</svg>"
+    )
+
+
+def metrics_table_html(rows: list[MethodRow], ls: list[int], num_train: int) -> str:
+    head = "".join(f"<th>mAP(L={L}, {100 * L / num_train:.2g}% of N)</th>" for L in ls)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td>{row.map_mean[L]:.3f} ± {row.map_stderr[L]:.3f}</td>" for L in ls)
+        recall = "–" if row.planted_recall is None else f"{row.planted_recall:.2f}"
+        speed = _speed(row.seconds_per_query) if row.seconds_per_query else "–"
+        body.append(
+            f"<tr><th scope='row'>{escape(row.name)}</th>{cells}<td>{recall}</td><td>{speed}</td></tr>"
+        )
+    return (
+        f"<table><thead><tr><th>method</th>{head}<th>planted recall</th><th>time per query</th></tr>"
+        f"</thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def panel_html(panel: QueryPanel) -> str:
+    concept = (
+        f" · planted concept <b>{escape(panel.concept)}</b> (★ marks its exemplars)"
+        if panel.concept
+        else ""
+    )
+    rows = []
+    for row in panel.rows:
+        cards = "".join(
+            f"<figure class='{'exemplar' if i in panel.exemplars else ''}'>"
+            f"<img src='{png_data_uri(image, 64)}' alt='training image {i}'>"
+            f"<figcaption>{'★ ' if i in panel.exemplars else ''}{i}<br>{score:.3g}</figcaption></figure>"
+            for i, score, image in zip(row.ids, row.scores, row.images, strict=True)
+        )
+        rows.append(f"<div class='row'><h4>{escape(row.method)}</h4>{cards}</div>")
+    return (
+        f"<section class='panel'><figure class='query'><img src='{png_data_uri(panel.image, 128)}' "
+        f"alt='query image'><figcaption>{escape(panel.prompt)}{concept}</figcaption></figure>"
+        f"{''.join(rows)}</section>"
+    )
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#1d1d1f;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th[scope=row],thead th:first-child{text-align:left}
+.charts{display:flex;flex-wrap:wrap;gap:2em}
+.panel{border-top:1px solid #ddd;padding:1em 0}
+.panel .query{display:flex;align-items:center;gap:1em;margin:0 0 .5em}
+.panel img{image-rendering:pixelated}
+.row{display:flex;align-items:flex-start;gap:6px;flex-wrap:wrap}
+.row h4{width:190px;margin:0;font-size:13px}
+.row figure{margin:0;width:68px;font-size:11px;text-align:center}
+.row figure img{width:64px;height:64px;border:2px solid transparent}
+.row figure.exemplar img{border-color:#d1495b}
+.muted{color:#555}
+"""
+
+
+def render_report(
+    title: str,
+    summary: list[str],
+    rows: list[MethodRow],
+    ls: list[int],
+    num_train: int,
+    curves: dict[str, list[tuple[int, float]]],
+    panels: list[QueryPanel],
+    notes: list[str],
+) -> str:
+    """The whole page as one HTML string (no external resources)."""
+    mid = ls[len(ls) // 2]
+    colours = _colours(
+        [row.name for row in rows] + [n for n in curves if n not in {r.name for r in rows}]
+    )
+    summary_html = "".join(f"<li>{escape(line)}</li>" for line in summary)
+    notes_html = "".join(f"<li>{escape(line)}</li>" for line in notes)
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><ul>{summary_html}</ul>"
+        f"<h2>Agreement with the teacher</h2>{metrics_table_html(rows, ls, num_train)}"
+        f"<div class='charts'><figure>{quality_speed_svg(rows, mid, colours)}<figcaption>Quality against speed "
+        f"(like FastGDA Fig. 1): each timed method's mAP(L={mid}) against queries per second.</figcaption>"
+        f"</figure><figure>{map_curves_svg(curves, num_train, colours)}<figcaption>mAP(L) over L.</figcaption>"
+        f"</figure></div><h2>Queries and their top training images</h2>"
+        f"{''.join(panel_html(p) for p in panels)}"
+        f"<h2>Notes</h2><ul class='muted'>{notes_html}</ul></body></html>"
+    )

@@ -1,0 +1,58 @@
+"""report.html: self-contained, and it renders in a real headless Chromium (screenshot kept)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from fastgda.report import MethodRow, PanelRow, QueryPanel, render_report
+
+LS = [8, 17, 68]
+
+
+def sample_report(rng) -> str:
+    rows = [
+        MethodRow("teacher (AbU+)", {L: 1.0 for L in LS}, {L: 0.0 for L in LS}, 1.0, 40.0),
+        MethodRow("fastgda ranker", {8: 0.4, 17: 0.45, 68: 0.5}, {L: 0.03 for L in LS}, 0.8, 0.02),
+        MethodRow("untuned text (minilm)", {8: 0.3, 17: 0.35, 68: 0.35}, {L: 0.03 for L in LS}, 0.7, 0.015),
+        MethodRow("random", {8: 0.004, 17: 0.009, 68: 0.034}, {L: 0.001 for L in LS}, 0.01),
+    ]  # fmt: skip
+    curves = {r.name: [(L, r.map_mean[L]) for L in LS] for r in rows[1:]}
+    image = lambda: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)  # noqa: E731
+    panels = []
+    for concept in ["zigzag", None]:
+        panel = QueryPanel(
+            image(), f"a prompt about {concept}", concept, {3, 5} if concept else set()
+        )
+        for name in ["teacher (AbU+)", "fastgda ranker", "untuned text (minilm)"]:
+            ids = list(range(1, 11))
+            panel.rows.append(PanelRow(name, ids, [1.0 / i for i in ids], [image() for _ in ids]))
+        panels.append(panel)
+    return render_report("test report", ["one line"], rows, LS, 2000, curves, panels, ["a note"])
+
+
+def test_the_report_is_self_contained(rng):
+    html = sample_report(rng)
+    assert not re.search(r"""(src|href)=["']?https?:""", html)  # no external resources
+    assert html.count("<svg") == 2 and html.count("<circle") == 3  # the three timed methods
+    assert html.count("class='exemplar'") == 6  # ids 3 and 5 in each of the planted panel's 3 rows
+    assert "0.450 ± 0.030" in html
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_report_renders_in_chromium(rng, browser, artifacts, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(sample_report(rng), encoding="utf-8")
+    browser.get(page.resolve().as_uri())
+    assert browser.find_element(By.TAG_NAME, "h1").text == "test report"
+    loaded = browser.execute_script(
+        "return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
+    )
+    assert loaded == 2 * (1 + 3 * 10)  # each panel: the query and three rows of ten
+    circles = browser.find_elements(By.CSS_SELECTOR, "svg circle")
+    assert len(circles) == 3 and all(c.rect["width"] > 0 for c in circles)
+    browser.save_screenshot(str(artifacts / "report.png"))
+    assert (artifacts / "report.png").stat().st_size > 10_000
