@@ -163,6 +163,19 @@ class ImageCaptionDataset:
             out.append(img)
         return np.stack(out) if out else np.zeros((0, size or 0, size or 0, 3), np.uint8)
 
+    def without(self, rows) -> ImageCaptionDataset:
+        """A copy without ``rows`` (leave-K-out retraining); the rest keep their order and get new row ids."""
+        drop = {int(r) for r in rows}
+        keep = [i for i in range(len(self)) if i not in drop]
+        subset = ImageCaptionDataset(
+            self.root,
+            [self._paths[i] for i in keep],
+            [self._captions[i] for i in keep],
+            [self._keys[i] for i in keep],
+        )
+        subset.kind = f"{self.kind} without {len(self) - len(keep)} rows"
+        return subset
+
     def validate(self) -> None:
         """Open every image once, so a corrupt file fails now rather than mid-job."""
         for i in range(len(self)):

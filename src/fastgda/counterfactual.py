@@ -1,0 +1,348 @@
+"""Leave-K-out counterfactual evaluation (method.md §7.2): remove a method's top-K, retrain, see what is forgotten.
+
+For each test query and method, the method's top-K training images are removed and the model is retrained from
+scratch with the original recipe and seed; the retrained model θ₋K is compared with θ₀ (the same recipe on all
+the data) on the query:
+
+- ΔL: the query's diffusion loss under θ₋K minus under θ₀, at timesteps 0, stride, 2·stride, ... (fixed noise);
+  higher = the removed images mattered more.
+- ΔG-MSE: pixel MSE (in [0, 1]) between the two models' regenerations of the prompt with the query's seed
+  (deterministic DDIM); higher = more forgotten.
+- ΔG-sim: cosine similarity of those regenerations in an image encoder's space; lower = more forgotten.
+
+Random removal uses one set per seed, shared by all queries. Every distinct removed set is one retrain job,
+cached under a key of (recipe, removed ids), so methods that agree share a retrain and an interrupted run redoes
+only unfinished retrains (each resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._artifacts import MANIFEST_NAME, write_json_atomic
+from .errors import FastGDAError
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    k: int  # training images removed per (query, method)
+    steps: int | None = (
+        None  # a reduced recipe for every retrain, θ₀ included (None: the model's own)
+    )
+    loss_stride: int = 5  # ΔL timesteps 0, 5, 10, ... (method.md: stride 5, 200 timesteps)
+    loss_noise_seed: int = 0
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    generate_steps: int = 50
+    guidance_scale: float = 3.0
+    similarity_encoder: str = "effnet"
+
+
+def removed_sets(
+    rankings: dict[str, np.ndarray], k: int, num_train: int, random_seeds
+) -> dict[str, list[list[int]]]:
+    """The ids each method removes: per method, one sorted list of K ids per query.
+
+    Args:
+        rankings: method -> int (Q, >= K) training ids, most influential first.
+    Returns:
+        method -> Q lists; ``random`` -> one list per seed (shared by every query).
+    """
+    out = {}
+    for name, ranked in rankings.items():
+        if ranked.shape[1] < k:
+            raise FastGDAError(
+                f"{name} ranks only {ranked.shape[1]} items per query; leave-{k}-out needs at least {k}"
+            )
+        out[name] = [sorted(int(i) for i in row[:k]) for row in ranked]
+    out[RANDOM] = [
+        sorted(np.random.default_rng(seed).choice(num_train, k, replace=False).tolist())
+        for seed in random_seeds
+    ]
+    return out
+
+
+def retrain_key(recipe: dict, removed: list[int]) -> str:
+    """A stable name for a retrain: same recipe and removed ids -> same key (and the same cached model)."""
+    payload = json.dumps({"recipe": recipe, "removed": sorted(removed)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _RetrainTask:
+    """Picklable worker factory for executors: retrains the model without a removed set (resumable)."""
+
+    model_dir: str
+    data_dir: str
+    out_dir: str
+    recipe: dict
+    progress: bool = False
+
+    def __call__(self):
+        from .data import open_dataset
+        from .diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+
+        dataset = open_dataset(self.data_dir)
+        preset = _preset_of(self.model_dir)
+
+        def run(item: tuple[str, list[int]]) -> str:
+            key, removed = item
+            target = Path(self.out_dir) / key
+            if (target / "model" / MANIFEST_NAME).exists():
+                return key
+            model = TextToImageModel.from_preset(preset, seed=self.recipe["seed"])
+            write_json_atomic(target / "removed.json", {"removed": removed, "recipe": self.recipe})
+            train_diffusion(
+                model,
+                dataset.without(removed),
+                target / "model",
+                DiffusionTrainConfig(**self.recipe),
+                checkpoint_dir=target / "checkpoints",
+                command=f"leave-{len(removed)}-out retrain {key}",
+                progress=self.progress,
+                overwrite=True,
+            )
+            return key
+
+        return run
+
+
+@dataclass
+class CounterfactualResult:
+    """Per method: ΔL, ΔG-MSE, ΔG-sim per query (Q,), and their means and standard errors."""
+
+    per_query: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        out = {}
+        for method, metrics in self.per_query.items():
+            out[method] = {}
+            for name, values in metrics.items():
+                v = np.asarray(values, dtype=np.float64)
+                out[method][name] = {
+                    "mean": float(v.mean()),
+                    "stderr": float(v.std() / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+                }
+        return out
+
+
+class CounterfactualJob:
+    """Plans, runs (resumably, on any executor) and evaluates the leave-K-out retrains of one setting.
+
+    Args:
+        model_dir: the original model (its manifest holds the recipe and architecture).
+        data_dir: its training set.
+        queries_dir: a query set (generated images' x0, prompts and seeds).
+        rankings: method -> int (Q, >= K) training ids per query, most influential first.
+        query_rows: the query-set rows the rankings' Q rows refer to (default 0..Q-1).
+    """
+
+    def __init__(
+        self,
+        model_dir,
+        data_dir,
+        queries_dir,
+        rankings: dict[str, np.ndarray],
+        out_dir,
+        config: CounterfactualConfig,
+        progress: bool = True,
+        query_rows: list[int] | None = None,
+    ):
+        from .data import open_dataset
+
+        self.model_dir, self.data_dir, self.queries_dir = (
+            str(model_dir),
+            str(data_dir),
+            str(queries_dir),
+        )
+        self.out_dir, self.config, self.progress = Path(out_dir), config, progress
+        manifest = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        training = manifest.get("training", {})
+        if "config" not in training or "preset" not in manifest.get("config", {}):
+            raise FastGDAError(
+                f"{model_dir} records no training recipe; leave-K-out retrains need the recipe it was trained with"
+            )
+        recipe = {
+            k: v
+            for k, v in training["config"].items()
+            if k not in ("stop_at_step", "checkpoint_every", "keep_checkpoints")
+        }
+        if config.steps:
+            # A reduced recipe keeps the schedule's shape: warm-up at most a tenth of the run.
+            warmup = min(recipe["warmup_steps"], config.steps // 10)
+            recipe = {**recipe, "steps": config.steps, "warmup_steps": warmup}
+        self.recipe = recipe
+        self.num_train = len(open_dataset(data_dir))
+        lengths = {name: len(r) for name, r in rankings.items()}
+        if len(set(lengths.values())) != 1:
+            raise FastGDAError(f"every method must rank the same queries; got {lengths}")
+        num_queries = next(iter(lengths.values()))
+        self.query_rows = (
+            list(range(num_queries)) if query_rows is None else [int(r) for r in query_rows]
+        )
+        if len(self.query_rows) != num_queries:
+            raise FastGDAError(
+                f"{len(self.query_rows)} query rows for rankings of {num_queries} queries"
+            )
+        self.sets = removed_sets(rankings, config.k, self.num_train, config.random_seeds)
+        self.baseline_key = retrain_key(recipe, [])
+        self.plan = {self.baseline_key: []}
+        for lists in self.sets.values():
+            for removed in lists:
+                self.plan.setdefault(retrain_key(recipe, removed), removed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            self.out_dir / "plan.json",
+            {
+                "config": asdict(config),
+                "recipe": recipe,
+                "query_rows": self.query_rows,
+                "baseline": self.baseline_key,
+                "sets": {
+                    m: [retrain_key(recipe, r) for r in lists] for m, lists in self.sets.items()
+                },
+                "retrains": len(self.plan),
+            },
+        )
+
+    @property
+    def retrains_dir(self) -> Path:
+        return self.out_dir / "retrains"
+
+    def pending(self) -> list[str]:
+        """Retrain keys without a finished model."""
+        return [
+            key
+            for key in self.plan
+            if not (self.retrains_dir / key / "model" / MANIFEST_NAME).exists()
+        ]
+
+    def run(self, executor=None) -> None:
+        """Retrain every pending removed set (θ₀ first); finished ones are skipped, partial ones resume."""
+        from .executors import LocalExecutor
+
+        pending = self.pending()
+        task = _RetrainTask(
+            self.model_dir,
+            self.data_dir,
+            str(self.retrains_dir),
+            self.recipe,
+            progress=self.progress,
+        )
+        executor = executor or LocalExecutor(progress=self.progress)
+        executor.map(task, [(key, self.plan[key]) for key in pending], desc="leave-K-out retrains")
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def _query_tensors(self):
+        from .data import ImageCaptionFolder
+        from .diffusion.queries import load_query_tensors
+
+        rows = self.query_rows
+        tensors = {k: v[rows] for k, v in load_query_tensors(self.queries_dir).items()}
+        records = ImageCaptionFolder(self.queries_dir).records
+        prompts = [records[r].get("prompt") or records[r]["captions"][0] for r in rows]
+        seeds = [int(records[r].get("seed", r)) for r in rows]
+        return tensors, prompts, seeds
+
+    @torch.no_grad()
+    def _measure(self, key: str) -> dict:
+        """The model ``key``'s query losses (Q, T') and regenerations (Q, H, W, 3), cached in ``<key>/eval``."""
+        from .diffusion import TextToImageModel
+
+        # One cache per selection of query rows: measuring other queries never reads stale figures.
+        cache = self.retrains_dir / key / f"eval-{_rows_digest(self.query_rows)}.npz"
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as saved:
+                return {name: saved[name] for name in saved.files}
+        model = TextToImageModel.from_pretrained(self.retrains_dir / key / "model").eval()
+        tensors, prompts, seeds = self._query_tensors()
+        x0, states = tensors["x0"], tensors["text_states"]
+        mask = tensors.get("text_mask")
+        steps = torch.arange(0, model.scheduler.config.num_train_timesteps, self.config.loss_stride)
+        losses = []
+        for q in range(len(x0)):
+            gen = torch.Generator().manual_seed(self.config.loss_noise_seed * 1_000_003 + q)
+            noise = torch.randn((len(steps), *x0.shape[1:]), generator=gen)
+            losses.append(
+                model.loss(
+                    x0[q].expand(len(steps), *x0.shape[1:]),
+                    states[q].expand(len(steps), *states.shape[1:]),
+                    None if mask is None else mask[q].expand(len(steps), *mask.shape[1:]),
+                    noise,
+                    steps,
+                ).numpy()
+            )
+        images = model.decode(
+            model.sample(prompts, seeds, self.config.generate_steps, self.config.guidance_scale)
+        )
+        out = {"losses": np.stack(losses), "images": images}
+        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **out)
+        os.replace(tmp, cache)
+        return out
+
+    def evaluate(self) -> CounterfactualResult:
+        """ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished."""
+        from .encoders import make_encoder
+
+        missing = self.pending()
+        if missing:
+            raise FastGDAError(
+                f"{len(missing)} of {len(self.plan)} retrains are unfinished; run the job again to finish them"
+            )
+        encoder = make_encoder(self.config.similarity_encoder)
+        base = self._measure(self.baseline_key)
+        base_emb = _unit(encoder.encode(base["images"]))
+        result = CounterfactualResult()
+        for method, lists in self.sets.items():
+            metrics = {"delta_loss": [], "delta_mse": [], "delta_sim": []}
+            for q in range(len(base["losses"])):
+                removed = lists[q % len(lists)] if method == RANDOM else lists[q]
+                if method == RANDOM:
+                    # Every seed's model for every query: the mean over seeds is one query's random value.
+                    per_seed = [self._measure(retrain_key(self.recipe, r)) for r in lists]
+                else:
+                    per_seed = [self._measure(retrain_key(self.recipe, removed))]
+                dl, dm, ds = [], [], []
+                for measured in per_seed:
+                    dl.append(float(measured["losses"][q].mean() - base["losses"][q].mean()))
+                    a = measured["images"][q].astype(np.float32) / 255
+                    b = base["images"][q].astype(np.float32) / 255
+                    dm.append(float(((a - b) ** 2).mean()))
+                    emb = _unit(encoder.encode(measured["images"][q : q + 1]))
+                    ds.append(float(emb[0] @ base_emb[q]))
+                metrics["delta_loss"].append(float(np.mean(dl)))
+                metrics["delta_mse"].append(float(np.mean(dm)))
+                metrics["delta_sim"].append(float(np.mean(ds)))
+            result.per_query[method] = metrics
+        write_json_atomic(
+            self.out_dir / "counterfactual.json",
+            {"summary": result.summary(), "per_query": result.per_query, "k": self.config.k},
+        )
+        return result
+
+
+def _rows_digest(rows: list[int]) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _preset_of(model_dir):
+    """The architecture a fastgda model folder was built from (retrains start from it, freshly initialised)."""
+    from .diffusion import ModelPreset
+
+    preset = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))["config"][
+        "preset"
+    ]
+    return ModelPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()})
