@@ -91,8 +91,14 @@ def test_balanced_parts_get_equal_input_variance(rng):
     x = (torch.as_tensor(features, dtype=torch.float32) - ranker.feature_mean) / ranker.feature_std
     per_part = [x[:, :48].var(dim=0).sum().item(), x[:, 48:].var(dim=0).sum().item()]
     assert per_part == pytest.approx([32.0, 32.0], rel=1e-3)
+    ranker.fit_standardisation(features, part_dims=[48, 16], part_weights=[1.0, 3.0])
+    x = (torch.as_tensor(features, dtype=torch.float32) - ranker.feature_mean) / ranker.feature_std
+    per_part = [x[:, :48].var(dim=0).sum().item(), x[:, 48:].var(dim=0).sum().item()]
+    assert per_part == pytest.approx([16.0, 48.0], rel=1e-3)  # a quarter and three quarters of 64
     with pytest.raises(ValueError, match="do not sum"):
         ranker.fit_standardisation(features, part_dims=[48, 10])
+    with pytest.raises(ValueError, match="positive weight"):
+        ranker.fit_standardisation(features, part_dims=[48, 16], part_weights=[1.0, 0.0])
 
 
 def test_map_equals_scikit_learn_average_precision(rng):

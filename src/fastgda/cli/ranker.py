@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
     train.add_argument("--candidate-fraction", type=float, default=d.candidate_fraction)
     train.add_argument("--patience", type=int, default=d.patience)
     train.add_argument(
+        "--part-weights",
+        type=float,
+        nargs="+",
+        help="input-variance shares of the spec's parts, in spec order (default equal)",
+    )
+    train.add_argument(
         "--no-balance-parts",
         action="store_true",
         help="standardise columns only (default: each part of the spec gets the same input variance)",
@@ -91,6 +97,7 @@ def handle_train(args) -> int:
         patience=args.patience,
         seed=args.seed,
         balance_parts=not args.no_balance_parts,
+        part_weights=tuple(args.part_weights) if args.part_weights else None,
     )
     ranker, history = train_ranker(
         queries.values[truth.query_ids],

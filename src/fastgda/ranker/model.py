@@ -56,13 +56,17 @@ class Ranker(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(0.0))
 
     def fit_standardisation(
-        self, features: np.ndarray, part_dims: Sequence[int] | None = None
+        self,
+        features: np.ndarray,
+        part_dims: Sequence[int] | None = None,
+        part_weights: Sequence[float] | None = None,
     ) -> None:
         """Set the input mean/std from training-item features (n, in_dim); constant columns get std 1.
 
         With ``part_dims`` (the widths of a concatenation's parts, summing to in_dim), each part is further
         scaled so that every part carries the same total variance: standardising column by column alone lets
-        a 1280-d image part outweigh a 384-d text part 3.3 to 1 at the first layer.
+        a 1280-d image part outweigh a 384-d text part 3.3 to 1 at the first layer. ``part_weights`` (one positive
+        number per part) makes the parts' shares of the input variance proportional to them instead.
         """
         x = torch.as_tensor(features, dtype=torch.float32)
         std = x.std(dim=0)
@@ -71,8 +75,14 @@ class Ranker(nn.Module):
             if sum(part_dims) != self.shape.in_dim:
                 raise ValueError(f"part widths {list(part_dims)} do not sum to {self.shape.in_dim}")
             widths = torch.tensor(list(part_dims), dtype=torch.float32)
+            weights = torch.tensor(
+                list(part_weights) if part_weights else [1.0] * len(part_dims), dtype=torch.float32
+            )
+            if len(weights) != len(widths) or not bool((weights > 0).all()):
+                raise ValueError(f"need one positive weight per part, got {weights.tolist()}")
+            share = weights / weights.sum()  # of the total input variance, per part
             scale = torch.repeat_interleave(
-                (widths * len(part_dims) / self.shape.in_dim).sqrt(), widths.long()
+                (widths / (self.shape.in_dim * share)).sqrt(), widths.long()
             )
             std = std * scale
         self.feature_mean.copy_(x.mean(dim=0))

@@ -43,6 +43,9 @@ class RankerTrainConfig:
     patience: int = 10  # epochs without a better validation mAP before stopping
     val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
     balance_parts: bool = True  # give each part of a concatenated spec the same input variance
+    part_weights: tuple[float, ...] | None = (
+        None  # with balance_parts: variance shares per part instead
+    )
     seed: int = 0
 
 
@@ -119,7 +122,9 @@ def train_ranker(
     ranker = Ranker(
         RankerShape(item_features.shape[1], config.hidden, config.out_dim, config.dropout)
     )
-    ranker.fit_standardisation(item_features, part_dims if config.balance_parts else None)
+    ranker.fit_standardisation(
+        item_features, part_dims if config.balance_parts else None, config.part_weights
+    )
     sampler = PairSampler(
         train_ranked_ids,
         len(item_features),
