@@ -3,8 +3,9 @@
 For every feature spec: embed the training set and the reference query splits, train a ranker on the training
 queries (validation mAP for early stopping), and evaluate on the test queries, whose teacher rankings cover all
 N = 2,000 training images: mAP(L) at the paper's three L fractions with standard errors, and planted-concept
-recall@12 on the test queries naming a planted concept. The untuned baseline of a spec is the cosine of its raw
-features (for a concatenation, the raw concatenation).
+recall@12 on the test queries naming a planted concept. For a multi-part spec the first part's share of the
+input variance (``--image-weights``, text part 1) is chosen by validation mAP. The untuned baseline of a spec
+is the cosine of its raw features (for a concatenation, the raw concatenation).
 
     python benchmarks/attribution_quality.py --world runs/world --work runs/quality
 """
@@ -41,6 +42,13 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=RankerTrainConfig().epochs)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-weights",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.33, 0.1],
+        help="first part's input-variance weight (text part 1) tried for multi-part specs",
+    )
     parser.add_argument("--reference", help="reference folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -56,7 +64,7 @@ def main() -> None:
         f"{truth['train'].ids.shape[1]} candidates, {len(truth['val'])} validation, {len(truth['test'])} test "
         f"queries over all N ({sum(bool(c) for c in concepts)} naming a planted concept)"
     )
-    methods, minutes = {}, {}
+    methods, minutes, chosen_weight = {}, {}, {}
     for spec in args.specs:
         folder = work / spec.replace("+", "_")
         items = features_for(spec, args.world, folder / "items")
@@ -64,25 +72,45 @@ def main() -> None:
             s: features_for(spec, reference_split_dir(s, args.reference), folder / f"q-{s}")
             for s in truth
         }
-        ranker_dir = folder / f"ranker-seed{args.seed}"
-        if ranker_dir.exists():
-            ranker, _ = Ranker.load(ranker_dir)
-        else:
-            began = time.perf_counter()
-            config = replace(RankerTrainConfig(), epochs=args.epochs, seed=args.seed)
-            ranker, history = train_ranker(
-                split_features["train"].values[truth["train"].query_ids],
-                items.values,
-                truth["train"].ids,
-                config,
-                split_features["val"].values[truth["val"].query_ids],
-                truth["val"].ids,
-                progress=False,
-                part_dims=items.part_dims,
+        # Multi-part specs: the first part's share of the input variance is a hyperparameter, chosen by
+        # validation mAP (never by the test queries) from --image-weights.
+        weights = args.image_weights if len(items.parts) > 1 else [1.0]
+        candidates = []
+        for weight in weights:
+            ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}"
+            if ranker_dir.exists():
+                ranker, manifest = Ranker.load(ranker_dir)
+                history = manifest["extra"]["history"]
+            else:
+                began = time.perf_counter()
+                config = replace(
+                    RankerTrainConfig(),
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    part_weights=(weight,) + (1.0,) * (len(items.parts) - 1)
+                    if len(items.parts) > 1
+                    else None,
+                )
+                ranker, history = train_ranker(
+                    split_features["train"].values[truth["train"].query_ids],
+                    items.values,
+                    truth["train"].ids,
+                    config,
+                    split_features["val"].values[truth["val"].query_ids],
+                    truth["val"].ids,
+                    progress=False,
+                    part_dims=items.part_dims,
+                )
+                minutes[f"{spec} w{weight:g}"] = (time.perf_counter() - began) / 60
+                ranker.save(ranker_dir, spec, extra={"history": history})
+            best_val = max(h["val_map"] for h in history)
+            print(
+                f"{spec} (first part weight {weight:g}): {len(history)} epochs, best validation mAP "
+                f"{best_val:.3f}",
+                flush=True,
             )
-            minutes[spec] = (time.perf_counter() - began) / 60
-            ranker.save(ranker_dir, spec, extra={"history": history})
-            print(f"{spec}: trained {len(history)} epochs in {minutes[spec]:.1f} min", flush=True)
+            candidates.append((best_val, weight, ranker))
+        _, chosen_weight[spec], ranker = max(candidates, key=lambda c: c[0])
         test_q = split_features["test"].values[truth["test"].query_ids]
         methods[f"tuned {spec}"] = ranker.embed_numpy(test_q) @ ranker.embed_numpy(items.values).T
         methods[f"untuned {spec}"] = cosine_matrix(test_q, items.values)
@@ -97,6 +125,7 @@ def main() -> None:
     recall = planted_recall(methods, concepts, world.concepts)
     print()
     print(format_map_table(table, n, recall))
+    print(f"first-part input weights chosen by validation mAP: {chosen_weight}")
     mid = l_values(n)[1]
     main_spec = args.specs[0]
     best_untuned = max(
@@ -120,6 +149,7 @@ def main() -> None:
         "ratio_vs_best_untuned": ratio,
         "best_untuned": best_untuned,
         "train_minutes": minutes,
+        "chosen_first_part_weight": chosen_weight,
     }
     (work / "quality.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
 

@@ -96,7 +96,7 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
 
     info = reference_info()
     sizes = {s: v["num_queries"] for s, v in info["splits"].items()}
-    assert sizes["val"] == 50 and sizes["test"] == 40 and 100 <= sizes["train"] <= 400
+    assert sizes == {"train": 400, "val": 50, "test": 40}
     assert info["splits"]["test"]["num_candidates"] == 2000
     config = teacher_config_from_json(info["splits"]["train"]["teacher"])
     model = TextToImageModel.from_pretrained(model_dir())

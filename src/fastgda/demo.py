@@ -20,6 +20,9 @@ import numpy as np
 from ._artifacts import write_text_atomic
 
 DEMO_SPEC = "effnet+minilm"
+# The image part's share of the ranker's input variance (text 1), chosen on the validation queries by
+# benchmarks/attribution_quality.py (BENCHMARKS.md): this world's teacher follows the prompt.
+DEMO_PART_WEIGHTS = (0.1, 1.0)
 CURVE_FRACTIONS = (0.002, 0.0042, 0.0085, 0.017, 0.034, 0.068, 0.136)
 
 
@@ -113,7 +116,12 @@ def run_demo(
             queries["train"].values[truth["train"].query_ids],
             items.values,
             truth["train"].ids,
-            replace(RankerTrainConfig(), seed=seed, **({"epochs": epochs} if epochs else {})),
+            replace(
+                RankerTrainConfig(),
+                seed=seed,
+                part_weights=DEMO_PART_WEIGHTS,
+                **({"epochs": epochs} if epochs else {}),
+            ),
             queries["val"].values[truth["val"].query_ids],
             truth["val"].ids,
             progress=progress,
