@@ -70,8 +70,10 @@ async def load(url: str, make_request, concurrency: int, seconds: float) -> dict
                         errors += 1
                     else:
                         latencies.append(time.perf_counter() - began)
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     errors += 1
+                    kind = type(exc).__name__
+                    statuses[kind] = statuses.get(kind, 0) + 1
                 i += concurrency
 
         began = time.perf_counter()
