@@ -80,7 +80,7 @@ def main() -> None:
             ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}"
             if ranker_dir.exists():
                 ranker, manifest = Ranker.load(ranker_dir)
-                history = manifest["extra"]["history"]
+                history = manifest["history"]
             else:
                 began = time.perf_counter()
                 config = replace(

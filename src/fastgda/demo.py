@@ -109,8 +109,8 @@ def run_demo(
     step("ranker (distilled from the reference teacher rankings)")
     ranker_dir = out / "ranker"
     if (ranker_dir / "manifest.json").exists():
-        ranker, _ = Ranker.load(ranker_dir)
-        history = json.loads((ranker_dir / "manifest.json").read_text())["extra"]["history"]
+        ranker, manifest = Ranker.load(ranker_dir)
+        history = manifest["history"]  # ``extra`` fields are stored at the manifest's top level
     else:
         ranker, history = train_ranker(
             queries["train"].values[truth["train"].query_ids],
