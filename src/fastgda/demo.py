@@ -291,6 +291,7 @@ def run_demo(
         "attributor_seconds_per_query": attribute_seconds,
         "search_seconds_per_query": search_seconds,
         "speedup": speedup,
+        "speedup_features_given": teacher_seconds / search_seconds,
         "live_teacher_agreement": agreement,
         "ranker_epochs": len(history),
         "step_seconds": step.seconds,

@@ -176,8 +176,19 @@ class Service:
         return self.attributor.items[item_id]
 
 
+def _ensure_log_handler() -> None:
+    """Uvicorn configures only its own loggers; give ours a stderr handler so each request's JSON line shows."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """Load the attributor (and model) once and return the application."""
+    _ensure_log_handler()
     service = Service(config)
     app = FastAPI(
         title="fastgda",
