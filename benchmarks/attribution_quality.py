@@ -24,13 +24,9 @@ import torch
 from fastgda.comparison import cosine_matrix, format_map_table, map_table, planted_recall
 from fastgda.data import ShapesWorld
 from fastgda.evaluation import l_values
-from fastgda.features import Features, embed_dataset
+from fastgda.features import load_or_embed
 from fastgda.ranker import Ranker, RankerTrainConfig, train_ranker
 from fastgda.reference import reference_ground_truth, reference_queries, reference_split_dir
-
-
-def features_for(spec: str, source, out: Path) -> Features:
-    return Features.load(out) if out.exists() else embed_dataset(source, spec, out, progress=False)
 
 
 def main() -> None:
@@ -67,9 +63,11 @@ def main() -> None:
     methods, minutes, chosen_weight = {}, {}, {}
     for spec in args.specs:
         folder = work / spec.replace("+", "_")
-        items = features_for(spec, args.world, folder / "items")
+        items = load_or_embed(args.world, spec, folder / "items", progress=False)
         split_features = {
-            s: features_for(spec, reference_split_dir(s, args.reference), folder / f"q-{s}")
+            s: load_or_embed(
+                reference_split_dir(s, args.reference), spec, folder / f"q-{s}", progress=False
+            )
             for s in truth
         }
         # Multi-part specs: the first part's share of the input variance is a hyperparameter, chosen by

@@ -18,12 +18,8 @@ import numpy as np
 
 from fastgda.comparison import cosine_matrix
 from fastgda.evaluation import l_values
-from fastgda.features import Features, embed_dataset
+from fastgda.features import load_or_embed
 from fastgda.reference import reference_ground_truth, reference_split_dir
-
-
-def features_for(spec: str, source, out: Path) -> Features:
-    return Features.load(out) if out.exists() else embed_dataset(source, spec, out, progress=False)
 
 
 def main() -> None:
@@ -37,8 +33,10 @@ def main() -> None:
     n = test.ids.shape[1]
     cosine = {}
     for name in ("effnet", "minilm", "pixels"):
-        items = features_for(name, args.world, work / name / "items")
-        queries = features_for(name, reference_split_dir("test"), work / name / "q-test")
+        items = load_or_embed(args.world, name, work / name / "items", progress=False)
+        queries = load_or_embed(
+            reference_split_dir("test"), name, work / name / "q-test", progress=False
+        )
         cosine[name] = cosine_matrix(queries.values[test.query_ids], items.values)
     cosine["effnet+minilm (parts weighted equally)"] = (cosine["effnet"] + cosine["minilm"]) / 2
     ls = l_values(n)

@@ -71,7 +71,7 @@ def run_demo(
     from .data import ImageCaptionFolder
     from .diffusion import TextToImageModel
     from .evaluation import l_values, map_at_l
-    from .features import Features, embed_dataset
+    from .features import load_or_embed
     from .ground_truth import query_file
     from .ranker import Ranker, RankerTrainConfig, train_ranker
     from .reference import (
@@ -97,11 +97,8 @@ def run_demo(
 
     step(f"features ({DEMO_SPEC}) of the training set and the reference queries")
 
-    def features(source, name: str) -> Features:
-        path = out / "features" / name
-        if (path / "manifest.json").exists():
-            return Features.load(path, expect_spec=DEMO_SPEC)
-        return embed_dataset(source, DEMO_SPEC, path, progress=progress)
+    def features(source, name: str):
+        return load_or_embed(source, DEMO_SPEC, out / "features" / name, progress=progress)
 
     items = features(world.root, "items")
     queries = {s: features(reference_split_dir(s), f"q-{s}") for s in truth}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._artifacts import (
+    MANIFEST_NAME,
     atomic_dir,
     read_manifest,
     verify_checksums,
@@ -157,6 +158,15 @@ class _ChunkTask:
             os.replace(tmp, path)
 
         return run
+
+
+def load_or_embed(
+    source: str | os.PathLike, spec: str, out_dir: str | os.PathLike, progress: bool = True
+) -> Features:
+    """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``."""
+    if (Path(out_dir) / MANIFEST_NAME).exists():
+        return Features.load(out_dir, expect_spec=spec)
+    return embed_dataset(source, spec, out_dir, progress=progress)
 
 
 def embed_dataset(

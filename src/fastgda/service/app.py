@@ -316,12 +316,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         timings["search_ms"] = answer.pop("search_ms")
         timings["total_ms"] = (time.perf_counter() - began) * 1000
         out = {"k": k, "results": answer["results"][0], "timings": timings}
-        if "baseline" in answer:
-            out["baseline"] = {
-                "method": answer["baseline"]["method"],
-                "results": answer["baseline"]["results"][0],
-            }
-        return out
+        return {**out, **_first_baseline(answer)}
 
     @app.post("/v1/attribute/batch", dependencies=guarded)
     async def attribute_batch(body: BatchRequest):
@@ -386,12 +381,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 "total_ms": (time.perf_counter() - began) * 1000,
             },
         }
-        if "baseline" in answer:
-            out["baseline"] = {
-                "method": answer["baseline"]["method"],
-                "results": answer["baseline"]["results"][0],
-            }
-        return out
+        return {**out, **_first_baseline(answer)}
 
     @app.get("/v1/train/{item_id}", dependencies=guarded)
     async def train_item(item_id: int):
@@ -423,6 +413,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app
+
+
+def _first_baseline(answer: dict) -> dict:
+    """The single query's baseline entry of ``Service.answer``'s output, if it was asked for."""
+    if "baseline" not in answer:
+        return {}
+    baseline = answer["baseline"]
+    return {"baseline": {"method": baseline["method"], "results": baseline["results"][0]}}
 
 
 def _parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel:
