@@ -302,26 +302,28 @@ class CounterfactualJob:
         base = self._measure(self.baseline_key)
         base_emb = _unit(encoder.encode(base["images"]))
         result = CounterfactualResult()
+        embeddings: dict[str, np.ndarray] = {}  # per retrain: its regenerations, encoded once
+
+        def compare(key: str, q: int) -> tuple[float, float, float]:
+            measured = self._measure(key)
+            if key not in embeddings:
+                embeddings[key] = _unit(encoder.encode(measured["images"]))
+            a = measured["images"][q].astype(np.float32) / 255
+            b = base["images"][q].astype(np.float32) / 255
+            return (
+                float(measured["losses"][q].mean() - base["losses"][q].mean()),
+                float(((a - b) ** 2).mean()),
+                float(embeddings[key][q] @ base_emb[q]),
+            )
+
         for method, lists in self.sets.items():
             metrics = {"delta_loss": [], "delta_mse": [], "delta_sim": []}
             for q in range(len(base["losses"])):
-                removed = lists[q % len(lists)] if method == RANDOM else lists[q]
-                if method == RANDOM:
-                    # Every seed's model for every query: the mean over seeds is one query's random value.
-                    per_seed = [self._measure(retrain_key(self.recipe, r)) for r in lists]
-                else:
-                    per_seed = [self._measure(retrain_key(self.recipe, removed))]
-                dl, dm, ds = [], [], []
-                for measured in per_seed:
-                    dl.append(float(measured["losses"][q].mean() - base["losses"][q].mean()))
-                    a = measured["images"][q].astype(np.float32) / 255
-                    b = base["images"][q].astype(np.float32) / 255
-                    dm.append(float(((a - b) ** 2).mean()))
-                    emb = _unit(encoder.encode(measured["images"][q : q + 1]))
-                    ds.append(float(emb[0] @ base_emb[q]))
-                metrics["delta_loss"].append(float(np.mean(dl)))
-                metrics["delta_mse"].append(float(np.mean(dm)))
-                metrics["delta_sim"].append(float(np.mean(ds)))
+                # Random: every seed's model serves every query; the mean over seeds is the query's value.
+                removed_sets_of_q = lists if method == RANDOM else [lists[q]]
+                per_seed = [compare(retrain_key(self.recipe, r), q) for r in removed_sets_of_q]
+                for name, values in zip(metrics, zip(*per_seed, strict=True), strict=True):
+                    metrics[name].append(float(np.mean(values)))
             result.per_query[method] = metrics
         write_json_atomic(
             self.out_dir / "counterfactual.json",

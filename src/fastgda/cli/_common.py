@@ -26,3 +26,16 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_executor_flags(parser) -> None:
+    """--executor/--workers/--address, read back by ``executor_from_args``."""
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+
+
+def executor_from_args(args):
+    from ..executors import make_executor
+
+    return make_executor(args.executor, args.workers, args.address)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
 def add_parser(sub) -> None:
@@ -19,20 +19,17 @@ def add_parser(sub) -> None:
     parser.add_argument("--out", required=True, help="features folder to create")
     parser.add_argument("--chunk-size", type=int, default=512, help="rows per resumable chunk")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--executor", choices=["local", "ray"], default="local")
-    parser.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
-    parser.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+    add_executor_flags(parser)
     parser.add_argument("--threads", type=int)
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    from ..executors import make_executor
     from ..features import embed_dataset
 
     set_threads(args.threads)
-    executor = make_executor(args.executor, args.workers, args.address)
+    executor = executor_from_args(args)
     features = embed_dataset(args.data, args.spec, args.out, args.chunk_size, executor, args.dtype)
     result = {"out": args.out, "spec": features.spec, "shape": list(features.values.shape)}
     emit(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
 def add_parser(sub) -> None:
@@ -53,9 +53,7 @@ def add_parser(sub) -> None:
         "--random-seeds", type=int, default=3, help="random removals (shared by queries)"
     )
     c.add_argument("--out", required=True, help="job folder (resumable)")
-    c.add_argument("--executor", choices=["local", "ray"], default="local")
-    c.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
-    c.add_argument("--address", help="Ray cluster address")
+    add_executor_flags(c)
     c.add_argument("--threads", type=int)
     add_json_flag(c)
     c.set_defaults(handler=handle_counterfactual)
@@ -116,7 +114,6 @@ def handle_counterfactual(args) -> int:
 
     from ..comparison import untuned_methods
     from ..counterfactual import CounterfactualConfig, CounterfactualJob
-    from ..executors import make_executor
     from ..features import Features
     from ..ground_truth import GroundTruth
     from ..pack import resolve_model_dir
@@ -155,7 +152,7 @@ def handle_counterfactual(args) -> int:
         progress=not args.json,
         query_rows=rows.tolist(),
     )
-    job.run(make_executor(args.executor, args.workers, args.address))
+    job.run(executor_from_args(args))
     summary = job.evaluate().summary()
     lines = [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
     for name, metrics in summary.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
 def add_parser(sub) -> None:
@@ -87,9 +87,7 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
     )
-    run.add_argument("--executor", choices=["local", "ray"], default="local")
-    run.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
-    run.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+    add_executor_flags(run)
     run.add_argument("--threads", type=int)
     add_json_flag(run)
     run.set_defaults(handler=handle_run)
@@ -127,7 +125,6 @@ def handle_fisher(args) -> int:
 
 
 def handle_run(args) -> int:
-    from ..executors import make_executor
     from ..pack import resolve_model_dir
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
@@ -148,7 +145,7 @@ def handle_run(args) -> int:
     spec = TeacherSpec(
         model_dir, args.data, args.queries, args.fisher, args.out, config, args.cache
     )
-    ground_truth = run_teacher(spec, make_executor(args.executor, args.workers, args.address))
+    ground_truth = run_teacher(spec, executor_from_args(args))
     shape = list(ground_truth.ids.shape)
     result = {"out": args.out, "ground_truth": f"{args.out}/ground_truth", "shape": shape}
     text = f"ranked {shape[0]} queries x {shape[1]} candidates; ground truth in {args.out}/ground_truth"
