@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser test test-fast test-demo demo lint clean
+.PHONY: install browser test test-fast test-demo demo bench lint clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-fast: install
 DEMO_OUT ?= demo
 demo: install
 	$(OFFLINE) $(VENV)/bin/fastgda demo --out $(DEMO_OUT)
+
+# The benchmark suite (BENCH_ARGS: --tier standard|full, --only NAME..., --list); see python -m benchmarks -h.
+bench: install
+	$(OFFLINE) $(PY) -m benchmarks $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks

@@ -4,6 +4,7 @@ Training queries are ranked by the teacher only over their top-M neighbours in a
 lies outside is never seen by the ranker except as an "outlier" labelled worst. On the test queries (ranked over
 all N) this measures the share of the teacher's top-L that falls inside the top-M pool of each space. For a
 multi-part space the parts are L2-normalised and weighted equally (the teacher's ``candidate_feature``).
+A second table: for the training queries that name a planted concept, the share of its exemplars inside the pool.
 
     python benchmarks/candidate_pools.py --world runs/world --work runs/quality
 """
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from fastgda.comparison import cosine_matrix
+from fastgda.data import ShapesWorld
 from fastgda.evaluation import l_values
 from fastgda.features import load_or_embed
-from fastgda.reference import reference_ground_truth, reference_split_dir
+from fastgda.reference import reference_ground_truth, reference_queries, reference_split_dir
 
 
 def main() -> None:
@@ -59,7 +61,51 @@ def main() -> None:
     print("|---|" + "---:|" * len(columns))
     for name, row in rows.items():
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
-    (work / "candidate_pools.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    planted = planted_coverage(args.world, work, args.pools)
+    print()
+    print(
+        "share of a planted concept's exemplars inside the top-M pool of the training queries that name it "
+        f"({planted.pop('queries')} of {len(reference_ground_truth('train'))} training queries)"
+    )
+    columns = [f"M={m}" for m in args.pools]
+    print("| candidate space | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name, row in planted.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    (work / "candidate_pools.json").write_text(
+        json.dumps({"teacher_top_l": rows, "planted_exemplars_train": planted}, indent=1),
+        encoding="utf-8",
+    )
+
+
+def planted_coverage(world_dir, work: Path, pools) -> dict:
+    """Per candidate space and M: the mean share of the named concept's exemplars inside a training query's
+    pool. An exemplar outside the pool is never ranked by the teacher for that query."""
+    world = ShapesWorld(world_dir)
+    train = reference_ground_truth("train")
+    records = reference_queries("train")
+    concepts = [records[int(q)].get("concept") for q in train.query_ids]
+    rows = [r for r, c in enumerate(concepts) if c]
+    cosine = {}
+    for name in ("effnet", "minilm"):
+        items = load_or_embed(world_dir, name, work / name / "items", progress=False)
+        queries = load_or_embed(
+            reference_split_dir("train"), name, work / name / "q-train", progress=False
+        )
+        cosine[name] = cosine_matrix(queries.values[train.query_ids[rows]], items.values)
+    cosine["effnet+minilm (parts weighted equally)"] = (cosine["effnet"] + cosine["minilm"]) / 2
+    out: dict = {"queries": len(rows)}
+    for name, scores in cosine.items():
+        order = np.argsort(-scores, axis=1, kind="stable")
+        out[name] = {}
+        for m in pools:
+            shares = [
+                len(set(world.concepts[concepts[r]]) & set(order[i, :m].tolist()))
+                / len(world.concepts[concepts[r]])
+                for i, r in enumerate(rows)
+            ]
+            out[name][f"M={m}"] = float(np.mean(shares))
+    return out
 
 
 if __name__ == "__main__":

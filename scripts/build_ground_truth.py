@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from fastgda.data import ShapesWorld
-from fastgda.diffusion import TextToImageModel
-from fastgda.diffusion.queries import SamplerConfig, write_query_set
+from fastgda.diffusion.queries import SamplerConfig
 from fastgda.pack import PACK_DIR, model_dir
-from fastgda.reference import pack_reference
+from fastgda.reference import compute_reference_runs, pack_reference
 from fastgda.unlearning import ScoringConfig, UnlearnConfig
-from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
-from fastgda.world.query_prompts import SPLITS, reference_query_prompts
+from fastgda.unlearning.jobs import TeacherConfig
+from fastgda.world.query_prompts import SPLITS
 
 
 def main() -> None:
@@ -70,45 +65,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    world = ShapesWorld(args.world)
-    prompts = reference_query_prompts(world.meta["held_out"])
-    model = TextToImageModel.from_pretrained(model_dir())
-    timings = {}
-    for split in [] if args.pack_only else args.splits:
-        queries = work / f"queries-{split}"
-        if not queries.exists():
-            write_query_set(
-                model, prompts[split], queries, sampler=SamplerConfig(), model_dir=model_dir()
-            )
-        config = TeacherConfig(
+    configs = {
+        split: TeacherConfig(
             unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=args.alpha),
             scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
             num_candidates=None if split == "test" else args.candidates,
             candidate_feature=args.candidate_feature,
         )
-        began = time.perf_counter()
-        job = TeacherJob(
-            model_dir(),
-            args.world,
-            queries,
-            args.fisher,
-            work / f"run-{split}",
-            config,
-            cache_dir=args.cache,
-        )
-        pending = job.pending()
-        # A seeded shuffle, so that any prefix of finished queries mixes every kind of prompt.
-        order = np.random.default_rng(0).permutation(job.num_queries)
-        for q in tqdm([q for q in order if q in set(pending)], desc=f"teacher {split}"):
-            job.run_query(int(q))
-        if not job.pending():
-            job.merge()
-        seconds = time.perf_counter() - began
-        timings[split] = {"queries_computed": len(pending), "seconds": round(seconds, 1)}
-        print(
-            f"{split}: {job.num_queries} queries ({len(pending)} computed now) in {seconds:.0f} s",
-            flush=True,
-        )
+        for split in ([] if args.pack_only else args.splits)
+    }
+    timings = compute_reference_runs(
+        args.world, model_dir(), args.fisher, work, configs, SamplerConfig(), cache_dir=args.cache
+    )
     print(json.dumps(timings))
     if args.pack or args.pack_only:
         pack_reference(

@@ -1,5 +1,6 @@
 """Leave-K-out retraining on a tiny real setup: plans, shared retrains, resumption, exact removal, metrics."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -42,9 +43,9 @@ def test_leave_k_out_plans_shares_resumes_and_measures(trained, small_world, tmp
     }
     config = CounterfactualConfig(k=5, steps=12, random_seeds=(0, 1), generate_steps=4)
 
-    def job():
+    def job(cfg=config):
         return CounterfactualJob(
-            trained / "model", small_world.root, trained / "queries", methods, tmp_path, config, progress=False
+            trained / "model", small_world.root, trained / "queries", methods, tmp_path, cfg, progress=False
         )  # fmt: skip
 
     first = job()
@@ -83,6 +84,9 @@ def test_leave_k_out_plans_shares_resumes_and_measures(trained, small_world, tmp
         assert metrics["delta_mse"]["mean"] >= 0 and metrics["delta_sim"]["mean"] <= 1 + 1e-6
     saved = json.loads((tmp_path / "counterfactual.json").read_text())
     assert len(saved["per_query"]["method c"]["delta_loss"]) == 3
+    # A stored evaluation is reused for the same plan only.
+    assert job().cached_result().per_query == saved["per_query"]
+    assert job(dataclasses.replace(config, k=4)).cached_result() is None
 
 
 def test_retraining_is_deterministic_so_differences_come_from_removal(
@@ -98,3 +102,20 @@ def test_retraining_is_deterministic_so_differences_come_from_removal(
         train_diffusion(model, small_world.without([]), tmp_path / name, recipe, progress=False)
         weights.append(torch.cat([p.flatten() for p in model.unet.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+
+
+def test_subset_of_the_full_encoding_equals_encoding_the_subset(trained, small_world):
+    """Retrains encode the full set once and take subsets; that must be the same data as encoding each subset."""
+    from fastgda.counterfactual import _preset_of
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.training import prepare_training_data
+
+    model = TextToImageModel.from_preset(_preset_of(trained / "model"), seed=0)
+    removed = [0, 3, 4, len(small_world) - 1]
+    kept = [i for i in range(len(small_world)) if i not in removed]
+    subset = prepare_training_data(model, small_world, progress=False).subset(kept)
+    direct = prepare_training_data(model, small_world.without(removed), progress=False)
+    for name in ("x0", "states", "caption_start", "caption_count"):
+        torch.testing.assert_close(getattr(subset, name), getattr(direct, name), rtol=0, atol=1e-5)
+    if direct.mask is not None:
+        assert torch.equal(subset.mask, direct.mask)

@@ -65,17 +65,26 @@ def test_shipped_model_reproduces_recorded_adherence(standard_world):
     assert measured["colour"] >= 0.8 and measured["shape"] >= 0.6
 
 
-def test_demo_from_scratch_retrains_with_the_pack_recipe(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert (
-        main(["demo", "--out", str(out), "--from-scratch", "--steps", "2", "--num-queries", "2"])
-        == 0
-    )
-    manifest = json.loads((out / "model" / "manifest.json").read_text())
+def test_full_profile_retrains_the_model_with_the_pack_recipe_and_scores_it(tmp_path):
+    from fastgda.full_profile import retrain_world_model, score_model_adherence
+
+    world = pack.ensure_world(
+        tmp_path / "world", progress=False
+    )  # regenerated: the hash must match
+    model_dir = retrain_world_model(world, tmp_path / "model", steps=2, progress=False)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
     recipe = pack.pack_info()["model"]["train_config"]
     trained = manifest["training"]["config"]
     assert {k: trained[k] for k in recipe} == {**recipe, "steps": 2}
-    assert (out / "queries.png").is_file()
+    adherence = score_model_adherence(model_dir, world, tmp_path, num_prompts=2, progress=False)
+    assert {"colour", "shape", "size", "position", "background"} <= set(adherence)
+    assert (tmp_path / "adherence.png").is_file()
+
+
+def test_full_profile_refuses_a_folder_holding_a_standard_demo(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text("{}")
+    assert main(["demo", "--profile", "full", "--out", str(tmp_path)]) == 2
+    assert "holds a standard demo" in capsys.readouterr().err
 
 
 @pytest.mark.demo

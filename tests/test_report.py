@@ -5,12 +5,29 @@ import re
 import numpy as np
 import pytest
 
-from fastgda.report import MethodRow, PanelRow, QueryPanel, render_report
+from fastgda.report import (
+    CounterfactualRow,
+    CounterfactualSection,
+    MethodRow,
+    PanelRow,
+    QueryPanel,
+    render_report,
+)
 
 LS = [8, 17, 68]
 
 
-def sample_report(rng) -> str:
+def sample_counterfactual() -> CounterfactualSection:
+    rows = [
+        CounterfactualRow("teacher (AbU+)", (0.004, 0.0005), (0.02, 0.003), (0.9, 0.01), 40.0),
+        CounterfactualRow("fastgda ranker", (0.0036, 0.0004), (0.018, 0.003), (0.91, 0.01), 0.02),
+        CounterfactualRow("untuned image (effnet)", (0.001, 0.0003), (0.01, 0.002), (0.95, 0.01)),
+        CounterfactualRow("random", (0.0001, 0.0001), (0.002, 0.001), (0.99, 0.005)),
+    ]  # fmt: skip
+    return CounterfactualSection(rows, k=68, num_queries=8, retrain_steps=400, notes=["a caveat"])
+
+
+def sample_report(rng, counterfactual: CounterfactualSection | None = None) -> str:
     rows = [
         MethodRow("teacher (AbU+)", {L: 1.0 for L in LS}, {L: 0.0 for L in LS}, 1.0, 40.0),
         MethodRow("fastgda ranker", {8: 0.4, 17: 0.45, 68: 0.5}, {L: 0.03 for L in LS}, 0.8, 0.02),
@@ -28,7 +45,9 @@ def sample_report(rng) -> str:
             ids = list(range(1, 11))
             panel.rows.append(PanelRow(name, ids, [1.0 / i for i in ids], [image() for _ in ids]))
         panels.append(panel)
-    return render_report("test report", ["one line"], rows, LS, 2000, curves, panels, ["a note"])
+    return render_report(
+        "test report", ["one line"], rows, LS, 2000, curves, panels, ["a note"], counterfactual
+    )
 
 
 def test_the_report_is_self_contained(rng):
@@ -37,6 +56,17 @@ def test_the_report_is_self_contained(rng):
     assert html.count("<svg") == 2 and html.count("<circle") == 3  # the three timed methods
     assert html.count("class='exemplar'") == 6  # ids 3 and 5 in each of the planted panel's 3 rows
     assert "0.450 ± 0.030" in html
+
+
+def test_the_counterfactual_section_shows_the_table_and_delta_loss_against_speed(rng):
+    html = sample_report(rng, sample_counterfactual())
+    assert "leave-K-out" in html and "K = 68 training images (3.4% of N)" in html
+    assert "3.60 ± 0.40" in html  # the ranker's ΔL x1e-3
+    assert "<td>90%</td>" in html  # its share of the teacher's ΔL
+    assert (
+        html.count("<svg") == 3 and html.count("<circle") == 3 + 2
+    )  # only timed methods are plotted
+    assert "a caveat" in html
 
 
 @pytest.mark.browser

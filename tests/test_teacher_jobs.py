@@ -172,3 +172,45 @@ def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
     TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert teacher_config_from_json(saved) == config
+
+
+@pytest.mark.slow
+def test_reference_runs_sample_rank_and_pack_every_split(teacher_inputs, small_world, tmp_path):
+    """What `--profile full` and scripts/build_ground_truth.py run: sample the splits, rank them, pack; resumable."""
+    from fastgda.diffusion.queries import SamplerConfig
+    from fastgda.reference import (
+        compute_reference_runs,
+        pack_reference,
+        reference_ground_truth,
+        reference_queries,
+    )
+
+    def config(candidates):
+        return TeacherConfig(
+            unlearn=UnlearnConfig(num_pairs=8, batch_size=8),
+            scoring=ScoringConfig(timesteps=(100, 500)),
+            num_candidates=candidates,
+        )
+
+    configs = {"train": config(16), "val": config(16), "test": config(None)}
+    sizes = {"train": 3, "val": 2, "test": 2}
+    args = (small_world.root, teacher_inputs["model_dir"], teacher_inputs["fisher_dir"], tmp_path)
+    timings = compute_reference_runs(
+        *args, configs, SamplerConfig(num_steps=2), progress=False, sizes=sizes
+    )
+    assert {s: t["queries_computed"] for s, t in timings.items()} == sizes
+    again = compute_reference_runs(
+        *args, configs, SamplerConfig(num_steps=2), progress=False, sizes=sizes
+    )
+    assert all(t["queries_computed"] == 0 for t in again.values())  # finished queries are kept
+
+    out = tmp_path / "reference"
+    pack_reference(
+        {s: tmp_path / f"queries-{s}" for s in sizes},
+        {s: tmp_path / f"run-{s}" for s in sizes},
+        teacher_inputs["fisher_dir"],
+        out,
+    )
+    assert reference_ground_truth("train", out).ids.shape == (3, 16)
+    assert reference_ground_truth("test", out).ids.shape == (2, len(small_world))  # test: all N
+    assert len(reference_queries("val", out)) == 2

@@ -30,6 +30,46 @@ from ._artifacts import MANIFEST_NAME, write_json_atomic
 from .errors import FastGDAError
 
 RANDOM = "random"
+# The standard world's test queries a standard run uses: every kind in its share of the 40 (the first query of
+# each of the first four held-out scenes, the first two planted, the first two two-object queries).
+STANDARD_QUERY_IDS = (0, 3, 6, 9, 20, 21, 30, 31)
+
+
+def method_rankings(
+    query_features,
+    item_features,
+    teacher_ids: np.ndarray,
+    rankers: dict | None = None,
+    k: int = 68,
+    baselines: str = "parts",
+) -> dict[str, np.ndarray]:
+    """Each method's top-K training ids per query, most influential first: method -> int64 (Q, K).
+
+    Args:
+        query_features / item_features: ``Features`` of the Q queries (in ``teacher_ids``' order) and the items.
+        teacher_ids: (Q, >= K) the teacher's ranking of each query.
+        rankers: display name -> ``Ranker``.
+        baselines: untuned baselines to include: ``all`` (each part and the concatenation), ``parts`` or
+            ``none``. Random removal is not here: the job draws it, shared by every query.
+    """
+    from .comparison import untuned_methods
+
+    scores = {
+        name: ranker.embed_numpy(query_features.values) @ ranker.embed_numpy(item_features.values).T
+        for name, ranker in (rankers or {}).items()
+    }
+    for name, matrix in untuned_methods(query_features, item_features).items():
+        wanted = baselines == "all" or (
+            baselines == "parts" and not name.startswith("untuned concatenation")
+        )
+        if name != RANDOM and wanted:
+            scores[name] = matrix
+    rankings = {"teacher": np.asarray(teacher_ids)[:, :k].astype(np.int64)}
+    for name, matrix in scores.items():
+        # A stable full sort (Q is a handful): ties between identical items break by id, so the removed sets,
+        # and with them the cached retrains, are the same on every run.
+        rankings[name] = np.argsort(-matrix, axis=1, kind="stable")[:, :k].astype(np.int64)
+    return rankings
 
 
 @dataclass(frozen=True)
@@ -89,9 +129,11 @@ class _RetrainTask:
     def __call__(self):
         from .data import open_dataset
         from .diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+        from .diffusion.training import prepare_training_data
 
         dataset = open_dataset(self.data_dir)
         preset = _preset_of(self.model_dir)
+        encoded = []  # the full set's images and captions, encoded once per worker on first use
 
         def run(item: tuple[str, list[int]]) -> str:
             key, removed = item
@@ -99,6 +141,10 @@ class _RetrainTask:
             if (target / "model" / MANIFEST_NAME).exists():
                 return key
             model = TextToImageModel.from_preset(preset, seed=self.recipe["seed"])
+            if not encoded:
+                encoded.append(prepare_training_data(model, dataset, progress=self.progress))
+            drop = set(removed)
+            kept = [i for i in range(len(dataset)) if i not in drop]
             write_json_atomic(target / "removed.json", {"removed": removed, "recipe": self.recipe})
             train_diffusion(
                 model,
@@ -109,6 +155,7 @@ class _RetrainTask:
                 command=f"leave-{len(removed)}-out retrain {key}",
                 progress=self.progress,
                 overwrite=True,
+                data=encoded[0].subset(kept),
             )
             return key
 
@@ -195,8 +242,9 @@ class CounterfactualJob:
         self.sets = removed_sets(rankings, config.k, self.num_train, config.random_seeds)
         self.baseline_key = retrain_key(recipe, [])
         self.plan = {self.baseline_key: []}
-        for lists in self.sets.values():
-            for removed in lists:
+        # Random removals first after θ₀: the noise floor every method is read against is known early.
+        for name in sorted(self.sets, key=lambda m: m != RANDOM):
+            for removed in self.sets[name]:
                 self.plan.setdefault(retrain_key(recipe, removed), removed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
@@ -327,9 +375,39 @@ class CounterfactualJob:
             result.per_query[method] = metrics
         write_json_atomic(
             self.out_dir / "counterfactual.json",
-            {"summary": result.summary(), "per_query": result.per_query, "k": self.config.k},
+            {
+                "summary": result.summary(),
+                "per_query": result.per_query,
+                "k": self.config.k,
+                "plan": self._signature(),
+            },
         )
         return result
+
+    def _signature(self) -> dict:
+        """What a stored evaluation must match to be reused: the queries, the config and every removed set."""
+        return json.loads(
+            json.dumps(
+                {
+                    "query_rows": self.query_rows,
+                    "config": asdict(self.config),
+                    "sets": {
+                        m: [retrain_key(self.recipe, r) for r in lists]
+                        for m, lists in self.sets.items()
+                    },
+                }
+            )
+        )
+
+    def cached_result(self) -> CounterfactualResult | None:
+        """The stored evaluation when it was made for exactly this plan (else None: call ``evaluate``)."""
+        path = self.out_dir / "counterfactual.json"
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("plan") != self._signature():
+            return None
+        return CounterfactualResult(per_query=stored["per_query"])
 
 
 def _rows_digest(rows: list[int]) -> str:

@@ -22,7 +22,7 @@ def pack_info() -> dict:
     if not path.is_file():
         raise IncompatibleArtifactError(
             f"the shipped world pack is missing ({path}); reinstall fastgda or rebuild it with "
-            "`fastgda demo --from-scratch`"
+            "`fastgda demo --profile full`"
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -61,6 +61,6 @@ def ensure_world(out_dir: str | os.PathLike, progress: bool = True) -> ShapesWor
         raise IncompatibleArtifactError(
             f"the world at {out_dir} has content hash {world.content_hash[:12]}…, the shipped model was trained on "
             f"{info['world']['content_hash'][:12]}…; delete {out_dir} to regenerate it, or retrain with "
-            "`fastgda demo --from-scratch`"
+            "`fastgda demo --profile full`"
         )
     return world

@@ -99,6 +99,70 @@ def pack_reference(
         )
 
 
+def compute_reference_runs(
+    world_dir: os.PathLike,
+    model_dir: os.PathLike,
+    fisher_dir: os.PathLike,
+    work: os.PathLike,
+    configs: dict,
+    sampler=None,
+    cache_dir: os.PathLike | None = None,
+    executor=None,
+    progress: bool = True,
+    sizes: dict[str, int] | None = None,
+) -> dict[str, dict]:
+    """Sample each split's reference prompts with the model and rank them with the teacher (resumable).
+
+    Args:
+        configs: split -> ``TeacherConfig`` (test: ``num_candidates=None``, all N).
+        sampler: the ``SamplerConfig`` of the query images (default: ``SamplerConfig()``).
+        sizes: queries per split (default: ``reference_query_prompts``'s 400 / 50 / 40).
+    Writes ``work/queries-<split>`` and ``work/run-<split>`` (what ``pack_reference`` reads); returns per split
+    the queries computed now and the seconds taken.
+    """
+    import time
+
+    from .data import ShapesWorld
+    from .diffusion import TextToImageModel
+    from .diffusion.queries import SamplerConfig, write_query_set
+    from .unlearning.jobs import TeacherSpec, run_teacher
+    from .world.query_prompts import reference_query_prompts
+
+    work = Path(work)
+    prompts = reference_query_prompts(ShapesWorld(world_dir).meta["held_out"], sizes=sizes)
+    model = TextToImageModel.from_pretrained(model_dir)
+    timings = {}
+    for split, config in configs.items():
+        queries = work / f"queries-{split}"
+        if not (queries / MANIFEST_NAME).is_file():
+            write_query_set(
+                model,
+                prompts[split],
+                queries,
+                sampler=sampler or SamplerConfig(),
+                model_dir=model_dir,
+                progress=progress,
+                overwrite=True,
+            )
+        spec = TeacherSpec(
+            str(model_dir),
+            str(world_dir),
+            str(queries),
+            str(fisher_dir),
+            str(work / f"run-{split}"),
+            config,
+            None if cache_dir is None else str(cache_dir),
+        )
+        began = time.perf_counter()
+        pending = len(spec.job(progress=False).pending())
+        run_teacher(spec, executor, progress=progress, shuffle_seed=0)
+        timings[split] = {
+            "queries_computed": pending,
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+    return timings
+
+
 def _manifest(root: Path) -> dict:
     if not (root / MANIFEST_NAME).is_file():
         raise IncompatibleArtifactError(

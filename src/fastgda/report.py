@@ -1,8 +1,8 @@
 """``report.html``: one self-contained page (inline SVG charts, inline PNGs) that shows what a run measured.
 
 Sections: the metrics table, quality against speed (one point per method, log-scale queries per second), mAP(L)
-curves over L, and query panels where each method's top-k training images sit beside the query, planted
-exemplars marked.
+curves over L, the leave-K-out counterfactual table with ΔL against speed (when it was run), and query panels
+where each method's top-k training images sit beside the query, planted exemplars marked.
 """
 
 from __future__ import annotations
@@ -46,6 +46,71 @@ class QueryPanel:
     rows: list[PanelRow] = field(default_factory=list)
 
 
+@dataclass
+class CounterfactualRow:
+    """One method's leave-K-out result: (mean, standard error) over queries of each metric."""
+
+    name: str
+    delta_loss: tuple[float, float]
+    delta_mse: tuple[float, float]
+    delta_sim: tuple[float, float]
+    seconds_per_query: float | None = None
+
+
+@dataclass
+class CounterfactualSection:
+    """The counterfactual table's context: K, the queries, and the retrain recipe's length."""
+
+    rows: list[CounterfactualRow]
+    k: int
+    num_queries: int
+    retrain_steps: int
+    notes: list[str] = field(default_factory=list)
+
+
+def counterfactual_html(section: CounterfactualSection, num_train: int, colours) -> str:
+    """The leave-K-out table (ΔL x1e-3, ΔG-MSE x1e-2, ΔG-sim x1e-1, ΔL as a share of the teacher's) and ΔL
+    against queries per second for the timed methods."""
+    teacher = next((r for r in section.rows if r.name.startswith("teacher")), None)
+    body = []
+    for row in section.rows:
+        cells = "".join(
+            f"<td>{mean / scale:.2f} ± {se / scale:.2f}</td>"
+            for (mean, se), scale in (
+                (row.delta_loss, 1e-3),
+                (row.delta_mse, 1e-2),
+                (row.delta_sim, 1e-1),
+            )
+        )
+        share = (
+            f"{row.delta_loss[0] / teacher.delta_loss[0]:.0%}"
+            if teacher and teacher.delta_loss[0] > 0
+            else "–"
+        )
+        body.append(f"<tr><th scope='row'>{escape(row.name)}</th>{cells}<td>{share}</td></tr>")
+    points = [
+        (r.name, 1.0 / r.seconds_per_query, r.delta_loss[0] * 1e3)
+        for r in section.rows
+        if r.seconds_per_query
+    ]
+    top = max([p[2] for p in points] + [1e-9])
+    chart = speed_scatter_svg(
+        points, "ΔL ×1e-3", top * 1.15, colours, "ΔL against queries per second"
+    )
+    notes = "".join(f"<li>{escape(n)}</li>" for n in section.notes)
+    return (
+        f"<h2>Counterfactual: leave-K-out retraining</h2><p>Each method's top K = {section.k} training images "
+        f"({100 * section.k / num_train:.2g}% of N) removed, the model retrained from scratch "
+        f"({section.retrain_steps} steps, same seed), on {section.num_queries} test queries; mean ± standard "
+        f"error over queries. ΔL and ΔG-MSE: higher means more forgotten; ΔG-sim: lower means more "
+        f"forgotten.</p><table><thead><tr><th>method</th><th>ΔL ×1e-3</th><th>ΔG-MSE ×1e-2</th>"
+        f"<th>ΔG-sim ×1e-1</th><th>ΔL / teacher's</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<div class='charts'><figure>{chart}<figcaption>Counterfactual impact against speed (FastGDA Fig. 1): "
+        f"ΔL of each timed method against its queries per second.</figcaption></figure></div>"
+        f"<ul class='muted'>{notes}</ul>"
+    )
+
+
 def _svg_axes(width, height, margin, x_label, y_label, x_ticks, y_ticks) -> list[str]:
     """Axis lines, tick labels and titles; ticks are (pixel position, label) pairs."""
     left, right, top, bottom = margin, width - 20, 20, height - margin
@@ -80,7 +145,32 @@ def quality_speed_svg(
     rows: list[MethodRow], L: int, colours: dict[str, str], width=560, height=380, margin=56
 ) -> str:
     """Scatter: mAP(L) against queries per second (log x), one labelled point per timed method."""
-    points = [(r, 1.0 / r.seconds_per_query, r.map_mean[L]) for r in rows if r.seconds_per_query]
+    points = [
+        (r.name, 1.0 / r.seconds_per_query, r.map_mean[L]) for r in rows if r.seconds_per_query
+    ]
+    return speed_scatter_svg(
+        points,
+        f"mAP(L={L})",
+        1.0,
+        colours,
+        f"mAP(L={L}) against queries per second",
+        width,
+        height,
+        margin,
+    )
+
+
+def speed_scatter_svg(
+    points: list[tuple[str, float, float]],
+    y_label: str,
+    y_max: float,
+    colours: dict[str, str],
+    title: str,
+    width=560,
+    height=380,
+    margin=56,
+) -> str:
+    """Scatter of (method, queries per second, value) points: log x, linear y from 0 to ``y_max``."""
     if not points:
         return "<p>No method was timed.</p>"
     low = math.floor(math.log10(min(p[1] for p in points))) - 0.3
@@ -91,23 +181,21 @@ def quality_speed_svg(
         return left + (math.log10(qps) - low) / (high - low) * (right - left)
 
     def y_of(value):
-        return bottom - value * (bottom - top)
+        return bottom - max(value, 0.0) / y_max * (bottom - top)
 
     x_ticks = [(x_of(10.0**e), f"{10.0**e:g}") for e in range(math.ceil(low), math.floor(high) + 1)]
-    y_ticks = [(y_of(v), f"{v:.1f}") for v in np.linspace(0, 1, 6)]
-    parts = _svg_axes(
-        width, height, margin, "queries per second (log)", f"mAP(L={L})", x_ticks, y_ticks
-    )
-    for row, qps, value in points:
-        colour = colours[row.name]
+    y_ticks = [(y_of(v), f"{v:.2g}") for v in np.linspace(0, y_max, 6)]
+    parts = _svg_axes(width, height, margin, "queries per second (log)", y_label, x_ticks, y_ticks)
+    for name, qps, value in points:
+        colour = colours[name]
         x, y = x_of(qps), y_of(value)
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}"/>')
         anchor = "end" if x > width * 0.7 else "start"
         dx = -9 if anchor == "end" else 9
         parts.append(
-            f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}">{escape(row.name)}</text>'
+            f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}">{escape(name)}</text>'
         )
-    return _svg(width, height, parts, f"mAP(L={L}) against queries per second")
+    return _svg(width, height, parts, title)
 
 
 def map_curves_svg(
@@ -219,12 +307,13 @@ def render_report(
     curves: dict[str, list[tuple[int, float]]],
     panels: list[QueryPanel],
     notes: list[str],
+    counterfactual: CounterfactualSection | None = None,
 ) -> str:
     """The whole page as one HTML string (no external resources)."""
     mid = ls[len(ls) // 2]
-    colours = _colours(
-        [row.name for row in rows] + [n for n in curves if n not in {r.name for r in rows}]
-    )
+    names = [row.name for row in rows] + list(curves)
+    names += [r.name for r in counterfactual.rows] if counterfactual else []
+    colours = _colours(list(dict.fromkeys(names)))
     summary_html = "".join(f"<li>{escape(line)}</li>" for line in summary)
     notes_html = "".join(f"<li>{escape(line)}</li>" for line in notes)
     return (
@@ -234,7 +323,9 @@ def render_report(
         f"<div class='charts'><figure>{quality_speed_svg(rows, mid, colours)}<figcaption>Quality against speed "
         f"(like FastGDA Fig. 1): each timed method's mAP(L={mid}) against queries per second.</figcaption>"
         f"</figure><figure>{map_curves_svg(curves, num_train, colours)}<figcaption>mAP(L) over L.</figcaption>"
-        f"</figure></div><h2>Queries and their top training images</h2>"
+        f"</figure></div>"
+        f"{counterfactual_html(counterfactual, num_train, colours) if counterfactual else ''}"
+        f"<h2>Queries and their top training images</h2>"
         f"{''.join(panel_html(p) for p in panels)}"
         f"<h2>Notes</h2><ul class='muted'>{notes_html}</ul></body></html>"
     )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ._common import add_json_flag, emit, set_threads
+from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
 def add_parser(sub) -> None:
@@ -16,21 +13,35 @@ def add_parser(sub) -> None:
         "ranker, build the attributor, evaluate mAP(L) against baselines, time the live teacher against the "
         "attributor on one query, and write report.html. Reruns reuse finished steps.",
     )
-    parser.add_argument("--out", default="demo", help="output folder (default demo/)")
+    parser.add_argument(
+        "--out", help="output folder (default demo/, or demo-full/ with --profile full)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="ranker seed")
     parser.add_argument("--epochs", type=int, help="cap the ranker's training epochs")
     parser.add_argument(
-        "--from-scratch",
+        "--profile",
+        choices=("standard", "full"),
+        default="standard",
+        help="standard: the shipped model and reference ground truth (minutes); full: everything from scratch "
+        "- world, model, Fisher, teacher reference, demo, counterfactual - about 6 hours on 2 cores, resumable "
+        "(default --out demo-full/)",
+    )
+    parser.add_argument(
+        "--model-steps", type=int, help="with --profile full: training steps of the world model"
+    )
+    parser.add_argument(
+        "--counterfactual",
         action="store_true",
-        help="only retrain the world model with the pack's recipe (about an hour on 2 cores) and sample "
-        "held-out prompts from it; the attribution steps use the shipped model's reference ground truth",
+        help="also run the leave-K-out counterfactual (K = 3.4%% of N, 8 test queries, 36 retrains: about 80 "
+        "minutes on 2 cores with --executor ray; resumable) and add its table to the report",
     )
     parser.add_argument(
-        "--steps", type=int, help="training steps with --from-scratch (default: the pack's)"
+        "--counterfactual-steps",
+        type=int,
+        default=400,
+        help="training steps of each leave-K-out retrain (reduced recipe; default 400)",
     )
-    parser.add_argument(
-        "--num-queries", type=int, default=24, help="held-out prompts to sample with --from-scratch"
-    )
+    add_executor_flags(parser)
     parser.add_argument("--threads", type=int, help="torch threads")
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
@@ -38,11 +49,30 @@ def add_parser(sub) -> None:
 
 def handle(args) -> int:
     set_threads(args.threads)
-    if args.from_scratch:
-        return _retrain_model(args)
-    from ..demo import run_demo
+    executor = executor_from_args(args) if args.counterfactual or args.profile == "full" else None
+    if args.profile == "full":
+        from ..full_profile import run_full_profile
 
-    summary = run_demo(args.out, seed=args.seed, progress=not args.json, epochs=args.epochs)
+        summary = run_full_profile(
+            args.out or "demo-full",
+            seed=args.seed,
+            progress=not args.json,
+            executor=executor,
+            model_steps=args.model_steps,
+            counterfactual_steps=args.counterfactual_steps,
+        )
+    else:
+        from ..demo import run_demo
+
+        summary = run_demo(
+            args.out or "demo",
+            seed=args.seed,
+            progress=not args.json,
+            epochs=args.epochs,
+            counterfactual=args.counterfactual,
+            counterfactual_steps=args.counterfactual_steps,
+            executor=executor,
+        )
     mid = sorted(summary["map"]["fastgda ranker"], key=int)[1]
     lines = [f"{'method':<40} mAP(L={mid})        planted recall"]
     for name, row in summary["map"].items():
@@ -56,58 +86,16 @@ def handle(args) -> int:
         f"live teacher {summary['teacher_seconds_per_query']:.1f} s/query vs attributor "
         f"{summary['attributor_seconds_per_query'] * 1000:.1f} ms/query end to end: "
         f"{summary['speedup']:,.0f}x, measured side by side",
-        f"report: {summary['report']}",
     ]
+    if summary["counterfactual"]:
+        cf = summary["counterfactual"]
+        lines.append(
+            f"leave-{cf['k']}-out delta loss (x1e-3): "
+            + ", ".join(
+                f"{name} {mean * 1e3:.2f} ± {se * 1e3:.2f}"
+                for name, (mean, se) in cf["delta_loss"].items()
+            )
+        )
+    lines.append(f"report: {summary['report']}")
     emit(args, summary, "\n".join(lines))
-    return 0
-
-
-def _retrain_model(args) -> int:
-    """Retrain the world model with the pack's recipe, sample held-out prompts, score adherence, draw a grid."""
-    from .. import pack
-    from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
-    from ..diffusion.queries import SamplerConfig, write_query_set
-    from ..visual import image_grid
-    from ..world import held_out_prompts
-    from ..world.adherence import score_adherence
-    from ..world.probe import AttributeProbe
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = pack.pack_info()
-    world = pack.ensure_world(out / "world")
-    recipe = dict(info["model"]["train_config"])
-    if args.steps:
-        recipe["steps"] = args.steps
-    model = TextToImageModel.from_preset(info["model"]["preset"], seed=recipe["seed"])
-    model_dir = out / "model"
-    train_diffusion(
-        model,
-        world,
-        model_dir,
-        DiffusionTrainConfig(**recipe),
-        overwrite=True,
-        command="fastgda demo --from-scratch",
-    )
-    prompts = held_out_prompts(world.root)[: args.num_queries]
-    queries = write_query_set(
-        model,
-        prompts,
-        out / "queries",
-        seed=args.seed,
-        sampler=SamplerConfig(**info["sampler"]),
-        model_dir=model_dir,
-        overwrite=True,
-    )
-    images = queries.load_images()
-    probe = AttributeProbe.load(pack.probe_dir())
-    adherence = score_adherence(probe, images, [r["scene"] for r in queries.records])
-    image_grid(images, [r["prompt"] for r in queries.records]).save(out / "queries.png")
-    (out / "adherence.json").write_text(json.dumps(adherence, indent=2) + "\n", encoding="utf-8")
-    text = (
-        f"retrained the world model -> {model_dir}; sampled {len(images)} held-out prompts -> "
-        f"{out / 'queries.png'}\nprompt adherence (probe): "
-        + ", ".join(f"{k} {v:.0%}" for k, v in adherence.items())
-    )
-    emit(args, {"out": str(out), "adherence": adherence, "num_queries": len(images)}, text)
     return 0

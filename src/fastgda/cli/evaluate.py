@@ -48,7 +48,18 @@ def add_parser(sub) -> None:
     c.add_argument("--ranker", action="append", default=[], help="ranker folder (repeatable)")
     c.add_argument("--k", type=int, required=True, help="training images removed per query")
     c.add_argument("--num-queries", type=int, help="use the first Q queries of the ground truth")
+    c.add_argument(
+        "--query-ids",
+        help="comma-separated query ids of the ground truth to use instead (e.g. a few of each kind)",
+    )
     c.add_argument("--steps", type=int, help="reduced recipe: training steps of every retrain")
+    c.add_argument(
+        "--baselines",
+        choices=("all", "parts", "none"),
+        default="all",
+        help="untuned baselines to retrain for: each feature part and the concatenation (all), the parts "
+        "only, or none (random removal always runs)",
+    )
     c.add_argument(
         "--random-seeds", type=int, default=3, help="random removals (shared by queries)"
     )
@@ -112,8 +123,8 @@ def handle_map(args) -> int:
 def handle_counterfactual(args) -> int:
     import numpy as np
 
-    from ..comparison import untuned_methods
-    from ..counterfactual import CounterfactualConfig, CounterfactualJob
+    from ..counterfactual import CounterfactualConfig, CounterfactualJob, method_rankings
+    from ..errors import FastGDAError
     from ..features import Features
     from ..ground_truth import GroundTruth
     from ..pack import resolve_model_dir
@@ -123,22 +134,29 @@ def handle_counterfactual(args) -> int:
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
-    rows = truth.query_ids[: args.num_queries] if args.num_queries else truth.query_ids
-    values = queries.values[rows]
-    scores = {}
+    positions = np.arange(len(truth.query_ids))
+    if args.query_ids:
+        position_of = {int(q): i for i, q in enumerate(truth.query_ids)}
+        wanted = [int(q) for q in args.query_ids.split(",") if q.strip()]
+        missing = [q for q in wanted if q not in position_of]
+        if missing:
+            raise FastGDAError(
+                f"query ids {missing} are not in {args.ground_truth}; it holds ids "
+                f"{int(truth.query_ids.min())}..{int(truth.query_ids.max())}"
+            )
+        positions = np.array([position_of[q] for q in wanted])
+    elif args.num_queries:
+        positions = positions[: args.num_queries]
+    rows = truth.query_ids[positions]
+    rankers = {}
     for path in args.ranker:
         ranker, _ = Ranker.load(path)
-        scores[f"ranker ({path.rstrip('/').split('/')[-1]})"] = (
-            ranker.embed_numpy(values) @ ranker.embed_numpy(items.values).T
-        )
-    selected = Features(values, rows, queries.spec, queries.parts)
-    for name, matrix in untuned_methods(selected, items).items():
-        if name != "random":  # random removal is built in, shared across queries
-            scores[name] = matrix
+        rankers[f"ranker ({path.rstrip('/').split('/')[-1]})"] = ranker
+    selected = Features(queries.values[rows], rows, queries.spec, queries.parts)
     k = args.k
-    rankings = {"teacher": truth.ids[: len(rows), :k].astype(np.int64)}
-    for name, matrix in scores.items():
-        rankings[name] = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
+    rankings = method_rankings(
+        selected, items, truth.ids[positions], rankers, k=k, baselines=args.baselines
+    )
     config = CounterfactualConfig(
         k=k, steps=args.steps, random_seeds=tuple(range(args.random_seeds))
     )

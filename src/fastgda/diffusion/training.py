@@ -71,6 +71,24 @@ class TrainingData:
     null_states: torch.Tensor  # (1, S, D) the empty caption
     null_mask: torch.Tensor | None
 
+    def subset(self, rows) -> TrainingData:
+        """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set)."""
+        rows = torch.as_tensor(list(rows), dtype=torch.long)
+        counts = self.caption_count[rows]
+        # Caption rows of the kept images, each image's captions contiguous and in their original order.
+        owner = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        first = torch.cumsum(counts, 0) - counts
+        caption_rows = self.caption_start[rows][owner] + (torch.arange(len(owner)) - first[owner])
+        return TrainingData(
+            x0=self.x0[rows],
+            states=self.states[caption_rows],
+            mask=None if self.mask is None else self.mask[caption_rows],
+            caption_start=first,
+            caption_count=counts,
+            null_states=self.null_states,
+            null_mask=self.null_mask,
+        )
+
 
 def prepare_training_data(
     model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool = True
@@ -198,8 +216,12 @@ def train_diffusion(
     command: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    data: TrainingData | None = None,
 ) -> TextToImageModel:
     """Train ``model`` on ``dataset`` and write the EMA weights to ``out_dir`` (a model artifact).
+
+    ``data``: ``dataset`` already encoded by ``prepare_training_data`` (or a ``subset`` of a larger encoding);
+    without it the dataset is encoded here.
 
     Resumes from the newest checkpoint in ``checkpoint_dir`` (default ``<out_dir>.checkpoints``) when its config
     and data hash match.
@@ -256,11 +278,10 @@ def train_diffusion(
 
     resumed_from = start_step
     # Nothing to prepare when a checkpoint already sits at the last step (exporting an early-stopped model).
-    data = (
-        prepare_training_data(model, dataset, progress=progress)
-        if start_step < config.last_step
-        else None
-    )
+    if data is not None and data.x0.shape[0] != len(dataset):
+        raise ValueError(f"data holds {data.x0.shape[0]} images but the dataset has {len(dataset)}")
+    if data is None and start_step < config.last_step:
+        data = prepare_training_data(model, dataset, progress=progress)
     num_timesteps = model.scheduler.config.num_train_timesteps
     began = time.perf_counter()
     running = None

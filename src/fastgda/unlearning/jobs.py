@@ -269,17 +269,24 @@ class TeacherSpec:
         return self.job().run_query
 
 
-def run_teacher(spec: TeacherSpec, executor=None, progress: bool = True) -> GroundTruth:
+def run_teacher(
+    spec: TeacherSpec, executor=None, progress: bool = True, shuffle_seed: int | None = None
+) -> GroundTruth:
     """Run every pending query of ``spec`` on ``executor`` (default: this process), then merge.
 
     The driver builds the job first, so inputs are validated, ``run.json`` is written and the before-loss cache
-    is computed exactly once before any worker starts.
+    is computed exactly once before any worker starts. ``shuffle_seed``: run the queries in a seeded random
+    order, so that an interrupted run's finished queries mix every kind of prompt.
     """
     from ..executors import LocalExecutor
 
     executor = executor or LocalExecutor(progress=progress)
     job = spec.job(progress=progress)
     pending = job.pending()
+    if shuffle_seed is not None:
+        pending = [
+            pending[i] for i in np.random.default_rng(shuffle_seed).permutation(len(pending))
+        ]
     if isinstance(executor, LocalExecutor):
         executor.map(lambda: job.run_query, pending, desc="teacher queries")  # reuse the loaded job
     else:
