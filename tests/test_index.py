@@ -35,7 +35,28 @@ def test_approximate_backends_recall_the_exact_neighbours(rng, backend):
     assert approx.memory_bytes() > 0
 
 
-@pytest.mark.parametrize("backend", ["exact", "hnsw"])
+def test_ivfpq_refinement_rescores_with_the_stored_vectors(rng):
+    vectors, queries = clustered(rng, dim=64), clustered(rng, 50, dim=64)
+    ids = np.arange(len(vectors)) * 3 + 7  # ids unlike rows, so the id -> row lookup is exercised
+    exact = VectorIndex(64)
+    exact.add(ids, vectors)
+    truth, truth_scores = exact.search(queries, 10)
+    recall = {}
+    for refine in (1, 10):
+        index = VectorIndex(64, "ivfpq", nprobe=16, m=8, refine=refine)
+        index.add(ids, vectors)
+        found, scores = index.search(queries, 10)
+        recall[refine] = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]
+        )
+        if refine > 1:  # refined scores are exact cosines, best first
+            exact_scores = np.einsum("qd,qkd->qk", queries, vectors[(found - 7) // 3])
+            np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
+            assert np.all(np.diff(scores, axis=1) <= 1e-7)
+    assert recall[10] > recall[1] and recall[10] >= 0.9, recall
+
+
+@pytest.mark.parametrize("backend", ["exact", "hnsw", "ivfpq"])
 def test_added_items_are_found_and_removed_items_never_come_back(rng, backend, tmp_path):
     vectors = clustered(rng, 500)
     index = VectorIndex(32, backend)

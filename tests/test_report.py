@@ -75,7 +75,7 @@ def test_the_report_renders_in_chromium(rng, browser, artifacts, tmp_path):
     from selenium.webdriver.common.by import By
 
     page = tmp_path / "report.html"
-    page.write_text(sample_report(rng), encoding="utf-8")
+    page.write_text(sample_report(rng, sample_counterfactual()), encoding="utf-8")
     browser.get(page.resolve().as_uri())
     assert browser.find_element(By.TAG_NAME, "h1").text == "test report"
     loaded = browser.execute_script(
@@ -83,6 +83,7 @@ def test_the_report_renders_in_chromium(rng, browser, artifacts, tmp_path):
     )
     assert loaded == 2 * (1 + 3 * 10)  # each panel: the query and three rows of ten
     circles = browser.find_elements(By.CSS_SELECTOR, "svg circle")
-    assert len(circles) == 3 and all(c.rect["width"] > 0 for c in circles)
+    # Three timed methods against mAP, two against ΔL (the counterfactual chart).
+    assert len(circles) == 5 and all(c.rect["width"] > 0 for c in circles)
     browser.save_screenshot(str(artifacts / "report.png"))
     assert (artifacts / "report.png").stat().st_size > 10_000

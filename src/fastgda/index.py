@@ -67,7 +67,9 @@ class VectorIndex:
 
     Args:
         dim: vector dimension. backend: "exact", "hnsw" or "ivfpq".
-        options: backend settings (hnsw: m, ef_search, ef_construction; ivfpq: nlist, m, nbits, nprobe).
+        options: backend settings (hnsw: m, ef_search, ef_construction; ivfpq: nlist, m, nbits, nprobe,
+            refine: IVF-PQ fetches refine x k candidates and re-scores them exactly with the stored vectors;
+            default 10, 1 turns refinement off).
     """
 
     def __init__(self, dim: int, backend: str = "exact", **options):
@@ -82,6 +84,7 @@ class VectorIndex:
         )  # kept for every backend: rebuilds and saving
         self.removed: set[int] = set()
         self._faiss_index = None
+        self._sorted = None  # (sorted ids, their rows): id -> row lookups for IVF-PQ refinement
 
     def __len__(self) -> int:
         """Searchable items (removed ones excluded)."""
@@ -105,6 +108,7 @@ class VectorIndex:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         self.ids = np.concatenate([self.ids, ids])
         self.vectors = np.concatenate([self.vectors, vectors])
+        self._sorted = None
         if self.backend != "exact":
             if self._faiss_index is None:
                 self._faiss_index = self._build_faiss(self.vectors, self.ids)
@@ -173,8 +177,11 @@ class VectorIndex:
             positions, scores = exact_top_k(queries, self.vectors, k)
             ids = self.ids[positions] if len(self.ids) else np.zeros((len(queries), 0), np.int64)
         else:
-            fetch = min(k + len(self.removed), len(self.ids))
+            refine = int(self.options.get("refine", 10)) if self.backend == "ivfpq" else 1
+            fetch = min(k * max(refine, 1) + len(self.removed), len(self.ids))
             scores, ids = self._faiss_index.search(queries, fetch)
+            if refine > 1:
+                ids, scores = self._rescore(queries, ids)
             if self.removed:
                 removed = np.isin(ids, list(self.removed)) | (ids < 0)
                 order = np.argsort(removed, axis=1, kind="stable")  # survivors first, order kept
@@ -191,12 +198,28 @@ class VectorIndex:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return ids.astype(np.int64), scores.astype(np.float32)
 
+    def _rescore(self, queries: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosines of the candidates ``ids`` (Q, c) from the stored vectors, best first (-1: no candidate)."""
+        if self._sorted is None or len(self._sorted[0]) != len(self.ids):
+            order = np.argsort(self.ids, kind="stable")
+            self._sorted = (self.ids[order], order)
+        sorted_ids, rows_of_sorted = self._sorted
+        missing = ids < 0
+        rows = rows_of_sorted[np.searchsorted(sorted_ids, np.where(missing, sorted_ids[0], ids))]
+        scores = np.einsum("qd,qcd->qc", queries, self.vectors[rows])
+        scores = np.where(missing, -np.inf, scores).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
     def memory_bytes(self) -> int:
         """Bytes held by the searchable structure (faiss index, or the exact backend's matrix)."""
         if self.backend == "exact" or self._faiss_index is None:
             return int(self.vectors.nbytes + self.ids.nbytes)
         faiss = require("faiss", extra="index")
-        return int(faiss.serialize_index(self._faiss_index).nbytes)
+        structure = int(faiss.serialize_index(self._faiss_index).nbytes)
+        if self.backend == "ivfpq" and int(self.options.get("refine", 10)) > 1:
+            structure += int(self.vectors.nbytes)  # refinement reads the stored vectors
+        return structure
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
