@@ -132,7 +132,8 @@ def main() -> None:
         }
         results["backends"][backend] = row
         print(
-            f"| {LABELS.get(backend, backend)} | {build:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {batch_ms:.3f} | {recall:.3f} | "
+            f"| {LABELS.get(backend, backend)} | {build:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{batch_ms:.3f} | {recall:.3f} | "
             f"{row['memory_mb']:.0f} | {row['speedup_vs_reference']:.0f}x |",
             flush=True,
         )
