@@ -104,12 +104,14 @@ class Attributor:
         share_temperature: float = 0.05,
         overwrite: bool = False,
         keep_features: bool = True,
+        item_embeddings: np.ndarray | None = None,
         **index_options,
     ) -> Attributor:
         """Embed every training item with the ranker, index them, and write the attributor folder.
 
         ``keep_features`` stores the backbone features beside the index (float16), so that a ranker can be
-        retrained with an MLP pass only and ``untuned`` baselines can be served.
+        retrained with an MLP pass only and ``untuned`` baselines can be served. ``item_embeddings``: the
+        ranker's embeddings of ``item_features`` (N, out_dim) when the caller already computed them.
         """
         ranker, ranker_manifest = Ranker.load(ranker_dir)
         spec = ranker_manifest["config"]["spec"]
@@ -123,7 +125,14 @@ class Attributor:
                 "the item features were computed on another dataset than the one given; embed this dataset"
             )
         index = VectorIndex(ranker.shape.out_dim, backend, **index_options)
-        index.add(item_features.ids, ranker.embed_numpy(item_features.values))
+        if item_embeddings is None:
+            item_embeddings = ranker.embed_numpy(item_features.values)
+        elif item_embeddings.shape != (len(item_features), ranker.shape.out_dim):
+            raise ValueError(
+                f"item_embeddings {item_embeddings.shape} do not match {len(item_features)} items x "
+                f"{ranker.shape.out_dim} ranker outputs"
+            )
+        index.add(item_features.ids, item_embeddings)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             shutil.copytree(ranker_dir, tmp / "ranker")
             index.save(tmp / "index")

@@ -56,6 +56,7 @@ def handle_build(args) -> int:
     set_threads(args.threads)
     items = Features.load(args.items)
     temperature = 0.05
+    x = None  # the ranker's item embeddings, when computed here they are reused by the build
     if args.val_queries and args.val_ground_truth:
         ranker, _ = Ranker.load(args.ranker)
         truth = GroundTruth.load(args.val_ground_truth)
@@ -73,6 +74,7 @@ def handle_build(args) -> int:
         args.backend,
         temperature,
         args.overwrite,
+        item_embeddings=x,
     )
     result = {"out": args.out, "items": len(attributor.index), "share_temperature": temperature}
     emit(
