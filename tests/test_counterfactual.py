@@ -119,3 +119,39 @@ def test_subset_of_the_full_encoding_equals_encoding_the_subset(trained, small_w
         torch.testing.assert_close(getattr(subset, name), getattr(direct, name), rtol=0, atol=1e-5)
     if direct.mask is not None:
         assert torch.equal(subset.mask, direct.mask)
+
+
+def test_method_rankings_pick_baselines_and_match_a_full_sort(rng):
+    from fastgda import FastGDAError
+    from fastgda.counterfactual import method_rankings
+    from fastgda.features import Features
+
+    parts = [
+        {"name": "effnet", "modality": "image", "dim": 6, "offset": 0},
+        {"name": "minilm", "modality": "text", "dim": 4, "offset": 6},
+    ]
+    items = Features(
+        rng.normal(size=(50, 10)).astype(np.float32), np.arange(50), "effnet+minilm", parts
+    )
+    queries = Features(
+        rng.normal(size=(3, 10)).astype(np.float32), np.arange(3), "effnet+minilm", parts
+    )
+    teacher = np.stack([rng.permutation(50) for _ in range(3)])
+    names = {
+        b: set(method_rankings(queries, items, teacher, k=5, baselines=b))
+        for b in ("all", "parts", "text")
+    }
+    assert names["text"] == {"teacher", "untuned text (minilm)"}
+    assert names["parts"] == {"teacher", "untuned text (minilm)", "untuned image (effnet)"}
+    assert len(names["all"]) == 4  # + the concatenation
+    ranked = method_rankings(queries, items, teacher, k=5, baselines="text")
+    np.testing.assert_array_equal(ranked["teacher"], teacher[:, :5])
+    text_q, text_i = queries.part("minilm"), items.part("minilm")
+    cosine = (text_q / np.linalg.norm(text_q, axis=1, keepdims=True)) @ (
+        text_i / np.linalg.norm(text_i, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_array_equal(
+        ranked["untuned text (minilm)"], np.argsort(-cosine, axis=1)[:, :5]
+    )
+    with pytest.raises(FastGDAError, match="parts are"):
+        method_rankings(queries, items, teacher, k=5, baselines="audio")

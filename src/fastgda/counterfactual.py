@@ -49,20 +49,35 @@ def method_rankings(
         query_features / item_features: ``Features`` of the Q queries (in ``teacher_ids``' order) and the items.
         teacher_ids: (Q, >= K) the teacher's ranking of each query.
         rankers: display name -> ``Ranker``.
-        baselines: untuned baselines to include: ``all`` (each part and the concatenation), ``parts`` or
-            ``none``. Random removal is not here: the job draws it, shared by every query.
+        baselines: untuned baselines to include: ``all`` (each part and the concatenation), ``parts``,
+            ``none``, or a comma-separated list of part modalities (``text``, ``image,text``). Random removal is
+            not here: the job draws it, shared by every query.
     """
     from .comparison import untuned_methods
+
+    modalities = {m.strip() for m in baselines.split(",")} - {"all", "parts", "none"}
+    if baselines not in ("all", "parts", "none"):
+        known = {part["modality"] for part in item_features.parts}
+        if not modalities <= known:
+            raise FastGDAError(
+                f"--baselines {baselines!r}: the features' parts are {sorted(known)}; "
+                "use all, parts, none or some of those"
+            )
 
     scores = {
         name: ranker.embed_numpy(query_features.values) @ ranker.embed_numpy(item_features.values).T
         for name, ranker in (rankers or {}).items()
     }
     for name, matrix in untuned_methods(query_features, item_features).items():
-        wanted = baselines == "all" or (
-            baselines == "parts" and not name.startswith("untuned concatenation")
+        if name == RANDOM:
+            continue
+        concatenation = name.startswith("untuned concatenation")
+        wanted = (
+            baselines == "all"
+            or (baselines == "parts" and not concatenation)
+            or (not concatenation and name.split(" ")[1] in modalities)  # "untuned text (minilm)"
         )
-        if name != RANDOM and wanted:
+        if wanted:
             scores[name] = matrix
     rankings = {"teacher": np.asarray(teacher_ids)[:, :k].astype(np.int64)}
     for name, matrix in scores.items():

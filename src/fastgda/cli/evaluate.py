@@ -55,10 +55,10 @@ def add_parser(sub) -> None:
     c.add_argument("--steps", type=int, help="reduced recipe: training steps of every retrain")
     c.add_argument(
         "--baselines",
-        choices=("all", "parts", "none"),
         default="all",
         help="untuned baselines to retrain for: each feature part and the concatenation (all), the parts "
-        "only, or none (random removal always runs)",
+        "only (parts), none, or some part modalities such as 'text' or 'image,text' (random removal always "
+        "runs)",
     )
     c.add_argument(
         "--random-seeds", type=int, default=3, help="random removals (shared by queries)"
