@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="reduced recipe for every retrain")
     parser.add_argument("--query-ids", default=DEFAULT_QUERY_IDS)
     parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument(
+        "--baselines", default="parts", help="untuned baselines (see eval counterfactual)"
+    )
     parser.add_argument("--executor", default="ray", choices=["local", "ray"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
@@ -59,7 +62,7 @@ def main() -> None:
         "--data", args.world, "--query-set", str(demo / "queries-test"),
         "--items", str(demo / "features" / "items"), "--queries", str(demo / "features" / "q-test"),
         "--ground-truth", str(reference_split_dir("test") / "ground_truth"),
-        "--ranker", str(demo / "ranker"), "--baselines", "parts", "--query-ids", args.query_ids,
+        "--ranker", str(demo / "ranker"), "--baselines", args.baselines, "--query-ids", args.query_ids,
         "--k", str(args.k), "--steps", str(args.steps), "--random-seeds", str(args.random_seeds),
         "--executor", args.executor, "--workers", str(args.workers), "--threads", "2",
         "--out", str(out), "--json",
