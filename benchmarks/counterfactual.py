@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fastgda.counterfactual import STANDARD_QUERY_IDS
+from fastgda.data import ShapesWorld
 from fastgda.reference import reference_split_dir
 
 DEFAULT_QUERY_IDS = ",".join(map(str, STANDARD_QUERY_IDS))
@@ -35,6 +36,12 @@ METRICS = (("delta_loss", 1e-3, "ΔL ×1e-3 ↑"), ("delta_mse", 1e-2, "ΔG-MSE 
 def mean_se(values) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), float(v.std() / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def removed_ids(out: Path, key: str) -> list[int]:
+    return json.loads((out / "retrains" / key / "removed.json").read_text(encoding="utf-8"))[
+        "removed"
+    ]
 
 
 def main() -> None:
@@ -100,6 +107,38 @@ def main() -> None:
             cells.append(f"{mean / scale:.2f} ± {se / scale:.2f}")
         share = summary[method]["delta_loss"]["mean"] / teacher_dl if teacher_dl else float("nan")
         print(f"| {method} | " + " | ".join(cells) + f" | {share:.0%} |")
+
+    # For the queries naming a planted concept: how many of its exemplars each method removed (the teacher's
+    # ΔL there comes from removing them).
+    world = ShapesWorld(args.world)
+    lines = (demo / "queries-test" / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    planted = [
+        (i, records[q]["concept"])
+        for i, q in enumerate(plan["query_rows"])
+        if records[q].get("concept")
+    ]
+    if planted:
+        print()
+        print(
+            f"Planted exemplars removed, on the {len(planted)} queries naming a planted concept (of 12 each):"
+        )
+        for method, keys in plan["sets"].items():
+            cells = []
+            for i, concept in planted:
+                # Random: one removed set per seed, shared by every query; the mean over seeds.
+                own = keys if method == "random" else [keys[i]]
+                counts = [
+                    len(set(removed_ids(out, key)) & set(world.concepts[concept])) for key in own
+                ]
+                cells.append(f"{np.mean(counts):.3g} ({concept})")
+            print(f"- {method}: " + ", ".join(cells))
+        others = [i for i in range(queries) if i not in {i for i, _ in planted}]
+        print()
+        print(f"ΔL ×1e-3 on the {len(others)} queries naming no planted concept (mean ± s.e.):")
+        for method, metrics in per_query.items():
+            mean, se = mean_se(np.asarray(metrics["delta_loss"])[others])
+            print(f"- {method}: {mean * 1e3:.2f} ± {se * 1e3:.2f}")
 
     ranker = next(m for m in per_query if m.startswith("ranker"))
     untuned = [m for m in per_query if m.startswith("untuned")]
