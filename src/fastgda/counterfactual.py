@@ -265,13 +265,9 @@ class CounterfactualJob:
         write_json_atomic(
             self.out_dir / "plan.json",
             {
-                "config": asdict(config),
+                **self._signature(),
                 "recipe": recipe,
-                "query_rows": self.query_rows,
                 "baseline": self.baseline_key,
-                "sets": {
-                    m: [retrain_key(recipe, r) for r in lists] for m, lists in self.sets.items()
-                },
                 "retrains": len(self.plan),
             },
         )
