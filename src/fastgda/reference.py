@@ -125,6 +125,7 @@ def compute_reference_runs(
     from .data import ShapesWorld
     from .diffusion import TextToImageModel
     from .diffusion.queries import SamplerConfig, write_query_set
+    from .ground_truth import finished_queries
     from .unlearning.jobs import TeacherSpec, run_teacher
     from .world.query_prompts import reference_query_prompts
 
@@ -154,7 +155,7 @@ def compute_reference_runs(
             None if cache_dir is None else str(cache_dir),
         )
         began = time.perf_counter()
-        pending = len(spec.job(progress=False).pending())
+        pending = len(prompts[split]) - len(finished_queries(work / f"run-{split}" / "results"))
         run_teacher(spec, executor, progress=progress, shuffle_seed=0)
         timings[split] = {
             "queries_computed": pending,
