@@ -293,6 +293,13 @@ def run_demo(
         f"({search_seconds * 1000:.2f} ms with features given): {speedup:,.0f}x faster, measured side by side.",
         f"The live teacher's top {mid} agrees with the shipped reference's on {agreement:.0%} of items.",
     ]
+    if leave_k_out is not None:
+        loss = {row.name: row.delta_loss[0] * 1e3 for row in leave_k_out.rows}
+        summary_lines.append(
+            f"Leave-{leave_k_out.k}-out retraining on {leave_k_out.num_queries} test queries, ΔL ×1e-3: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in loss.items())
+            + "."
+        )
     notes = [
         "mAP(L): positives are the teacher's top-L; precision accumulates over the whole predicted ranking "
         "(method.md §7.1). Errors are standard errors over test queries.",
