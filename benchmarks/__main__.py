@@ -110,20 +110,17 @@ def render_block(record: dict) -> str:
 
     def flush_text():
         if text:
+            if lines[-1].startswith("|"):  # a table ends at a blank line
+                lines.append("")
             lines.extend(["```text", *text, "```", ""])
             text.clear()
 
-    previous_was_table = False
     for line in record["stdout"].splitlines():
-        is_table = line.startswith("|")
-        if is_table:
+        if line.startswith("|"):
             flush_text()
             lines.append(line)
         elif line.strip():
-            if previous_was_table:
-                lines.append("")
             text.append(line)
-        previous_was_table = is_table
     flush_text()
     if lines[-1] != "":
         lines.append("")
