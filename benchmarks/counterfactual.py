@@ -26,6 +26,7 @@ import numpy as np
 
 from fastgda.counterfactual import STANDARD_QUERY_IDS
 from fastgda.data import ShapesWorld
+from fastgda.demo import COUNTERFACTUAL_RANDOM_SEEDS, COUNTERFACTUAL_STEPS
 from fastgda.reference import reference_split_dir
 
 DEFAULT_QUERY_IDS = ",".join(map(str, STANDARD_QUERY_IDS))
@@ -52,9 +53,11 @@ def main() -> None:
     parser.add_argument("--world", default="runs/world")
     parser.add_argument("--out", default="runs/counterfactual")
     parser.add_argument("--k", type=int, default=68, help="3.4%% of N = 2,000")
-    parser.add_argument("--steps", type=int, default=400, help="reduced recipe for every retrain")
+    parser.add_argument(
+        "--steps", type=int, default=COUNTERFACTUAL_STEPS, help="reduced recipe for every retrain"
+    )
     parser.add_argument("--query-ids", default=DEFAULT_QUERY_IDS)
-    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--random-seeds", type=int, default=len(COUNTERFACTUAL_RANDOM_SEEDS))
     parser.add_argument(
         "--baselines", default="parts", help="untuned baselines (see eval counterfactual)"
     )

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ._artifacts import MANIFEST_NAME, write_text_atomic
+from .demo import COUNTERFACTUAL_STEPS
 from .errors import FastGDAError
 
 
@@ -142,11 +143,11 @@ def run_full_profile(
     progress: bool = True,
     executor=None,
     model_steps: int | None = None,
-    counterfactual_steps: int | None = None,
+    counterfactual_steps: int = COUNTERFACTUAL_STEPS,
 ) -> dict:
     """Run every step above into ``out``; returns the demo's summary with the model's adherence added."""
     from . import pack
-    from .demo import COUNTERFACTUAL_STEPS, run_demo
+    from .demo import run_demo
 
     out = Path(out)
     marker = out / "profile-full"
@@ -170,7 +171,7 @@ def run_full_profile(
         seed=seed,
         progress=progress,
         counterfactual=True,
-        counterfactual_steps=counterfactual_steps or COUNTERFACTUAL_STEPS,
+        counterfactual_steps=counterfactual_steps,
         executor=executor,
         model_dir=model_dir,
         reference_root=reference,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..demo import COUNTERFACTUAL_STEPS
 from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
@@ -38,8 +39,8 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--counterfactual-steps",
         type=int,
-        default=400,
-        help="training steps of each leave-K-out retrain (reduced recipe; default 400)",
+        default=COUNTERFACTUAL_STEPS,
+        help=f"training steps of each leave-K-out retrain (reduced recipe; default {COUNTERFACTUAL_STEPS})",
     )
     add_executor_flags(parser)
     parser.add_argument("--threads", type=int, help="torch threads")
