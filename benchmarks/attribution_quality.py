@@ -21,12 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgda._artifacts import sha256_file
 from fastgda.comparison import cosine_matrix, format_map_table, map_table, planted_recall
 from fastgda.data import ShapesWorld
 from fastgda.evaluation import l_values
 from fastgda.features import load_or_embed
-from fastgda.ranker import Ranker, RankerTrainConfig, train_ranker
-from fastgda.reference import reference_ground_truth, reference_queries, reference_split_dir
+from fastgda.ranker import RankerTrainConfig, reusable_ranker, train_ranker
+from fastgda.reference import (
+    reference_dir,
+    reference_ground_truth,
+    reference_queries,
+    reference_split_dir,
+)
 
 
 def main() -> None:
@@ -52,6 +58,7 @@ def main() -> None:
     work = Path(args.work)
     world = ShapesWorld(args.world)
     truth = {s: reference_ground_truth(s, args.reference) for s in ("train", "val", "test")}
+    reference_digest = sha256_file(Path(args.reference or reference_dir()) / "manifest.json")
     test_records = reference_queries("test", args.reference)
     concepts = [test_records[int(q)].get("concept") for q in truth["test"].query_ids]
     n = len(world)
@@ -76,9 +83,11 @@ def main() -> None:
         candidates = []
         for weight in weights:
             ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}"
-            if ranker_dir.exists():
-                ranker, manifest = Ranker.load(ranker_dir)
-                history = manifest["history"]
+            # A ranker left by an earlier run counts only if it was distilled from this reference.
+            provenance = {"reference_manifest_sha256": reference_digest, "epochs": args.epochs}
+            reused = reusable_ranker(ranker_dir, provenance)
+            if reused:
+                ranker, history = reused
             else:
                 began = time.perf_counter()
                 config = replace(
@@ -100,7 +109,7 @@ def main() -> None:
                     part_dims=items.part_dims,
                 )
                 minutes[f"{spec} w{weight:g}"] = (time.perf_counter() - began) / 60
-                ranker.save(ranker_dir, spec, extra={"history": history})
+                ranker.save(ranker_dir, spec, extra={"history": history, "provenance": provenance})
             best_val = max(h["val_map"] for h in history)
             print(
                 f"{spec} (first part weight {weight:g}): {len(history)} epochs, best validation mAP "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._artifacts import write_text_atomic
+from ._artifacts import sha256_file, write_text_atomic
 
 DEMO_SPEC = "effnet+minilm"
 # The image part's share of the ranker's input variance (text 1), chosen on the validation queries by
@@ -87,7 +87,7 @@ def run_demo(
     from .evaluation import l_values, map_at_l
     from .features import load_or_embed
     from .ground_truth import query_file
-    from .ranker import Ranker, RankerTrainConfig, train_ranker
+    from .ranker import RankerTrainConfig, reusable_ranker, train_ranker
     from .reference import (
         reference_dir,
         reference_ground_truth,
@@ -121,9 +121,19 @@ def run_demo(
 
     step("ranker (distilled from the reference teacher rankings)")
     ranker_dir = out / "ranker"
-    if (ranker_dir / "manifest.json").exists():
-        ranker, manifest = Ranker.load(ranker_dir)
-        history = manifest["history"]  # ``extra`` fields are stored at the manifest's top level
+    attributor_dir = out / "attributor"
+    # A ranker left by an earlier run is reused only if it was distilled from this reference with these
+    # settings; otherwise (a new pack, another --seed) it and the attributor built from it are stale.
+    provenance = {
+        "reference_manifest_sha256": sha256_file(root / "manifest.json"),
+        "seed": seed,
+        "epochs": epochs,
+    }
+    reused = reusable_ranker(
+        ranker_dir, provenance, dependents=(attributor_dir,), progress=progress
+    )
+    if reused:
+        ranker, history = reused
     else:
         ranker, history = train_ranker(
             queries["train"].values[truth["train"].query_ids],
@@ -140,10 +150,9 @@ def run_demo(
             progress=progress,
             part_dims=items.part_dims,
         )
-        ranker.save(ranker_dir, DEMO_SPEC, extra={"history": history})
+        ranker.save(ranker_dir, DEMO_SPEC, extra={"history": history, "provenance": provenance})
 
     step("attributor (ranker embeddings of every training image, exact index)")
-    attributor_dir = out / "attributor"
     if (attributor_dir / "manifest.json").exists():
         attributor = Attributor.load(attributor_dir)
     else:

@@ -1,7 +1,14 @@
 """The distilled ranker (method.md §5): a shared MLP over frozen features, trained to imitate the teacher."""
 
-from .model import Ranker, RankerShape
+from .model import Ranker, RankerShape, reusable_ranker
 from .pairs import PairSampler
 from .training import RankerTrainConfig, train_ranker
 
-__all__ = ["PairSampler", "Ranker", "RankerShape", "RankerTrainConfig", "train_ranker"]
+__all__ = [
+    "PairSampler",
+    "Ranker",
+    "RankerShape",
+    "RankerTrainConfig",
+    "reusable_ranker",
+    "train_ranker",
+]

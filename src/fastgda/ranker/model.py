@@ -9,6 +9,7 @@ with the training items' per-feature mean and standard deviation, stored with th
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,3 +139,29 @@ class Ranker(nn.Module):
         ranker = cls(RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}))
         ranker.load_state_dict(load_file(Path(ranker_dir) / "ranker.safetensors"))
         return ranker.eval(), manifest
+
+
+def reusable_ranker(
+    ranker_dir: os.PathLike,
+    provenance: dict,
+    dependents: Sequence[os.PathLike] = (),
+    progress: bool = True,
+):
+    """(ranker, history) left in ``ranker_dir`` by a run with the same ``provenance``, else None.
+
+    A ranker with other provenance is stale: it is removed, with the ``dependents`` built from it.
+    """
+    ranker_dir = Path(ranker_dir)
+    if not (ranker_dir / "manifest.json").exists():
+        return None
+    ranker, manifest = Ranker.load(ranker_dir)
+    if manifest.get("provenance") == provenance:
+        # ``extra`` fields (history, provenance) are stored at the manifest's top level.
+        return ranker, manifest["history"]
+    if progress:
+        print(
+            f"  {ranker_dir} was distilled from another reference or with other settings: retraining"
+        )
+    for folder in (ranker_dir, *dependents):
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
