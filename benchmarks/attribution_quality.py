@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda._artifacts import sha256_file
 from fastgda.comparison import cosine_matrix, format_map_table, map_table, planted_recall
 from fastgda.data import ShapesWorld
 from fastgda.evaluation import l_values
 from fastgda.features import load_or_embed
 from fastgda.ranker import RankerTrainConfig, reusable_ranker, train_ranker
 from fastgda.reference import (
-    reference_dir,
+    reference_digest,
     reference_ground_truth,
     reference_queries,
     reference_split_dir,
@@ -58,7 +57,7 @@ def main() -> None:
     work = Path(args.work)
     world = ShapesWorld(args.world)
     truth = {s: reference_ground_truth(s, args.reference) for s in ("train", "val", "test")}
-    reference_digest = sha256_file(Path(args.reference or reference_dir()) / "manifest.json")
+    digest = reference_digest(args.reference)
     test_records = reference_queries("test", args.reference)
     concepts = [test_records[int(q)].get("concept") for q in truth["test"].query_ids]
     n = len(world)
@@ -84,7 +83,7 @@ def main() -> None:
         for weight in weights:
             ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}"
             # A ranker left by an earlier run counts only if it was distilled from this reference.
-            provenance = {"reference_manifest_sha256": reference_digest, "epochs": args.epochs}
+            provenance = {"reference_manifest_sha256": digest, "epochs": args.epochs}
             reused = reusable_ranker(ranker_dir, provenance)
             if reused:
                 ranker, history = reused

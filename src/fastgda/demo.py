@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._artifacts import sha256_file, write_text_atomic
+from ._artifacts import write_text_atomic
 
 DEMO_SPEC = "effnet+minilm"
 # The image part's share of the ranker's input variance (text 1), chosen on the validation queries by
@@ -89,6 +89,7 @@ def run_demo(
     from .ground_truth import query_file
     from .ranker import RankerTrainConfig, reusable_ranker, train_ranker
     from .reference import (
+        reference_digest,
         reference_dir,
         reference_ground_truth,
         reference_info,
@@ -125,9 +126,10 @@ def run_demo(
     # A ranker left by an earlier run is reused only if it was distilled from this reference with these
     # settings; otherwise (a new pack, another --seed) it and the attributor built from it are stale.
     provenance = {
-        "reference_manifest_sha256": sha256_file(root / "manifest.json"),
+        "reference_manifest_sha256": reference_digest(root),
         "seed": seed,
         "epochs": epochs,
+        "part_weights": list(DEMO_PART_WEIGHTS),
     }
     reused = reusable_ranker(
         ranker_dir, provenance, dependents=(attributor_dir,), progress=progress

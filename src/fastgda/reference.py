@@ -177,6 +177,11 @@ def reference_info(root: os.PathLike | None = None) -> dict:
     return _manifest(Path(root) if root else reference_dir())["config"]
 
 
+def reference_digest(root: os.PathLike | None = None) -> str:
+    """SHA-256 of the reference manifest (which holds every file's checksum): names this exact ground truth."""
+    return sha256_file((Path(root) if root else reference_dir()) / MANIFEST_NAME)
+
+
 def reference_ground_truth(split: str, root: os.PathLike | None = None) -> GroundTruth:
     """The teacher's rankings for ``split`` ("train", "val" or "test"), scores as float32."""
     root = Path(root) if root else reference_dir()
