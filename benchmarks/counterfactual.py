@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fastgda.counterfactual import STANDARD_QUERY_IDS
-from fastgda.data import ShapesWorld
+from fastgda.data import ImageCaptionFolder, ShapesWorld
 from fastgda.demo import COUNTERFACTUAL_RANDOM_SEEDS, COUNTERFACTUAL_STEPS
 from fastgda.reference import reference_split_dir
 
@@ -114,8 +114,7 @@ def main() -> None:
     # For the queries naming a planted concept: how many of its exemplars each method removed (the teacher's
     # ΔL there comes from removing them).
     world = ShapesWorld(args.world)
-    lines = (demo / "queries-test" / "captions.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = ImageCaptionFolder(demo / "queries-test").records
     planted = [
         (i, records[q]["concept"])
         for i, q in enumerate(plan["query_rows"])
@@ -124,7 +123,8 @@ def main() -> None:
     if planted:
         print()
         print(
-            f"Planted exemplars removed, on the {len(planted)} queries naming a planted concept (of 12 each):"
+            f"Planted exemplars removed, on the {len(planted)} queries naming a planted concept "
+            f"(of {len(world.concepts[planted[0][1]])} each):"
         )
         for method, keys in plan["sets"].items():
             cells = []

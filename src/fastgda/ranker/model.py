@@ -154,9 +154,13 @@ def reusable_ranker(
     ranker_dir = Path(ranker_dir)
     if not (ranker_dir / "manifest.json").exists():
         return None
-    ranker, manifest = Ranker.load(ranker_dir)
-    if manifest.get("provenance") == provenance:
-        # ``extra`` fields (history, provenance) are stored at the manifest's top level.
+    # ``extra`` fields (history, provenance) are stored at the manifest's top level; the weights are read
+    # (and their checksums verified) only for a ranker that will be used.
+    if (
+        read_manifest(ranker_dir, RANKER_KIND, RANKER_FORMAT_VERSION).get("provenance")
+        == provenance
+    ):
+        ranker, manifest = Ranker.load(ranker_dir)
         return ranker, manifest["history"]
     if progress:
         print(
