@@ -53,6 +53,10 @@ def main() -> None:
         help="feature spec whose top-M neighbours are the candidates (parts weighted equally)",
     )
     parser.add_argument(
+        "--reuse-work",
+        help="earlier --work with the same queries and settings but smaller pools: copy its scores",
+    )
+    parser.add_argument(
         "--pack", action="store_true", help="copy the finished splits into the world pack"
     )
     parser.add_argument(
@@ -78,7 +82,14 @@ def main() -> None:
         for split in ([] if args.pack_only else args.splits)
     }
     timings = compute_reference_runs(
-        args.world, model_dir(), args.fisher, work, configs, SamplerConfig(), cache_dir=args.cache
+        args.world,
+        model_dir(),
+        args.fisher,
+        work,
+        configs,
+        SamplerConfig(),
+        cache_dir=args.cache,
+        reuse_work=args.reuse_work,
     )
     print(json.dumps(timings))
     if args.pack or args.pack_only:

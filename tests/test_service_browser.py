@@ -134,3 +134,15 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     assert browser.find_element(By.ID, "query-image").get_attribute("src") == answer["image"]
     browser.save_screenshot(str(artifacts / "service-page.png"))
     assert (artifacts / "service-page.png").stat().st_size > 10_000
+
+
+def test_api_docs_render_without_a_cdn(server, browser, artifacts):
+    """/docs serves Swagger UI from the installed package, so it renders on a machine with no network."""
+    html = httpx.get(f"{server}/docs", timeout=10).text
+    assert "/docs-assets/swagger-ui-bundle.js" in html and "cdn.jsdelivr" not in html
+    browser.get(f"{server}/docs")
+    operations = WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    )
+    assert "/v1/attribute" in [o.text.strip() for o in operations]
+    browser.save_screenshot(str(artifacts / "service-docs.png"))

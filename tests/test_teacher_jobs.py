@@ -165,6 +165,69 @@ def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, t
     assert torch.topk(cosine(both)[0], 10).indices.tolist() == both.candidates(0).tolist()
 
 
+def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candidates(
+    teacher_inputs, tmp_path, monkeypatch
+):
+    def config(m: int) -> TeacherConfig:
+        return TeacherConfig(
+            unlearn=CONFIG.unlearn,
+            scoring=CONFIG.scoring,
+            num_candidates=m,
+            candidate_feature="minilm",
+        )
+
+    small = TeacherJob(
+        out_dir=tmp_path / "m10", config=config(10), progress=False, **teacher_inputs
+    )
+    small.run([0, 1])  # query 2 has no earlier result: it is scored whole
+    fresh = TeacherJob(
+        out_dir=tmp_path / "fresh", config=config(25), progress=False, **teacher_inputs
+    )
+    fresh.run()
+    reused = TeacherJob(
+        out_dir=tmp_path / "reused",
+        config=config(25),
+        progress=False,
+        reuse_runs=[tmp_path / "m10"],
+        **teacher_inputs,
+    )
+    scored = []
+    original = TeacherJob._score
+    monkeypatch.setattr(
+        TeacherJob, "_score", lambda self, q, ids: scored.append(len(ids)) or original(self, q, ids)
+    )
+    reused.run()
+    assert scored == [15, 15, 25]
+    a, b = fresh.merge(), reused.merge()
+    assert [set(row) for row in a.ids.tolist()] == [set(row) for row in b.ids.tolist()]
+    for q in range(3):
+        by_id = dict(zip(b.ids[q].tolist(), b.scores[q].tolist(), strict=True))
+        np.testing.assert_allclose([by_id[i] for i in a.ids[q]], a.scores[q], rtol=1e-5, atol=1e-7)
+
+    other = TeacherConfig(
+        unlearn=UnlearnConfig(num_pairs=16, batch_size=32),
+        scoring=CONFIG.scoring,
+        num_candidates=25,
+        candidate_feature="minilm",
+    )
+    with pytest.raises(IncompatibleArtifactError, match="only the candidate pools may differ"):
+        TeacherJob(
+            out_dir=tmp_path / "other",
+            config=other,
+            progress=False,
+            reuse_runs=[tmp_path / "m10"],
+            **teacher_inputs,
+        )
+    with pytest.raises(IncompatibleArtifactError, match="not a teacher run"):
+        TeacherJob(
+            out_dir=tmp_path / "other2",
+            config=config(25),
+            progress=False,
+            reuse_runs=[tmp_path],
+            **teacher_inputs,
+        )
+
+
 def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
     config = TeacherConfig(
         unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=7, candidate_feature="effnet"

@@ -110,6 +110,7 @@ def compute_reference_runs(
     executor=None,
     progress: bool = True,
     sizes: dict[str, int] | None = None,
+    reuse_work: os.PathLike | None = None,
 ) -> dict[str, dict]:
     """Sample each split's reference prompts with the model and rank them with the teacher (resumable).
 
@@ -117,6 +118,8 @@ def compute_reference_runs(
         configs: split -> ``TeacherConfig`` (test: ``num_candidates=None``, all N).
         sampler: the ``SamplerConfig`` of the query images (default: ``SamplerConfig()``).
         sizes: queries per split (default: ``reference_query_prompts``'s 400 / 50 / 40).
+        reuse_work: an earlier ``work`` with the same query sets and teacher settings but other candidate pools;
+            the scores its ``run-<split>`` computed are copied, not recomputed (``TeacherJob``'s ``reuse_runs``).
     Writes ``work/queries-<split>`` and ``work/run-<split>`` (what ``pack_reference`` reads); returns per split
     the queries computed now and the seconds taken.
     """
@@ -153,6 +156,9 @@ def compute_reference_runs(
             str(work / f"run-{split}"),
             config,
             None if cache_dir is None else str(cache_dir),
+            reuse_runs=()
+            if reuse_work is None or not (Path(reuse_work) / f"run-{split}").is_dir()
+            else (str(Path(reuse_work) / f"run-{split}"),),
         )
         began = time.perf_counter()
         pending = len(prompts[split]) - len(finished_queries(work / f"run-{split}" / "results"))

@@ -87,6 +87,14 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
     )
+    run.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="earlier runs on the same queries and settings with other --candidates: copy the scores they "
+        "computed and score only the new candidates",
+    )
     add_executor_flags(run)
     run.add_argument("--threads", type=int)
     add_json_flag(run)
@@ -143,7 +151,14 @@ def handle_run(args) -> int:
     )
     model_dir = str(resolve_model_dir(args.model))
     spec = TeacherSpec(
-        model_dir, args.data, args.queries, args.fisher, args.out, config, args.cache
+        model_dir,
+        args.data,
+        args.queries,
+        args.fisher,
+        args.out,
+        config,
+        args.cache,
+        tuple(args.reuse),
     )
     ground_truth = run_teacher(spec, executor_from_args(args))
     shape = list(ground_truth.ids.shape)

@@ -186,14 +186,44 @@ def _ensure_log_handler() -> None:
         logger.propagate = False
 
 
+def _swagger_ui_assets() -> Path | None:
+    """Folder of a packaged Swagger UI (``swagger-ui-bundle-v2``), or None to use FastAPI's CDN-hosted page."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    path = Path(swagger_ui_path)
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+def _serve_offline_docs(app: FastAPI, assets: Path) -> None:
+    """``/docs`` from local files: API servers often run where no CDN can be reached."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """Load the attributor (and model) once and return the application."""
     _ensure_log_handler()
     service = Service(config)
+    docs_assets = _swagger_ui_assets()
     app = FastAPI(
         title="fastgda",
         summary="Which training images made this generated image? Fast data attribution.",
         version=_version(),
+        docs_url="/docs" if docs_assets is None else None,
     )
     app.state.service = service
 
@@ -410,6 +440,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if docs_assets is not None:
+        _serve_offline_docs(app, docs_assets)
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app

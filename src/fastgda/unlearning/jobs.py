@@ -4,6 +4,11 @@
 the query-independent before losses, and then answers ``run_query(q)`` for any pending query. A run killed at any
 moment and started again finishes only what is missing; every unit's result depends only on (config, query), so
 a resumed run equals an uninterrupted one.
+
+The same property lets a run with larger candidate pools (a larger M, another candidate feature) copy the scores an
+earlier run already computed for the same queries with the same unlearning and scoring settings (``reuse_runs``):
+the Newton step depends only on (query, settings) and an item's loss noise is keyed by the item, so a copied
+score is the score a recomputation would give, and only the new candidates are scored.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from tqdm.auto import tqdm
 from .._artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
 from ..data import open_dataset
 from ..errors import IncompatibleArtifactError
-from ..ground_truth import GroundTruth, finished_queries, write_query_result
+from ..ground_truth import (
+    GroundTruth,
+    finished_queries,
+    query_file,
+    read_query_result,
+    write_query_result,
+)
 from .fisher import Fisher
 from .layers import select_linear_layers
 from .scoring import BeforeLosses, ScoringConfig, influence_scores, rank
@@ -72,7 +83,10 @@ class TeacherJob:
         config: TeacherConfig = TeacherConfig(),
         cache_dir=None,
         progress: bool = True,
+        reuse_runs=(),
     ):
+        """``reuse_runs``: earlier run folders over the same inputs and unlearning/scoring settings (any candidate
+        pools) whose per-query scores are copied for candidates they share; only the rest are scored."""
         from ..diffusion import TextToImageModel
         from ..diffusion.queries import QUERY_SET_FORMAT_VERSION, QUERY_SET_KIND, load_query_tensors
         from ..diffusion.training import prepare_training_data
@@ -121,6 +135,9 @@ class TeacherJob:
             "num_queries": int(self.queries["x0"].shape[0]),
         }
         self._check_or_write_run_info()
+        self.reuse_runs = [Path(run) for run in reuse_runs]
+        for run in self.reuse_runs:
+            self._check_reusable(run)
         key = {"model": model_digest, "data": self.dataset.content_hash}
         cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "before_losses"
         if (cache_dir / MANIFEST_NAME).is_file():
@@ -144,6 +161,38 @@ class TeacherJob:
         else:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, self.run_info)
+
+    def _check_reusable(self, run: Path) -> None:
+        """Refuse to copy scores from a run whose scores would differ (only the candidate pools may)."""
+        path = run / "run.json"
+        if not path.is_file():
+            raise IncompatibleArtifactError(
+                f"{run} is not a teacher run (no run.json); pass the --out folder of an earlier teacher run"
+            )
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        pool_keys = ("num_candidates", "candidate_feature")
+
+        def comparable(info: dict) -> dict:
+            config = {k: v for k, v in info["config"].items() if k not in pool_keys}
+            return {**info, "config": config}
+
+        ours, theirs = comparable(self.run_info), comparable(saved)
+        differing = sorted(k for k in ours if theirs.get(k) != ours[k])
+        if differing:
+            raise IncompatibleArtifactError(
+                f"cannot reuse scores from {run}: its {differing} differ from this run's (only the candidate "
+                "pools may differ); drop it from the reused runs"
+            )
+
+    def _reused_scores(self, q: int) -> dict[int, float]:
+        """Candidate id -> score already computed for query ``q`` by the reused runs."""
+        known: dict[int, float] = {}
+        for run in self.reuse_runs:
+            path = query_file(run / "results", q)
+            if path.is_file():
+                ids, scores = read_query_result(path)
+                known.update(zip(ids.tolist(), scores.tolist(), strict=True))
+        return known
 
     @property
     def num_queries(self) -> int:
@@ -196,6 +245,17 @@ class TeacherJob:
 
     def run_query(self, q: int) -> None:
         """Unlearn query ``q``, score its candidates and write ``results/q_<q>.npz`` atomically."""
+        candidates = self.candidates(q)
+        known = self._reused_scores(q) if self.reuse_runs else {}
+        missing = np.array([c for c in candidates.tolist() if c not in known], dtype=np.int64)
+        if len(missing):
+            known.update(zip(missing.tolist(), self._score(q, missing).tolist(), strict=True))
+        scores = np.array([known[c] for c in candidates.tolist()], dtype=np.float64)
+        ids, sorted_scores = rank(candidates, scores)
+        write_query_result(self.results_dir, q, ids, sorted_scores)
+
+    def _score(self, q: int, candidates: np.ndarray) -> np.ndarray:
+        """Influence scores float64 (n,) of ``candidates`` for query ``q`` (one Newton step, then losses)."""
         mask = self.queries.get("text_mask")
         delta = unlearn(
             self.model,
@@ -209,11 +269,8 @@ class TeacherJob:
             query_key=q,
             damping=self.config.damping,
         )
-        candidates = self.candidates(q)
         with weights_shifted(self.layers, delta):
-            scores = influence_scores(self.model, self.data, candidates, self.before)
-        ids, sorted_scores = rank(candidates, scores)
-        write_query_result(self.results_dir, q, ids, sorted_scores)
+            return influence_scores(self.model, self.data, candidates, self.before)
 
     def run(self, query_ids: list[int] | None = None) -> None:
         """Run every pending query in this process, with a progress bar."""
@@ -251,6 +308,7 @@ class TeacherSpec:
     out_dir: str
     config: TeacherConfig = field(default_factory=TeacherConfig)
     cache_dir: str | None = None
+    reuse_runs: tuple[str, ...] = ()
 
     def job(self, progress: bool = False) -> TeacherJob:
         return TeacherJob(
@@ -262,6 +320,7 @@ class TeacherSpec:
             self.config,
             cache_dir=self.cache_dir,
             progress=progress,
+            reuse_runs=self.reuse_runs,
         )
 
     def __call__(self):
