@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastgda.counterfactual import RANDOM, CounterfactualConfig, CounterfactualJob, retrain_key
+from fastgda import FastGDAError
+from fastgda.counterfactual import (
+    RANDOM,
+    CounterfactualConfig,
+    CounterfactualJob,
+    CounterfactualResult,
+    retrain_key,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +162,24 @@ def test_method_rankings_pick_baselines_and_match_a_full_sort(rng):
     )
     with pytest.raises(FastGDAError, match="parts are"):
         method_rankings(queries, items, teacher, k=5, baselines="audio")
+
+
+def test_ordering_states_each_claim_with_its_paired_difference():
+    result = CounterfactualResult(
+        per_query={
+            "teacher": {"delta_loss": [4e-3, 2e-3, 3e-3]},
+            "ranker": {"delta_loss": [1e-3, 3e-3, 1e-3]},
+            "untuned text (minilm)": {"delta_loss": [1.2e-3, 2.6e-3, 1.1e-3]},
+            "untuned image (effnet)": {"delta_loss": [0.5e-3, 0.5e-3, 0.5e-3]},
+            "random": {"delta_loss": [-1e-3, -1e-3, -1e-3]},
+        }
+    )
+    checks = result.ordering("ranker")
+    assert [c.holds for c in checks] == [True, True, True, False]
+    assert checks[1].claim == "ranker > untuned text (minilm)"
+    mean, se = checks[1].paired_difference
+    assert mean == pytest.approx(0.1e-3 / 3) and se > abs(mean) and not checks[1].resolved
+    assert "within one s.e." in checks[1].describe() and checks[2].resolved
+    assert "measured 56%" in checks[3].claim and "does NOT hold" in checks[3].describe()
+    with pytest.raises(FastGDAError, match="untuned baseline"):
+        CounterfactualResult(per_query={"teacher": {"delta_loss": [1.0]}}).ordering("ranker")

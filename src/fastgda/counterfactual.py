@@ -195,6 +195,69 @@ class CounterfactualResult:
                 }
         return out
 
+    def ordering(self, ranker: str, target_share: float = 0.85) -> list[OrderingCheck]:
+        """The evidence claims on mean ΔL (issue acceptance, method.md §4): teacher >= ranker > best untuned
+        baseline > random, and ranker >= ``target_share`` of the teacher's. Each comparison carries the paired
+        per-query difference (mean, standard error), so a reader sees which claims the queries resolve.
+
+        Args:
+            ranker: the ranker's method name; untuned baselines are the methods named ``untuned ...``.
+        """
+        mean = {m: float(np.mean(v["delta_loss"])) for m, v in self.per_query.items()}
+        untuned = [m for m in mean if m.startswith("untuned")]
+        missing = [m for m in ("teacher", ranker, "random") if m not in mean]
+        if missing or not untuned:
+            raise FastGDAError(
+                f"the ordering needs teacher, {ranker!r}, random and an untuned baseline; this result has "
+                f"{sorted(mean)}"
+            )
+        best = max(untuned, key=mean.get)
+
+        def paired(a: str, b: str) -> tuple[float, float]:
+            diff = np.subtract(self.per_query[a]["delta_loss"], self.per_query[b]["delta_loss"])
+            se = float(diff.std() / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            return float(diff.mean()), se
+
+        share = mean[ranker] / mean["teacher"] if mean["teacher"] > 0 else float("nan")
+        return [
+            OrderingCheck(
+                "teacher >= ranker", mean["teacher"] >= mean[ranker], paired("teacher", ranker)
+            ),
+            OrderingCheck(f"ranker > {best}", mean[ranker] > mean[best], paired(ranker, best)),
+            OrderingCheck(f"{best} > random", mean[best] > mean["random"], paired(best, "random")),
+            OrderingCheck(
+                f"ranker >= {target_share:.0%} of the teacher's (measured {share:.0%})",
+                bool(share >= target_share),
+                None,
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class OrderingCheck:
+    """One claim on mean ΔL, whether it holds, and the paired ΔL difference behind it (mean, s.e.) if any."""
+
+    claim: str
+    holds: bool
+    paired_difference: tuple[float, float] | None
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the paired difference is more than one standard error from zero."""
+        if self.paired_difference is None:
+            return True
+        mean, se = self.paired_difference
+        return abs(mean) > se
+
+    def describe(self) -> str:
+        """``teacher >= ranker: holds (paired ΔL difference 1.39 ± 1.47 x1e-3, within one s.e.)``."""
+        text = f"{self.claim}: {'holds' if self.holds else 'does NOT hold'}"
+        if self.paired_difference is not None:
+            mean, se = self.paired_difference
+            within = "" if self.resolved else ", within one s.e."
+            text += f" (paired ΔL difference {mean * 1e3:.2f} ± {se * 1e3:.2f} ×1e-3{within})"
+        return text
+
 
 class CounterfactualJob:
     """Plans, runs (resumably, on any executor) and evaluates the leave-K-out retrains of one setting.

@@ -430,4 +430,6 @@ def _counterfactual(
         f"Random removal: {len(COUNTERFACTUAL_RANDOM_SEEDS)} sets shared by every query. Untuned baselines: "
         "image and text parts.",
     ]
+    # Say plainly which of the evidence claims the queries support, and which they do not resolve.
+    notes += [check.describe() for check in result.ordering("fastgda ranker")]
     return CounterfactualSection(table, k, len(rows), steps, notes)

@@ -171,7 +171,8 @@ def handle_counterfactual(args) -> int:
         query_rows=rows.tolist(),
     )
     job.run(executor_from_args(args))
-    summary = job.evaluate().summary()
+    result = job.evaluate()
+    summary = result.summary()
     lines = [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
     for name, metrics in summary.items():
         cells = [
@@ -179,5 +180,14 @@ def handle_counterfactual(args) -> int:
             for m in ("delta_loss", "delta_mse", "delta_sim")
         ]
         lines.append(f"{name:<44} " + " ".join(f"{c:>20}" for c in cells))
-    emit(args, {"k": k, "queries": len(rows), "summary": summary}, "\n".join(lines))
+    checks = []
+    if len(rankers) == 1 and "random" in summary and any(m.startswith("untuned") for m in summary):
+        checks = result.ordering(next(iter(rankers)))
+        lines += ["", "ordering on mean delta loss:"] + [f"- {c.describe()}" for c in checks]
+    verdict = {c.claim: c.holds for c in checks}
+    emit(
+        args,
+        {"k": k, "queries": len(rows), "summary": summary, "ordering": verdict},
+        "\n".join(lines),
+    )
     return 0
