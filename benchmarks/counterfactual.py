@@ -61,6 +61,11 @@ def main() -> None:
     parser.add_argument(
         "--baselines", default="parts", help="untuned baselines (see eval counterfactual)"
     )
+    parser.add_argument(
+        "--coupled",
+        action="store_true",
+        help="retrains draw batches by item id (common random numbers)",
+    )
     parser.add_argument("--executor", default="ray", choices=["local", "ray"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
@@ -76,7 +81,7 @@ def main() -> None:
         "--k", str(args.k), "--steps", str(args.steps), "--random-seeds", str(args.random_seeds),
         "--executor", args.executor, "--workers", str(args.workers), "--threads", "2",
         "--out", str(out), "--json",
-    ]  # fmt: skip
+    ] + (["--coupled"] if args.coupled else [])  # fmt: skip
     began = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - began

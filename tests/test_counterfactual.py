@@ -111,6 +111,66 @@ def test_retraining_is_deterministic_so_differences_come_from_removal(
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
 
 
+def test_coupled_retrains_differ_from_the_full_run_only_through_removed_items(
+    trained, small_world, tmp_path
+):
+    """Removing an item the full run never drew leaves coupled (by item id) weights exactly equal to θ₀; the
+    uncoupled retrain, whose rows shift, differs everywhere."""
+    from fastgda.counterfactual import _preset_of
+    from fastgda.diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+    from fastgda.diffusion.training import prepare_training_data
+
+    steps, batch = 6, 8
+    drawn = set()
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(step)  # seed 0: the stream draw_batch starts with
+        drawn |= set(torch.randint(0, len(small_world), (batch,), generator=gen).tolist())
+    never = next(i for i in range(len(small_world)) if i not in drawn)
+    kept = [i for i in range(len(small_world)) if i != never]
+    full = prepare_training_data(
+        TextToImageModel.from_preset(_preset_of(trained / "model")), small_world, progress=False
+    )
+
+    def train(name, removed, coupled):
+        recipe = DiffusionTrainConfig(
+            steps=steps, batch_size=batch, warmup_steps=1, draw_by_item_id=coupled
+        )
+        model = TextToImageModel.from_preset(_preset_of(trained / "model"), seed=0)
+        data = full if not removed else full.subset(kept)
+        train_diffusion(
+            model, small_world.without(removed), tmp_path / name, recipe, progress=False, data=data
+        )
+        return torch.cat([p.flatten() for p in model.unet.parameters()])
+
+    theta0 = train("full", [], True)
+    torch.testing.assert_close(train("coupled", [never], True), theta0, rtol=0, atol=0)
+    assert not torch.equal(train("by-position", [never], False), theta0)
+
+    config = CounterfactualConfig(k=5, steps=12, random_seeds=(0,), generate_steps=4)
+    methods = {"a": rankings(len(small_world), 0)}
+
+    def plan(cfg, out):
+        CounterfactualJob(
+            trained / "model",
+            small_world.root,
+            trained / "queries",
+            methods,
+            out,
+            cfg,
+            progress=False,
+        )
+        return json.loads((out / "plan.json").read_text())  # fmt: skip
+
+    plain, coupled = (
+        plan(config, tmp_path / "p"),
+        plan(dataclasses.replace(config, coupled=True), tmp_path / "c"),
+    )
+    assert coupled["recipe"]["draw_by_item_id"] and not plain["recipe"].get("draw_by_item_id")
+    # Coupled and uncoupled retrains are cached apart, θ₀ included.
+    assert coupled["baseline"] != plain["baseline"]
+    assert not set(coupled["sets"]["a"]) & set(plain["sets"]["a"])
+
+
 def test_subset_of_the_full_encoding_equals_encoding_the_subset(trained, small_world):
     """Retrains encode the full set once and take subsets; that must be the same data as encoding each subset."""
     from fastgda.counterfactual import _preset_of

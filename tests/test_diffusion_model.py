@@ -44,6 +44,39 @@ def test_training_lowers_the_loss(tiny_model, small_world, tmp_path):
     assert held_loss() < 0.8 * before
 
 
+def test_draws_by_item_id_change_only_the_slots_of_removed_items(tiny_model, small_world):
+    """Common random numbers for leave-K-out: a retrain's batches equal the full run's except where a removed
+    item was drawn; the default (by position) redraws everything once rows shift."""
+    full = prepare_training_data(tiny_model, small_world, progress=False)
+    removed = {1, 4, 7, 10, 20}
+    kept = [i for i in range(len(small_world)) if i not in removed]
+    subset = full.subset(kept)
+    coupled = DiffusionTrainConfig(batch_size=64, draw_by_item_id=True)
+    by_position = DiffusionTrainConfig(batch_size=64)
+    changed_slots = 0
+    for step in range(20):
+        x0, states, mask, noise, t = draw_batch(full, step, coupled, 1000)
+        plain = draw_batch(full, step, by_position, 1000)
+        assert torch.equal(x0, plain[0]) and torch.equal(
+            noise, plain[3]
+        )  # nothing removed: identical
+        ids = torch.randint(
+            0, len(small_world), (64,), generator=torch.Generator().manual_seed(step)
+        )
+        sub = draw_batch(subset, step, coupled, 1000)
+        same = torch.tensor([int(i) not in removed for i in ids])
+        assert torch.equal(sub[0][same], x0[same]) and torch.equal(sub[3], noise)
+        assert torch.equal(sub[1][same], states[same]) and torch.equal(sub[4], t)
+        changed_slots += int((~same).sum())
+        # Refilled slots hold kept items (never a removed one).
+        kept_x0 = subset.x0.flatten(1)
+        for row in sub[0][~same].flatten(1):
+            assert (kept_x0 == row).all(dim=1).any()
+    assert changed_slots > 0
+    shifted = draw_batch(subset, 0, by_position, 1000)[0]
+    assert not torch.equal(shifted, draw_batch(full, 0, by_position, 1000)[0])
+
+
 def test_interrupted_training_resumes_to_identical_weights(test_preset, small_world, tmp_path):
     config = DiffusionTrainConfig(
         steps=12, batch_size=8, warmup_steps=2, checkpoint_every=6, keep_checkpoints=5

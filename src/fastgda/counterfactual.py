@@ -13,6 +13,10 @@ the data) on the query:
 Random removal uses one set per seed, shared by all queries. Every distinct removed set is one retrain job,
 cached under a key of (recipe, removed ids), so methods that agree share a retrain and an interrupted run redoes
 only unfinished retrains (each resumes from its last checkpoint).
+
+With ``coupled``, every retrain draws its batches by item id, so θ₋K sees the same items, noise and timesteps as
+θ₀ except where a removed item would have been drawn: the run-to-run noise of ΔL shrinks to what the removal
+itself causes.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ class CounterfactualConfig:
     generate_steps: int = 50
     guidance_scale: float = 3.0
     similarity_encoder: str = "effnet"
+    # Common random numbers: retrains draw batches by item id (``DiffusionTrainConfig.draw_by_item_id``), so θ₋K
+    # and θ₀ differ only where a removed item would have been drawn, not in every batch. Off by default, so
+    # the figures in BENCHMARKS.md (measured without it) stay reproducible.
+    coupled: bool = False
 
 
 def removed_sets(
@@ -304,6 +312,8 @@ class CounterfactualJob:
             # A reduced recipe keeps the schedule's shape: warm-up at most a tenth of the run.
             warmup = min(recipe["warmup_steps"], config.steps // 10)
             recipe = {**recipe, "steps": config.steps, "warmup_steps": warmup}
+        if config.coupled:
+            recipe = {**recipe, "draw_by_item_id": True}  # part of every retrain's key
         self.recipe = recipe
         self.num_train = len(open_dataset(data_dir))
         lengths = {name: len(r) for name, r in rankings.items()}

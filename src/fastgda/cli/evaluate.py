@@ -63,6 +63,12 @@ def add_parser(sub) -> None:
     c.add_argument(
         "--random-seeds", type=int, default=3, help="random removals (shared by queries)"
     )
+    c.add_argument(
+        "--coupled",
+        action="store_true",
+        help="retrains draw batches by item id, so they differ from the full-data run only where a removed "
+        "image was drawn (less retrain noise; cached apart from uncoupled retrains)",
+    )
     c.add_argument("--out", required=True, help="job folder (resumable)")
     add_executor_flags(c)
     c.add_argument("--threads", type=int)
@@ -158,7 +164,10 @@ def handle_counterfactual(args) -> int:
         selected, items, truth.ids[positions], rankers, k=k, baselines=args.baselines
     )
     config = CounterfactualConfig(
-        k=k, steps=args.steps, random_seeds=tuple(range(args.random_seeds))
+        k=k,
+        steps=args.steps,
+        random_seeds=tuple(range(args.random_seeds)),
+        coupled=args.coupled,
     )
     job = CounterfactualJob(
         resolve_model_dir(args.model),

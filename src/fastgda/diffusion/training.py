@@ -44,6 +44,11 @@ class DiffusionTrainConfig:
     ema_decay: float = 0.999  # EMA weights are what gets saved and sampled
     caption_dropout: float = 0.1  # empty caption 10% of the time, for classifier-free guidance
     seed: int = 0
+    # Leave-K-out retrains: draw each step's items by their ids in the full set, a removed item's slot refilled
+    # from a separate stream, so every other slot sees the item, caption, noise and timestep of the full-data run
+    # (common random numbers; the batch distribution stays uniform over the kept items). Identical to the
+    # default on data with nothing removed.
+    draw_by_item_id: bool = False
     checkpoint_every: int = 250
     keep_checkpoints: int = (
         2  # older checkpoints are deleted; raise it to study adherence against steps
@@ -70,9 +75,15 @@ class TrainingData:
     caption_count: torch.Tensor  # (N,)
     null_states: torch.Tensor  # (1, S, D) the empty caption
     null_mask: torch.Tensor | None
+    item_ids: torch.Tensor | None = (
+        None  # (N,) ids in the full set of a subset's rows (None: 0..N-1)
+    )
+    num_full: int | None = None  # size of the full set a subset was taken from (None: N)
 
     def subset(self, rows) -> TrainingData:
-        """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set)."""
+        """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set).
+
+        The subset remembers its rows' ids in the full set, for ``DiffusionTrainConfig.draw_by_item_id``."""
         rows = torch.as_tensor(list(rows), dtype=torch.long)
         counts = self.caption_count[rows]
         # Caption rows of the kept images, each image's captions contiguous and in their original order.
@@ -87,6 +98,8 @@ class TrainingData:
             caption_count=counts,
             null_states=self.null_states,
             null_mask=self.null_mask,
+            item_ids=rows if self.item_ids is None else self.item_ids[rows],
+            num_full=self.x0.shape[0] if self.num_full is None else self.num_full,
         )
 
 
@@ -127,6 +140,19 @@ def _lr_at(step: int, config: DiffusionTrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+def _rows_by_item_id(data: TrainingData, step: int, config, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of the items ``ids`` (B,) drawn over the full set; a removed item's slot gets a kept row drawn
+    uniformly from a stream of its own, so the main stream, and with it every other slot, is unchanged."""
+    row_of = torch.full((data.num_full,), -1, dtype=torch.long)
+    row_of[data.item_ids] = torch.arange(data.x0.shape[0])
+    idx = row_of[ids]
+    removed = idx < 0
+    if removed.any():
+        spare = torch.Generator().manual_seed(2**62 + config.seed * 1_000_003 + step)
+        idx[removed] = torch.randint(0, data.x0.shape[0], (int(removed.sum()),), generator=spare)
+    return idx
+
+
 def draw_batch(data: TrainingData, step: int, config: DiffusionTrainConfig, num_timesteps: int):
     """The batch of ``step``: a pure function of (seed, step), so resumed runs match uninterrupted ones.
 
@@ -135,7 +161,12 @@ def draw_batch(data: TrainingData, step: int, config: DiffusionTrainConfig, num_
     """
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     batch = config.batch_size
-    idx = torch.randint(0, data.x0.shape[0], (batch,), generator=gen)
+    if config.draw_by_item_id and data.item_ids is not None:
+        idx = _rows_by_item_id(
+            data, step, config, torch.randint(0, data.num_full, (batch,), generator=gen)
+        )
+    else:
+        idx = torch.randint(0, data.x0.shape[0], (batch,), generator=gen)
     pick = (torch.rand(batch, generator=gen) * data.caption_count[idx]).long()
     rows = data.caption_start[idx] + pick
     drop = torch.rand(batch, generator=gen) < config.caption_dropout
