@@ -51,6 +51,9 @@ def main() -> None:
         help="first part's input-variance weight (text part 1) tried for multi-part specs",
     )
     parser.add_argument("--reference", help="reference folder (default: the shipped one)")
+    parser.add_argument(
+        "--train-top", type=int, help="rank labels over the teacher's top T of each training pool"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,9 +84,12 @@ def main() -> None:
         weights = args.image_weights if len(items.parts) > 1 else [1.0]
         candidates = []
         for weight in weights:
-            ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}"
+            top = f"-top{args.train_top}" if args.train_top else ""
+            ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}{top}"
             # A ranker left by an earlier run counts only if it was distilled from this reference.
             provenance = {"reference_manifest_sha256": digest, "epochs": args.epochs}
+            if args.train_top:
+                provenance["train_top"] = args.train_top
             reused = reusable_ranker(ranker_dir, provenance)
             if reused:
                 ranker, history = reused
@@ -93,6 +99,7 @@ def main() -> None:
                     RankerTrainConfig(),
                     epochs=args.epochs,
                     seed=args.seed,
+                    train_top=args.train_top,
                     part_weights=(weight,) + (1.0,) * (len(items.parts) - 1)
                     if len(items.parts) > 1
                     else None,

@@ -82,6 +82,30 @@ def test_the_ranker_learns_a_planted_ranking_and_higher_cosine_means_more_influe
     assert ranker.logit_scale.item() > 0
 
 
+def test_train_top_labels_only_the_teachers_top_t_and_validates_on_whole_pools(rng):
+    queries, items, ranked, _ = planted_problem(rng, num_queries=40)
+    config = RankerTrainConfig(
+        hidden=(16,), out_dim=8, epochs=3, batch_queries=4, pairs_per_query=20
+    )
+
+    def fit(ids, **changes):
+        cfg = RankerTrainConfig(**{**config.__dict__, **changes})
+        ranker, history = train_ranker(
+            queries[:30], items, ids, cfg, queries[30:], ranked[30:], progress=False
+        )
+        return torch.cat([p.flatten() for p in ranker.parameters()]), history
+
+    top, top_history = fit(ranked[:30], train_top=10)
+    truncated, truncated_history = fit(ranked[:30, :10])
+    whole, _ = fit(ranked[:30])
+    torch.testing.assert_close(top, truncated, rtol=0, atol=0)
+    assert not torch.equal(top, whole)
+    # Validation mAP is measured against the whole validation pools in both runs.
+    assert [h["val_map"] for h in top_history] == [h["val_map"] for h in truncated_history]
+    with pytest.raises(ValueError, match="train_top"):
+        fit(ranked[:30], train_top=0)
+
+
 def test_balanced_parts_get_equal_input_variance(rng):
     features = np.concatenate(
         [rng.normal(size=(500, 48)) * 3.0, rng.normal(size=(500, 16))], axis=1

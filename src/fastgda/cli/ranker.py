@@ -43,6 +43,11 @@ def add_parser(sub) -> None:
         "--outliers", type=float, default=d.outlier_prob, help="share of outlier pairs"
     )
     train.add_argument("--candidate-fraction", type=float, default=d.candidate_fraction)
+    train.add_argument(
+        "--train-top",
+        type=int,
+        help="rank labels over the teacher's top T of each pool only (default: the whole pool)",
+    )
     train.add_argument("--patience", type=int, default=d.patience)
     train.add_argument(
         "--part-weights",
@@ -94,6 +99,7 @@ def handle_train(args) -> int:
         target=args.target,
         outlier_prob=args.outliers,
         candidate_fraction=args.candidate_fraction,
+        train_top=args.train_top,
         patience=args.patience,
         seed=args.seed,
         balance_parts=not args.no_balance_parts,

@@ -40,6 +40,9 @@ class RankerTrainConfig:
     loss: str = "bce"  # bce | mse
     target: str = "rank"  # rank | score
     candidate_fraction: float = 1.0
+    # Rank labels over the teacher's top T of each training pool only (None: the whole pool); the rest of the pool
+    # can still be drawn as an outlier. Validation keeps the whole pools, so runs with different T compare.
+    train_top: int | None = None
     patience: int = 10  # epochs without a better validation mAP before stopping
     val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
     balance_parts: bool = True  # give each part of a concatenated spec the same input variance
@@ -115,9 +118,18 @@ def train_ranker(
     Args:
         train_query_features: float (Q, D) features of the training queries.
         item_features: float (N, D) features of every training item.
-        train_ranked_ids: int (Q, K) the teacher's candidate rankings, most influential first.
+        train_ranked_ids: int (Q, K) the teacher's candidate rankings, most influential first (only the first
+            ``config.train_top`` columns are used when it is set).
         part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts``.
     """
+    if config.train_top is not None:
+        if config.train_top < 1:
+            raise ValueError(
+                f"train_top must be a positive number of candidates, got {config.train_top}"
+            )
+        train_ranked_ids = train_ranked_ids[:, : config.train_top]
+        if train_scores is not None:
+            train_scores = train_scores[:, : config.train_top]
     torch.manual_seed(config.seed)
     ranker = Ranker(
         RankerShape(item_features.shape[1], config.hidden, config.out_dim, config.dropout)
