@@ -1,16 +1,16 @@
 """Compute the reference ground truth of the standard world and (with --pack) ship it in the world pack.
 
 Samples the reference query splits (``fastgda.world.query_prompts``) with the shipped model, runs the teacher on
-each (training and validation queries over their top-M neighbours by image and text, test queries over all N),
-merges
-the rankings, and packs them compactly with the query images, their clean samples and the EK-FAC Fisher.
+each (training and validation queries over their top-512 neighbours by MiniLM text, test queries over all N),
+merges the rankings, and packs them compactly with the query images, their clean samples and the EK-FAC Fisher.
 Resumable: rerun the same command after an interruption and only the missing queries are computed.
 
     fastgda world shapes --out runs/world --size 2000 --seed 0
     fastgda teacher fisher --model shipped --data runs/world --out runs/teacher-planted/fisher-ekfac \
         --kind ekfac --samples 10000
     python scripts/build_ground_truth.py --world runs/world --fisher runs/teacher-planted/fisher-ekfac \
-        --work runs/gt3 --cache runs/teacher-planted/before_losses --pack
+        --work runs/gt4 --cache runs/teacher-planted/before_losses --pack
+    # enlarging the pools of an earlier --work: add --reuse-work OLD_WORK (its scores are copied)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[0, 200, 400, 600, 800])
     parser.add_argument(
-        "--candidates", type=int, default=256, help="M for training and validation queries"
+        "--candidates", type=int, default=512, help="M for training and validation queries"
     )
     # MiniLM text neighbours, not the papers' image neighbours: on the standard world they hold 84% of the
     # named planted concept's exemplars at M = 256 against 64% (effnet+minilm) and 25% (effnet), and as much of
