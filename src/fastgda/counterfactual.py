@@ -196,11 +196,8 @@ class CounterfactualResult:
         for method, metrics in self.per_query.items():
             out[method] = {}
             for name, values in metrics.items():
-                v = np.asarray(values, dtype=np.float64)
-                out[method][name] = {
-                    "mean": float(v.mean()),
-                    "stderr": float(v.std() / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-                }
+                mean, stderr = _mean_stderr(values)
+                out[method][name] = {"mean": mean, "stderr": stderr}
         return out
 
     def ordering(self, ranker: str, target_share: float = 0.85) -> list[OrderingCheck]:
@@ -222,9 +219,9 @@ class CounterfactualResult:
         best = max(untuned, key=mean.get)
 
         def paired(a: str, b: str) -> tuple[float, float]:
-            diff = np.subtract(self.per_query[a]["delta_loss"], self.per_query[b]["delta_loss"])
-            se = float(diff.std() / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-            return float(diff.mean()), se
+            return _mean_stderr(
+                np.subtract(self.per_query[a]["delta_loss"], self.per_query[b]["delta_loss"])
+            )
 
         share = mean[ranker] / mean["teacher"] if mean["teacher"] > 0 else float("nan")
         return [
@@ -239,6 +236,12 @@ class CounterfactualResult:
                 None,
             ),
         ]
+
+
+def _mean_stderr(values) -> tuple[float, float]:
+    """Mean and standard error (population std / sqrt(n); 0 for one value) of a per-query metric."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std() / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 @dataclass(frozen=True)
