@@ -25,7 +25,14 @@ from fastgda.comparison import cosine_matrix, format_map_table, map_table, plant
 from fastgda.data import ShapesWorld
 from fastgda.evaluation import l_values
 from fastgda.features import load_or_embed
-from fastgda.ranker import RankerTrainConfig, reusable_ranker, train_ranker
+from fastgda.ranker import (
+    Ranker,
+    RankerTrainConfig,
+    reusable_ranker,
+    summarise_history,
+    train_ranker,
+    validate,
+)
 from fastgda.reference import (
     reference_digest,
     reference_ground_truth,
@@ -54,6 +61,12 @@ def main() -> None:
     parser.add_argument(
         "--train-top", type=int, help="rank labels over the teacher's top T of each training pool"
     )
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="ensemble size: rankers of seeds SEED..SEED+R-1, cosines averaged",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,58 +84,39 @@ def main() -> None:
     )
     methods, minutes, chosen_weight = {}, {}, {}
     for spec in args.specs:
-        folder = work / spec.replace("+", "_")
-        items = load_or_embed(args.world, spec, folder / "items", progress=False)
-        split_features = {
-            s: load_or_embed(
-                reference_split_dir(s, args.reference), spec, folder / f"q-{s}", progress=False
-            )
-            for s in truth
-        }
+        folder, items, split_features = spec_features(work, spec, args.world, args.reference, truth)
         # Multi-part specs: the first part's share of the input variance is a hyperparameter, chosen by
         # validation mAP (never by the test queries) from --image-weights.
         weights = args.image_weights if len(items.parts) > 1 else [1.0]
         candidates = []
         for weight in weights:
-            top = f"-top{args.train_top}" if args.train_top else ""
-            ranker_dir = folder / f"ranker-seed{args.seed}-w{weight:g}{top}"
-            # A ranker left by an earlier run counts only if it was distilled from this reference.
-            provenance = {"reference_manifest_sha256": digest, "epochs": args.epochs}
-            if args.train_top:
-                provenance["train_top"] = args.train_top
-            reused = reusable_ranker(ranker_dir, provenance)
-            if reused:
-                ranker, history = reused
-            else:
-                began = time.perf_counter()
-                config = replace(
-                    RankerTrainConfig(),
-                    epochs=args.epochs,
-                    seed=args.seed,
-                    train_top=args.train_top,
-                    part_weights=(weight,) + (1.0,) * (len(items.parts) - 1)
-                    if len(items.parts) > 1
-                    else None,
+            members = [
+                trained_ranker(
+                    folder,
+                    spec,
+                    args.seed + m,
+                    weight,
+                    args,
+                    items,
+                    split_features,
+                    truth,
+                    digest,
+                    minutes,
                 )
-                ranker, history = train_ranker(
-                    split_features["train"].values[truth["train"].query_ids],
-                    items.values,
-                    truth["train"].ids,
-                    config,
-                    split_features["val"].values[truth["val"].query_ids],
-                    truth["val"].ids,
-                    progress=False,
-                    part_dims=items.part_dims,
-                )
-                minutes[f"{spec} w{weight:g}"] = (time.perf_counter() - began) / 60
-                ranker.save(ranker_dir, spec, extra={"history": history, "provenance": provenance})
-            best_val = max(h["val_map"] for h in history)
+                for m in range(args.members)
+            ]
+            ranker = (
+                members[0][0] if args.members == 1 else Ranker.ensemble([r for r, _ in members])
+            )
+            val_map = validation_map(ranker, items, split_features, truth)
+            epochs = "/".join(str(summarise_history(h)[0]) for _, h in members)
+            what = "" if args.members == 1 else f", ensemble of {args.members} (seeds {args.seed}+)"
             print(
-                f"{spec} (first part weight {weight:g}): {len(history)} epochs, best validation mAP "
-                f"{best_val:.3f}",
+                f"{spec} (first part weight {weight:g}{what}): {epochs} epochs, validation mAP "
+                f"{val_map:.3f}",
                 flush=True,
             )
-            candidates.append((best_val, weight, ranker))
+            candidates.append((val_map, weight, ranker))
         _, chosen_weight[spec], ranker = max(candidates, key=lambda c: c[0])
         test_q = split_features["test"].values[truth["test"].query_ids]
         methods[f"tuned {spec}"] = ranker.embed_numpy(test_q) @ ranker.embed_numpy(items.values).T
@@ -165,6 +159,62 @@ def main() -> None:
         "chosen_first_part_weight": chosen_weight,
     }
     (work / "quality.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
+
+
+def spec_features(work, spec, world_root, reference, splits):
+    """(folder, item features, {split: query features}) of one spec, embedded once and cached under work."""
+    folder = Path(work) / spec.replace("+", "_")
+    items = load_or_embed(world_root, spec, folder / "items", progress=False)
+    queries = {
+        s: load_or_embed(reference_split_dir(s, reference), spec, folder / f"q-{s}", progress=False)
+        for s in splits
+    }
+    return folder, items, queries
+
+
+def trained_ranker(folder, spec, seed, weight, args, items, split_features, truth, digest, minutes):
+    """(ranker, history) of one seed and first-part weight, reused when an earlier run of this script left it.
+
+    An ensemble's members are cached one by one, so ensembles of overlapping seeds share their training.
+    """
+    top = f"-top{args.train_top}" if args.train_top else ""
+    ranker_dir = folder / f"ranker-seed{seed}-w{weight:g}{top}"
+    # A ranker left by an earlier run counts only if it was distilled from this reference.
+    provenance = {"reference_manifest_sha256": digest, "epochs": args.epochs}
+    if args.train_top:
+        provenance["train_top"] = args.train_top
+    reused = reusable_ranker(ranker_dir, provenance)
+    if reused:
+        return reused
+    began = time.perf_counter()
+    config = replace(
+        RankerTrainConfig(),
+        epochs=args.epochs,
+        seed=seed,
+        train_top=args.train_top,
+        part_weights=(weight,) + (1.0,) * (len(items.parts) - 1) if len(items.parts) > 1 else None,
+    )
+    ranker, history = train_ranker(
+        split_features["train"].values[truth["train"].query_ids],
+        items.values,
+        truth["train"].ids,
+        config,
+        split_features["val"].values[truth["val"].query_ids],
+        truth["val"].ids,
+        progress=False,
+        part_dims=items.part_dims,
+    )
+    minutes[f"{spec} w{weight:g} seed {seed}"] = (time.perf_counter() - began) / 60
+    ranker.save(ranker_dir, spec, extra={"history": history, "provenance": provenance})
+    return ranker, history
+
+
+def validation_map(ranker, items, split_features, truth) -> float:
+    """Mean AP of the teacher's top 10% within each validation pool (what early stopping maximises)."""
+    val = truth["val"]
+    L = max(1, round(RankerTrainConfig().val_fraction_l * val.ids.shape[1]))
+    queries = split_features["val"].values[val.query_ids]
+    return validate(ranker, queries, ranker.embed_numpy(items.values), val.ids, L)[1]
 
 
 if __name__ == "__main__":

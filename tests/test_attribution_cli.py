@@ -7,6 +7,8 @@ import pytest
 
 from fastgda.attributor import Attributor, fit_share_temperature, softmax_shares
 from fastgda.cli import main
+from fastgda.data import open_dataset
+from fastgda.features import Features
 
 
 def test_train_build_attribute_and_evaluate(fast_path, capsys):
@@ -67,6 +69,37 @@ def test_train_build_attribute_and_evaluate(fast_path, capsys):
         table
     )
     assert "mAP(L=" in capsys.readouterr().out
+
+
+def test_an_ensemble_ranker_serves_through_the_same_attributor(fast_path, capsys):
+    root, inputs = fast_path
+    code = main(
+        [
+            "ranker", "train", "--items", str(root / "items"), "--queries", str(root / "q"),
+            "--ground-truth", str(root / "train/ground_truth"), "--val-queries", str(root / "q"),
+            "--val-ground-truth", str(root / "train/ground_truth"), "--out", str(root / "ensemble"),
+            "--epochs", "2", "--hidden", "32", "--out-dim", "16", "--batch-queries", "2", "--members", "2",
+            "--json",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 4 and summary["members"] == 2
+    features = Features.load(root / "items")
+    attributor = Attributor.build(
+        root / "ensemble-attributor", root / "ensemble", features, open_dataset(inputs["data_dir"])
+    )
+    # The index holds the members' embeddings side by side; its inner product is their mean cosine.
+    ranker = attributor.ranker
+    assert attributor.index.dim == 32 == ranker.embedding_dim
+    query_image = inputs["queries_dir"] / "images/q000000.png"
+    answer = attributor.attribute(str(query_image), "a large cyan circle", 5)
+    query = ranker.embed_numpy(
+        attributor.query_features([str(query_image)], ["a large cyan circle"])
+    )
+    expected = query @ ranker.embed_numpy(features.values).T
+    assert [a.id for a in answer] == features.ids[np.argsort(-expected[0])[:5]].tolist()
+    np.testing.assert_allclose([a.score for a in answer], np.sort(expected[0])[::-1][:5], atol=1e-5)
 
 
 def test_bad_attribution_inputs_fail_with_one_line(fast_path, tmp_path, capsys):

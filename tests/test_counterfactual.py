@@ -241,5 +241,13 @@ def test_ordering_states_each_claim_with_its_paired_difference():
     assert mean == pytest.approx(0.1e-3 / 3) and se > abs(mean) and not checks[1].resolved
     assert "within one s.e." in checks[1].describe() and checks[2].resolved
     assert "measured 56%" in checks[3].claim and "does NOT hold" in checks[3].describe()
-    with pytest.raises(FastGDAError, match="untuned baseline"):
+    # Without untuned baselines (``--baselines none``) the ranker is compared with random removal.
+    per_query = {m: v for m, v in result.per_query.items() if not m.startswith("untuned")}
+    checks = CounterfactualResult(per_query=per_query).ordering("ranker")
+    assert [(c.claim, c.holds) for c in checks[:2]] == [
+        ("teacher >= ranker", True),
+        ("ranker > random", True),
+    ]
+    assert len(checks) == 3 and checks[1].paired_difference[0] == pytest.approx(8e-3 / 3)
+    with pytest.raises(FastGDAError, match="needs teacher, 'ranker' and random"):
         CounterfactualResult(per_query={"teacher": {"delta_loss": [1.0]}}).ordering("ranker")

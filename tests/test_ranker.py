@@ -6,7 +6,14 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from fastgda.evaluation import average_precision, l_values, map_at_l
-from fastgda.ranker import PairSampler, Ranker, RankerShape, RankerTrainConfig, train_ranker
+from fastgda.ranker import (
+    PairSampler,
+    Ranker,
+    RankerShape,
+    RankerTrainConfig,
+    summarise_history,
+    train_ranker,
+)
 from fastgda.ranker.training import pair_loss
 
 
@@ -136,3 +143,68 @@ def test_map_equals_scikit_learn_average_precision(rng):
         np.array([3.0, 2.0, 1.0]), np.array([True, False, True])
     ) == pytest.approx((1 + 2 / 3) / 2)
     assert l_values(118_287) == [497, 1005, 4022] and l_values(2000) == [8, 17, 68]
+
+
+def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(rng, tmp_path):
+    queries, items, ranked, _ = planted_problem(rng, num_queries=40)
+    config = RankerTrainConfig(
+        hidden=(16,), out_dim=8, epochs=3, batch_queries=4, pairs_per_query=20, seed=5
+    )
+
+    def fit(cfg):
+        return train_ranker(
+            queries[:30], items, ranked[:30], cfg, queries[30:], ranked[30:], progress=False
+        )
+
+    ensemble, history = fit(RankerTrainConfig(**{**config.__dict__, "members": 2}))
+    alone = [fit(RankerTrainConfig(**{**config.__dict__, "seed": s}))[0] for s in (5, 6)]
+    for target, member in zip(ensemble.member_mlps, alone, strict=True):
+        for a, b in zip(target.parameters(), member.mlp.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(alone[0].mlp[0].weight, alone[1].mlp[0].weight)
+
+    # The embedding is a unit vector whose cosine is the mean of the members' cosines; so are the logits.
+    q, x = torch.as_tensor(queries[30:]), torch.as_tensor(items[:10])
+    q_emb, x_emb = ensemble.embed(q), ensemble.embed(x)
+    assert q_emb.shape == (10, ensemble.embedding_dim) == (10, 16)
+    torch.testing.assert_close(q_emb.norm(dim=-1), torch.ones(10))
+    members_cos = [(m.embed(q) * m.embed(x)).sum(-1) for m in alone]
+    torch.testing.assert_close((q_emb * x_emb).sum(-1), sum(members_cos) / 2)
+    members_logits = [m.logits(m.embed(q), m.embed(x)) for m in alone]
+    torch.testing.assert_close(ensemble.logits(q_emb, x_emb), sum(members_logits) / 2)
+
+    # History: each member's epochs, then the ensemble's validation record.
+    assert [h["member"] for h in history[:-1]] == [0] * 3 + [1] * 3
+    assert history[-1]["member"] == "ensemble"
+    assert summarise_history(history) == (6, history[-1]["val_map"])
+
+    # Stored and loaded like any ranker; a one-member ranker keeps the weight names of old artifacts.
+    ensemble.save(tmp_path / "ensemble", "pixels")
+    loaded, manifest = Ranker.load(tmp_path / "ensemble")
+    assert manifest["config"]["shape"]["members"] == 2
+    torch.testing.assert_close(loaded.embed(q), q_emb)
+    assert set(alone[0].state_dict()) == {
+        "feature_mean",
+        "feature_std",
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+        "logit_scale",
+        "logit_bias",
+    }
+    assert alone[0].logit_scale.shape == ()
+
+
+def test_an_ensemble_refuses_members_it_cannot_join(rng):
+    queries, items, ranked, _ = planted_problem(rng, num_queries=20)
+    config = RankerTrainConfig(hidden=(16,), out_dim=8, epochs=1, batch_queries=4)
+    a, _ = train_ranker(queries, items, ranked, config, progress=False)
+    b, _ = train_ranker(queries, items * 2.0, ranked, config, progress=False)
+    c = Ranker(RankerShape(16, (16,), 4))
+    with pytest.raises(ValueError, match="standardisation"):
+        Ranker.ensemble([a, b])
+    with pytest.raises(ValueError, match="one shape"):
+        Ranker.ensemble([a, c])
+    with pytest.raises(ValueError, match="members"):
+        train_ranker(queries, items, ranked, RankerTrainConfig(members=0), progress=False)

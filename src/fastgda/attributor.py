@@ -124,13 +124,13 @@ class Attributor:
             raise IncompatibleArtifactError(
                 "the item features were computed on another dataset than the one given; embed this dataset"
             )
-        index = VectorIndex(ranker.shape.out_dim, backend, **index_options)
+        index = VectorIndex(ranker.embedding_dim, backend, **index_options)
         if item_embeddings is None:
             item_embeddings = ranker.embed_numpy(item_features.values)
-        elif item_embeddings.shape != (len(item_features), ranker.shape.out_dim):
+        elif item_embeddings.shape != (len(item_features), ranker.embedding_dim):
             raise ValueError(
                 f"item_embeddings {item_embeddings.shape} do not match {len(item_features)} items x "
-                f"{ranker.shape.out_dim} ranker outputs"
+                f"{ranker.embedding_dim} ranker outputs"
             )
         index.add(item_features.ids, item_embeddings)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:

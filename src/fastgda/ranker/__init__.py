@@ -2,7 +2,7 @@
 
 from .model import Ranker, RankerShape, reusable_ranker
 from .pairs import PairSampler
-from .training import RankerTrainConfig, train_ranker
+from .training import RankerTrainConfig, summarise_history, train_ranker, validate
 
 __all__ = [
     "PairSampler",
@@ -10,5 +10,7 @@ __all__ = [
     "RankerShape",
     "RankerTrainConfig",
     "reusable_ranker",
+    "summarise_history",
     "train_ranker",
+    "validate",
 ]

@@ -4,10 +4,15 @@ Method.md §5: g maps query and training-item features into one space; the logit
 ``scale * cos(g(q), g(z)) + bias`` with a learnable scale and bias, trained against the teacher's normalised
 rank. Higher cosine = more influential (the sign convention of the whole public API). Inputs are standardised
 with the training items' per-feature mean and standard deviation, stored with the weights.
+
+An ensemble (``RankerShape.members`` > 1) holds several independently trained MLPs over the same standardised
+input. Its embedding concatenates the members' unit outputs divided by sqrt(members): still a unit vector, whose
+cosine with another is the mean of the members' cosines, so the index and every caller treat it like one ranker.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -34,6 +39,7 @@ class RankerShape:
     hidden: tuple[int, ...] = (768, 768, 768)
     out_dim: int = 768
     dropout: float = 0.0
+    members: int = 1  # independently trained MLPs whose cosines are averaged (an ensemble)
 
 
 class Ranker(nn.Module):
@@ -44,17 +50,47 @@ class Ranker(nn.Module):
         self.shape = shape
         self.register_buffer("feature_mean", torch.zeros(shape.in_dim))
         self.register_buffer("feature_std", torch.ones(shape.in_dim))
-        layers: list[nn.Module] = []
-        width = shape.in_dim
-        for hidden in shape.hidden:
-            layers += [nn.Linear(width, hidden), nn.GELU()]
-            if shape.dropout:
-                layers.append(nn.Dropout(shape.dropout))
-            width = hidden
-        layers.append(nn.Linear(width, shape.out_dim))
-        self.mlp = nn.Sequential(*layers)
-        self.logit_scale = nn.Parameter(torch.tensor(5.0))
-        self.logit_bias = nn.Parameter(torch.tensor(0.0))
+        if shape.members < 1:
+            raise ValueError(f"a ranker needs at least one member, got {shape.members}")
+        # Member 0 keeps the name ``mlp``, so a one-member ranker's weights are stored as before ensembles.
+        self.mlp = _mlp(shape)
+        for member in range(1, shape.members):
+            self.add_module(f"mlp_{member}", _mlp(shape))
+        # One scale and bias per member: scalars for a single ranker (as stored before ensembles).
+        per_member = () if shape.members == 1 else (shape.members,)
+        self.logit_scale = nn.Parameter(torch.full(per_member, 5.0))
+        self.logit_bias = nn.Parameter(torch.zeros(per_member))
+
+    @property
+    def member_mlps(self) -> list[nn.Module]:
+        return [self.mlp] + [getattr(self, f"mlp_{m}") for m in range(1, self.shape.members)]
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of ``embed``'s output: out_dim per member."""
+        return self.shape.members * self.shape.out_dim
+
+    @classmethod
+    def ensemble(cls, rankers: Sequence[Ranker]) -> Ranker:
+        """One ranker whose cosine is the mean of the given one-member rankers' cosines."""
+        first = rankers[0].shape
+        if any(r.shape != first or r.shape.members != 1 for r in rankers):
+            raise ValueError("an ensemble needs one-member rankers of one shape")
+        if any(
+            not torch.equal(r.feature_mean, rankers[0].feature_mean)
+            or not torch.equal(r.feature_std, rankers[0].feature_std)
+            for r in rankers
+        ):
+            raise ValueError("the members of an ensemble must share one input standardisation")
+        combined = cls(RankerShape(**{**asdict(first), "members": len(rankers)}))
+        combined.feature_mean.copy_(rankers[0].feature_mean)
+        combined.feature_std.copy_(rankers[0].feature_std)
+        with torch.no_grad():
+            for target, member in zip(combined.member_mlps, rankers, strict=True):
+                target.load_state_dict(member.mlp.state_dict())
+            combined.logit_scale.copy_(torch.stack([r.logit_scale for r in rankers]))
+            combined.logit_bias.copy_(torch.stack([r.logit_bias for r in rankers]))
+        return combined.eval()
 
     def fit_standardisation(
         self,
@@ -96,12 +132,25 @@ class Ranker(nn.Module):
                 f"the ranker takes {self.shape.in_dim}-d features, got {features.shape[-1]}-d; embed with the "
                 "feature spec the ranker was trained on"
             )
-        z = self.mlp((features - self.feature_mean) / self.feature_std)
-        return nn.functional.normalize(z, dim=-1)
+        x = (features - self.feature_mean) / self.feature_std
+        if self.shape.members == 1:
+            return nn.functional.normalize(self.mlp(x), dim=-1)
+        parts = [nn.functional.normalize(mlp(x), dim=-1) for mlp in self.member_mlps]
+        return torch.cat(parts, dim=-1) / math.sqrt(self.shape.members)
 
     def logits(self, query_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-        """Pairwise logits of aligned unit embeddings (P, out_dim) x (P, out_dim) -> (P,)."""
-        return self.logit_scale * (query_emb * item_emb).sum(-1) + self.logit_bias
+        """Pairwise logits of aligned embeddings (P, embedding_dim) x (P, embedding_dim) -> (P,).
+
+        An ensemble's logit is the mean of its members' ``scale * cos + bias``.
+        """
+        members = self.shape.members
+        products = (query_emb * item_emb).reshape(*query_emb.shape[:-1], members, -1)
+        return self.logits_from_member_cosines(products.sum(-1) * members)
+
+    def logits_from_member_cosines(self, cosines: torch.Tensor) -> torch.Tensor:
+        """(..., members) per-member cosines -> (...) logits."""
+        scale, bias = self.logit_scale.reshape(-1), self.logit_bias.reshape(-1)
+        return (scale * cosines + bias).mean(-1)
 
     @torch.no_grad()
     def embed_numpy(self, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -113,7 +162,7 @@ class Ranker(nn.Module):
             for i in range(0, len(features), batch_size)
         ]
         self.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, self.shape.out_dim), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
 
     def save(
         self, out_dir: str | os.PathLike, spec: str, extra: dict | None = None, overwrite=False
@@ -139,6 +188,18 @@ class Ranker(nn.Module):
         ranker = cls(RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}))
         ranker.load_state_dict(load_file(Path(ranker_dir) / "ranker.safetensors"))
         return ranker.eval(), manifest
+
+
+def _mlp(shape: RankerShape) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = shape.in_dim
+    for hidden in shape.hidden:
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        if shape.dropout:
+            layers.append(nn.Dropout(shape.dropout))
+        width = hidden
+    layers.append(nn.Linear(width, shape.out_dim))
+    return nn.Sequential(*layers)
 
 
 def reusable_ranker(

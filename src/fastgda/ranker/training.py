@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -43,6 +43,10 @@ class RankerTrainConfig:
     # Rank labels over the teacher's top T of each training pool only (None: the whole pool); the rest of the pool
     # can still be drawn as an outlier. Validation keeps the whole pools, so runs with different T compare.
     train_top: int | None = None
+    # Independently trained members (seeds seed, seed + 1, ...) whose cosines are averaged: an ensemble costs
+    # members x the training time, embedding width and index memory, and steadies a ranker distilled from few
+    # queries (benchmarks/attribution_quality.py --members).
+    members: int = 1
     patience: int = 10  # epochs without a better validation mAP before stopping
     val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
     balance_parts: bool = True  # give each part of a concatenated spec the same input variance
@@ -92,13 +96,16 @@ def validate(
     Returns:
         (loss against the normalised-rank targets, mean AP of the teacher's top-L within each pool).
     """
-    q_emb = ranker.embed_numpy(query_features)
-    cosine = np.einsum("qd,qkd->qk", q_emb, item_embeddings[ranked_ids])
+    members = ranker.shape.members
+    q_emb = ranker.embed_numpy(query_features).reshape(len(query_features), members, -1)
+    candidates = item_embeddings[ranked_ids].reshape(*ranked_ids.shape, members, -1)
+    member_cosines = np.einsum("qrd,qkrd->qkr", q_emb, candidates) * members  # (Q, K, members)
+    cosine = member_cosines.mean(-1)
     k = ranked_ids.shape[1]
     targets = torch.from_numpy(
         np.broadcast_to(1.0 - np.arange(k) / (k - 1), cosine.shape).astype(np.float32)
     )
-    logits = ranker.logit_scale * torch.from_numpy(cosine) + ranker.logit_bias
+    logits = ranker.logits_from_member_cosines(torch.from_numpy(member_cosines))
     return _loss(loss, logits, targets).item(), float(candidate_map(cosine, ranked_ids, L).mean())
 
 
@@ -115,6 +122,10 @@ def train_ranker(
 ) -> tuple[Ranker, list[dict]]:
     """Fit a ranker; returns the best-on-validation weights (or the last, without validation) and history.
 
+    With ``config.members`` > 1 each member is trained on its own (seed ``config.seed + m``, its own early
+    stopping) and the members are joined by ``Ranker.ensemble``. The history then holds every member's epochs
+    (with a ``member`` key) and, with validation, a last record ``{"member": "ensemble", ...}``.
+
     Args:
         train_query_features: float (Q, D) features of the training queries.
         item_features: float (N, D) features of every training item.
@@ -122,6 +133,57 @@ def train_ranker(
             ``config.train_top`` columns are used when it is set).
         part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts``.
     """
+    if config.members < 1:
+        raise ValueError(f"members must be at least 1, got {config.members}")
+    train_args = (train_query_features, item_features, train_ranked_ids)
+    rest = (val_query_features, val_ranked_ids, train_scores, progress, part_dims)
+    if config.members == 1:
+        return _train_one(*train_args, config, *rest)
+    rankers, history = [], []
+    for member in range(config.members):
+        ranker, member_history = _train_one(
+            *train_args, replace(config, members=1, seed=config.seed + member), *rest
+        )
+        rankers.append(ranker)
+        history += [{"member": member, **record} for record in member_history]
+    ensemble = Ranker.ensemble(rankers)
+    if val_query_features is not None and val_ranked_ids is not None:
+        val_loss, val_map = validate(
+            ensemble,
+            val_query_features,
+            ensemble.embed_numpy(item_features),
+            val_ranked_ids,
+            _validation_l(config, val_ranked_ids),
+            config.loss,
+        )
+        history.append({"member": "ensemble", "val_loss": val_loss, "val_map": val_map})
+    return ensemble, history
+
+
+def summarise_history(history: list[dict]) -> tuple[int, float]:
+    """(epochs trained, over all members; the validation mAP of the returned weights, NaN without validation)."""
+    epochs = sum("epoch" in record for record in history)
+    final = [r["val_map"] for r in history if r.get("member") == "ensemble"]
+    best = max((r["val_map"] for r in history if "val_map" in r), default=float("nan"))
+    return epochs, final[0] if final else best
+
+
+def _validation_l(config: RankerTrainConfig, val_ranked_ids: np.ndarray) -> int:
+    return max(1, round(config.val_fraction_l * val_ranked_ids.shape[1]))
+
+
+def _train_one(
+    train_query_features: np.ndarray,
+    item_features: np.ndarray,
+    train_ranked_ids: np.ndarray,
+    config: RankerTrainConfig,
+    val_query_features: np.ndarray | None,
+    val_ranked_ids: np.ndarray | None,
+    train_scores: np.ndarray | None,
+    progress: bool,
+    part_dims: list[int] | None,
+) -> tuple[Ranker, list[dict]]:
+    """One member: the training loop with validation each epoch and early stopping."""
     if config.train_top is not None:
         if config.train_top < 1:
             raise ValueError(
@@ -156,11 +218,13 @@ def train_ranker(
     q_train = torch.as_tensor(train_query_features, dtype=torch.float32)
     items = torch.as_tensor(item_features, dtype=torch.float32)
     has_val = val_query_features is not None and val_ranked_ids is not None
-    val_l = max(1, round(config.val_fraction_l * (val_ranked_ids.shape[1] if has_val else 1)))
+    val_l = _validation_l(config, val_ranked_ids) if has_val else 1
     history: list[dict] = []
     best, best_state, stale = -1.0, None, 0
     order_rng = np.random.default_rng(config.seed + 1)
-    bar = tqdm(range(config.epochs), desc="ranker epochs", disable=not progress)
+    bar = tqdm(
+        range(config.epochs), desc=f"ranker epochs (seed {config.seed})", disable=not progress
+    )
     for epoch in bar:
         ranker.train()
         losses = []
