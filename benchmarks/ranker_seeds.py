@@ -49,7 +49,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=RankerTrainConfig().epochs)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.seed = 0  # read by trained_ranker's provenance through args; seeds are passed one by one
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     world = ShapesWorld(args.world)

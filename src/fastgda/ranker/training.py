@@ -13,6 +13,7 @@ Pair the loss with ``target="rank"`` (normalised rank, default) or ``target="sco
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -135,14 +136,23 @@ def train_ranker(
     """
     if config.members < 1:
         raise ValueError(f"members must be at least 1, got {config.members}")
-    train_args = (train_query_features, item_features, train_ranked_ids)
-    rest = (val_query_features, val_ranked_ids, train_scores, progress, part_dims)
+    train_one = functools.partial(
+        _train_one,
+        train_query_features=train_query_features,
+        item_features=item_features,
+        train_ranked_ids=train_ranked_ids,
+        val_query_features=val_query_features,
+        val_ranked_ids=val_ranked_ids,
+        train_scores=train_scores,
+        progress=progress,
+        part_dims=part_dims,
+    )
     if config.members == 1:
-        return _train_one(*train_args, config, *rest)
+        return train_one(config=config)
     rankers, history = [], []
     for member in range(config.members):
-        ranker, member_history = _train_one(
-            *train_args, replace(config, members=1, seed=config.seed + member), *rest
+        ranker, member_history = train_one(
+            config=replace(config, members=1, seed=config.seed + member)
         )
         rankers.append(ranker)
         history += [{"member": member, **record} for record in member_history]
