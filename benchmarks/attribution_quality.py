@@ -72,10 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     world = ShapesWorld(args.world)
-    truth = {s: reference_ground_truth(s, args.reference) for s in ("train", "val", "test")}
+    truth, concepts = reference_splits(args.reference)
     digest = reference_digest(args.reference)
-    test_records = reference_queries("test", args.reference)
-    concepts = [test_records[int(q)].get("concept") for q in truth["test"].query_ids]
     n = len(world)
     print(
         f"standard world N = {n}; teacher rankings: {len(truth['train'])} training queries x "
@@ -159,6 +157,14 @@ def main() -> None:
         "chosen_first_part_weight": chosen_weight,
     }
     (work / "quality.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
+
+
+def reference_splits(reference):
+    """({split: the teacher's ground truth}, the planted concept each test query names or None)."""
+    truth = {s: reference_ground_truth(s, reference) for s in ("train", "val", "test")}
+    test_records = reference_queries("test", reference)
+    concepts = [test_records[int(q)].get("concept") for q in truth["test"].query_ids]
+    return truth, concepts
 
 
 def spec_features(work, spec, world_root, reference, splits):

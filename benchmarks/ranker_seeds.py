@@ -21,17 +21,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attribution_quality import spec_features, trained_ranker, validation_map  # noqa: E402
+from attribution_quality import (  # noqa: E402
+    reference_splits,
+    spec_features,
+    trained_ranker,
+    validation_map,
+)
 
 from fastgda.comparison import cosine_matrix, map_table, planted_recall  # noqa: E402
 from fastgda.data import ShapesWorld  # noqa: E402
 from fastgda.evaluation import l_values  # noqa: E402
 from fastgda.ranker import Ranker, RankerTrainConfig  # noqa: E402
-from fastgda.reference import (  # noqa: E402
-    reference_digest,
-    reference_ground_truth,
-    reference_queries,
-)
+from fastgda.reference import reference_digest  # noqa: E402
 
 SPEC = "effnet+minilm"
 UNTUNED_SPECS = ("effnet+minilm", "effnet", "minilm", "pixels")
@@ -52,9 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     world = ShapesWorld(args.world)
-    truth = {s: reference_ground_truth(s, args.reference) for s in ("train", "val", "test")}
-    test_records = reference_queries("test", args.reference)
-    concepts = [test_records[int(q)].get("concept") for q in truth["test"].query_ids]
+    truth, concepts = reference_splits(args.reference)
     n = len(world)
     mid = l_values(n)[1]
 

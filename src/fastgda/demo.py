@@ -28,8 +28,8 @@ DEMO_PART_WEIGHTS = (0.1, 1.0)
 # stay at the top of the labels (BENCHMARKS.md, reference ground truth).
 DEMO_TRAIN_TOP = 256
 # An ensemble of three rankers (seeds seed..seed+2, cosines averaged): one ranker distilled from 400 queries
-# swings with its seed (planted recall 0.68-0.77, mAP(L=17) 0.46-0.53 over six seeds); three together score
-# higher on validation and test (BENCHMARKS.md, attribution quality).
+# swings with its seed (planted recall 0.68-0.77, mAP(L=17) 0.46-0.53 over nine seeds); three together score
+# higher on validation and test (benchmarks/ranker_seeds.py; BENCHMARKS.md, "Seed spread").
 DEMO_MEMBERS = 3
 CURVE_FRACTIONS = (0.002, 0.0042, 0.0085, 0.017, 0.034, 0.068, 0.136)
 # Leave-K-out retrains in the demo use a reduced recipe (the full one is about 73 min per retrain on 2 cores);
