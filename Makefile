@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 
 install: $(STAMP)
 
-# The browser test drives Debian's Chromium through chromedriver; install them when missing.
-APT_BROWSER := DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+# The browser test drives Debian's Chromium through chromedriver; install them when missing. As root there is
+# no sudo to call; `env` carries DEBIAN_FRONTEND through sudo, and a machine whose package lists are empty
+# (a fresh container) needs `apt-get update` before the install can find the packages.
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
-	  $$SUDO $(APT_BROWSER) || { $$SUDO apt-get update -q >/dev/null && $$SUDO $(APT_BROWSER); }; \
-	fi
+	  apt_browser() { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  apt_browser || { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && apt_browser; } || \
+	    { echo "could not install chromium and chromium-driver with apt-get; install them and rerun" >&2; exit 1; }; \
+	 fi
 
 test: install browser
 	$(OFFLINE) $(PY) -m pytest -q -m "not weights and not gpu and not demo"

@@ -2,15 +2,28 @@
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+# Libraries that write into the system temp folder on their own (torch's inductor cache, created when torch._dynamo
+# is imported; Ray's session folders) write into one folder of this run instead, removed when the run ends.
+_RUN_DIR = tempfile.mkdtemp(prefix="fastgda-tests-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(_RUN_DIR, "inductor")
+os.environ["RAY_TMPDIR"] = os.path.join(_RUN_DIR, "ray")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
+
 
 # A small but real architecture: the tiny16 layout at 8x8 with narrow blocks, conditioned on real MiniLM states.
 TEST_PRESET_FIELDS = dict(
@@ -185,9 +198,14 @@ def served(fast_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> Path:
-    """A folder for screenshots a person may want to look at after the tests (``$FASTGDA_TEST_ARTIFACTS``)."""
-    folder = Path(os.environ.get("FASTGDA_TEST_ARTIFACTS", "test-artifacts"))
+def artifacts(tmp_path_factory) -> Path:
+    """A folder for screenshots a person may want to look at after the tests.
+
+    Under pytest's temporary folder unless ``$FASTGDA_TEST_ARTIFACTS`` names another, so a plain run writes
+    nothing into the working tree.
+    """
+    chosen = os.environ.get("FASTGDA_TEST_ARTIFACTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -11,18 +11,23 @@ from fastgda.interop import import_features, import_rankings, restricted_unpickl
 
 
 class _Exploit:
+    """Unpickling this runs a shell command that writes ``marker``: a refused load leaves no file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /tmp/fastgda-pwned",))
+        return (os.system, (f"echo pwned > {self.marker}",))
 
 
 def test_a_malicious_pickle_is_refused_without_running(tmp_path):
-    path = tmp_path / "rankings.pkl"
-    path.write_bytes(pickle.dumps({"0": _Exploit()}))
+    path, marker = tmp_path / "rankings.pkl", tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"0": _Exploit(marker)}))
     with pytest.raises(
         FastGDAError, match="refusing to unpickle posix.system|refusing to unpickle os.system"
     ):
         restricted_unpickle(path)
-    assert not os.path.exists("/tmp/fastgda-pwned")
+    assert not marker.exists()
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(FastGDAError, match="not a readable"):
         restricted_unpickle(path)

@@ -1,7 +1,7 @@
 """The web page in a real headless Chromium against a real `fastgda serve` process.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); the screenshot is kept in
-``test-artifacts/`` (or ``$FASTGDA_TEST_ARTIFACTS``).
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); the screenshots are kept in
+pytest's temporary folder, or in ``$FASTGDA_TEST_ARTIFACTS`` when it names one.
 """
 
 import os

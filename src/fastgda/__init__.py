@@ -13,6 +13,7 @@ from .data import (
     open_dataset,
 )
 from .errors import (
+    ConfigError,
     DatasetError,
     FastGDAError,
     IncompatibleArtifactError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CocoCaptions",
+    "ConfigError",
     "DatasetError",
     "FastGDAError",
     "ImageCaption",

@@ -170,3 +170,25 @@ def verify_checksums(artifact_dir: str | os.PathLike, manifest: dict[str, Any]) 
                 f"{path} has SHA-256 {found[:12]}…, the manifest expects {expected[:12]}…: the file was changed "
                 "or truncated; rebuild the artifact"
             )
+
+
+def describe_difference(stored: Any, wanted: Any, limit: int = 6) -> str:
+    """The fields two JSON-like configs disagree on, one ``key: stored -> wanted`` each (nested keys dotted)."""
+    differences: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(
+                    a.get(key, "<absent>"),
+                    b.get(key, "<absent>"),
+                    f"{path}.{key}" if path else str(key),
+                )
+        elif a != b:
+            differences.append(f"{path or 'value'}: {a!r} -> {b!r}")
+
+    walk(stored, wanted, "")
+    shown = differences[:limit]
+    if len(differences) > limit:
+        shown.append(f"and {len(differences) - limit} more")
+    return "; ".join(shown) or "no field differs"

@@ -128,7 +128,7 @@ class Attributor:
         if item_embeddings is None:
             item_embeddings = ranker.embed_numpy(item_features.values)
         elif item_embeddings.shape != (len(item_features), ranker.embedding_dim):
-            raise ValueError(
+            raise IncompatibleArtifactError(
                 f"item_embeddings {item_embeddings.shape} do not match {len(item_features)} items x "
                 f"{ranker.embedding_dim} ranker outputs"
             )

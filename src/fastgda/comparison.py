@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import IncompatibleArtifactError
 from .evaluation import l_values, map_at_l, mean_and_stderr, recall_at_k
 from .features import Features
 
@@ -25,8 +26,9 @@ def untuned_methods(
 ) -> dict[str, np.ndarray]:
     """Score matrices of the untuned baselines: one per spec part, the raw concatenation, and random."""
     if query_features.spec != item_features.spec:
-        raise ValueError(
-            f"query features {query_features.spec!r} vs item features {item_features.spec!r}"
+        raise IncompatibleArtifactError(
+            f"query features {query_features.spec!r} vs item features {item_features.spec!r}: "
+            "embed the queries and the items with one spec"
         )
     methods = {}
     for part in item_features.parts:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ._artifacts import MANIFEST_NAME, write_json_atomic
+from .config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from .errors import FastGDAError
 
 RANDOM = "random"
@@ -93,20 +94,33 @@ def method_rankings(
 
 @dataclass(frozen=True)
 class CounterfactualConfig:
-    k: int  # training images removed per (query, method)
-    steps: int | None = (
-        None  # a reduced recipe for every retrain, θ₀ included (None: the model's own)
+    """One leave-K-out setting (method.md §7.2); its fields and the removed sets name every retrain."""
+
+    k: int = setting(help="training images removed per (query, method)", bounds=AT_LEAST_ONE)
+    steps: int | None = setting(
+        None,
+        "a reduced recipe for every retrain, θ₀ included (default: the model's own)",
+        bounds=AT_LEAST_ONE,
     )
-    loss_stride: int = 5  # ΔL timesteps 0, 5, 10, ... (method.md: stride 5, 200 timesteps)
-    loss_noise_seed: int = 0
-    random_seeds: tuple[int, ...] = (0, 1, 2)
-    generate_steps: int = 50
-    guidance_scale: float = 3.0
-    similarity_encoder: str = "effnet"
+    loss_stride: int = setting(
+        5,
+        "ΔL timesteps 0, stride, 2 x stride, ... (method.md: stride 5, 200 timesteps)",
+        bounds=AT_LEAST_ONE,
+    )
+    loss_noise_seed: int = setting(0, "seeds the ΔL noise", bounds=NON_NEGATIVE)
+    random_seeds: tuple[int, ...] = setting(
+        (0, 1, 2), "seeds of the random removals (shared by every query)", bounds=NON_NEGATIVE
+    )
+    generate_steps: int = setting(50, "DDIM steps of the regenerations", bounds=AT_LEAST_ONE)
+    guidance_scale: float = setting(3.0, "guidance scale of the regenerations", bounds=NON_NEGATIVE)
+    similarity_encoder: str = setting("effnet", "the image encoder of ΔG-sim")
     # Common random numbers: retrains draw batches by item id (``DiffusionTrainConfig.draw_by_item_id``), so θ₋K
     # and θ₀ differ only where a removed item would have been drawn, not in every batch. Off by default, so
     # the figures in BENCHMARKS.md (measured without it) stay reproducible.
-    coupled: bool = False
+    coupled: bool = setting(False, "retrains draw batches by item id (less retrain noise)")
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def removed_sets(

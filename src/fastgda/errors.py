@@ -4,6 +4,7 @@ Every error a user can cause derives from ``FastGDAError``; the CLI turns these 
 exit code 2, and anything else into exit code 1::
 
     FastGDAError
+    ├── ConfigError                  (also ValueError) a setting is out of its valid range
     ├── DatasetError                 bad images, captions or annotation files
     ├── IncompatibleArtifactError    (also ValueError) a manifest disagrees with what was expected
     ├── MissingDependencyError       (also ImportError) an optional extra is not installed
@@ -15,6 +16,10 @@ from __future__ import annotations
 
 class FastGDAError(Exception):
     """Base class for every error a user of fastgda can cause and fix."""
+
+
+class ConfigError(FastGDAError, ValueError):
+    """A setting is out of range or not one of its choices: the message names the setting and the valid values."""
 
 
 class DatasetError(FastGDAError):

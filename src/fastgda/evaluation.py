@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
+
 PAPER_L_FRACTIONS = (0.0042, 0.0085, 0.034)
 
 
@@ -27,7 +29,7 @@ def average_precision(predicted_scores: np.ndarray, positive: np.ndarray) -> flo
     hits = np.asarray(positive, dtype=bool)[order]
     total = int(hits.sum())
     if total == 0:
-        raise ValueError("a query has no positives; L must be at least 1")
+        raise ConfigError("a query has no positives; L must be at least 1")
     ranks = np.flatnonzero(hits) + 1  # 1-based positions of the positives
     return float((np.arange(1, total + 1) / ranks).mean())
 

@@ -1,7 +1,8 @@
 """The ``fastgda`` command line: ``main(argv) -> int`` parses, calls one library function, formats the result.
 
 Results go to stdout (``--json`` for scripts); logs and progress bars go to stderr. Exit codes: 0 ok; 2 for usage
-errors and any ``FastGDAError`` (one line, no traceback); 1 for anything unexpected.
+errors, out-of-range values, any ``FastGDAError`` and unreadable or unwritable paths (one line, no traceback;
+``-v`` adds the traceback); 1 for anything unexpected.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from ..errors import FastGDAError
 from . import (
@@ -28,9 +30,16 @@ from . import (
 COMMANDS = (env, world, model, teacher, embed, ranker, attributor, attribute, evaluate, serve, demo)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: the problem, then where the usage is (sub-parsers inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-command per module in ``COMMANDS``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fastgda",
         description="Fast data attribution for text-to-image models: which training images made this output?",
     )
@@ -57,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except (FastGDAError, FileExistsError) as exc:
-        print(f"fastgda: error: {exc}", file=sys.stderr)
+    except (FastGDAError, OSError) as exc:  # OSError: a path that cannot be read or written
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"fastgda: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

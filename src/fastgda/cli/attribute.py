@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import COUNT, add_json_flag, emit, set_threads
 
 
 def add_parser(sub) -> None:
@@ -16,11 +16,11 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--image", required=True, help="the generated image (PNG, JPEG, ...)")
     parser.add_argument("--prompt", required=True, help="the prompt that generated it")
-    parser.add_argument("-k", type=int, default=10, help="how many training images (default 10)")
+    parser.add_argument("-k", type=COUNT, default=10, help="how many training images (default 10)")
     parser.add_argument(
         "--html", help="also write a page showing the query beside its top-k images"
     )
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--threads", type=COUNT)
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
 
@@ -38,8 +38,6 @@ def handle(args) -> int:
     from ..visual import attribution_html
 
     set_threads(args.threads)
-    if args.k < 1:
-        raise FastGDAError(f"-k must be at least 1, got {args.k}")
     if not args.prompt.strip():
         raise FastGDAError("--prompt is empty; pass the prompt that generated the image")
     attributor = Attributor.load(args.attributor)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import COUNT, ITEM_ID, add_json_flag, emit, set_threads
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
         "--val-queries", help="validation query features (to fit the share temperature)"
     )
     build.add_argument("--val-ground-truth", help="the teacher's ground truth for them")
-    build.add_argument("--threads", type=int)
+    build.add_argument("--threads", type=COUNT)
     build.add_argument("--overwrite", action="store_true")
     add_json_flag(build)
     build.set_defaults(handler=handle_build)
@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
         description="Remove ids from the index; they never come back in answers and cannot be re-added.",
     )
     remove.add_argument("--attributor", required=True)
-    remove.add_argument("--ids", type=int, nargs="+", required=True, help="training ids to remove")
+    remove.add_argument(
+        "--ids", type=ITEM_ID, nargs="+", required=True, help="training ids to remove"
+    )
     add_json_flag(remove)
     remove.set_defaults(handler=handle_remove)
 

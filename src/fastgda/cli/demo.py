@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..demo import COUNTERFACTUAL_STEPS
-from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
+from ._common import (
+    COUNT,
+    SEED,
+    add_executor_flags,
+    add_json_flag,
+    emit,
+    executor_from_args,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
@@ -17,8 +25,8 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--out", help="output folder (default demo/, or demo-full/ with --profile full)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="ranker seed")
-    parser.add_argument("--epochs", type=int, help="cap the ranker's training epochs")
+    parser.add_argument("--seed", type=SEED, default=0, help="ranker seed")
+    parser.add_argument("--epochs", type=COUNT, help="cap the ranker's training epochs")
     parser.add_argument(
         "--profile",
         choices=("standard", "full"),
@@ -28,7 +36,7 @@ def add_parser(sub) -> None:
         "(default --out demo-full/)",
     )
     parser.add_argument(
-        "--model-steps", type=int, help="with --profile full: training steps of the world model"
+        "--model-steps", type=COUNT, help="with --profile full: training steps of the world model"
     )
     parser.add_argument(
         "--counterfactual",
@@ -38,12 +46,12 @@ def add_parser(sub) -> None:
     )
     parser.add_argument(
         "--counterfactual-steps",
-        type=int,
+        type=COUNT,
         default=COUNTERFACTUAL_STEPS,
         help=f"training steps of each leave-K-out retrain (reduced recipe; default {COUNTERFACTUAL_STEPS})",
     )
     add_executor_flags(parser)
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--threads", type=COUNT, help="torch threads")
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
 

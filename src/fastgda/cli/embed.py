@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
+from ._common import COUNT, add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
 
 
 def add_parser(sub) -> None:
@@ -17,10 +17,10 @@ def add_parser(sub) -> None:
         "--spec", default="effnet+minilm", help="encoders joined by '+' (default effnet+minilm)"
     )
     parser.add_argument("--out", required=True, help="features folder to create")
-    parser.add_argument("--chunk-size", type=int, default=512, help="rows per resumable chunk")
+    parser.add_argument("--chunk-size", type=COUNT, default=512, help="rows per resumable chunk")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     add_executor_flags(parser)
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--threads", type=COUNT)
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
 

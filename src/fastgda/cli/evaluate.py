@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
+from ._common import (
+    COUNT,
+    add_executor_flags,
+    add_json_flag,
+    add_setting,
+    emit,
+    executor_from_args,
+    id_list,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
+    from ..counterfactual import CounterfactualConfig
+
     parser = sub.add_parser(
         "eval", help="evaluate attributions", description="Evaluate attribution methods."
     )
@@ -27,7 +38,7 @@ def add_parser(sub) -> None:
     )
     m.add_argument("--data", help="the training dataset (a shapes world, for planted recall)")
     m.add_argument("--out", help="write the table as JSON here")
-    m.add_argument("--threads", type=int)
+    m.add_argument("--threads", type=COUNT)
     add_json_flag(m)
     m.set_defaults(handler=handle_map)
 
@@ -46,13 +57,14 @@ def add_parser(sub) -> None:
     c.add_argument("--queries", required=True, help="features of the test queries")
     c.add_argument("--ground-truth", required=True, help="the teacher's full rankings of them")
     c.add_argument("--ranker", action="append", default=[], help="ranker folder (repeatable)")
-    c.add_argument("--k", type=int, required=True, help="training images removed per query")
-    c.add_argument("--num-queries", type=int, help="use the first Q queries of the ground truth")
+    add_setting(c, "--k", CounterfactualConfig, "k", required=True)
+    c.add_argument("--num-queries", type=COUNT, help="use the first Q queries of the ground truth")
     c.add_argument(
         "--query-ids",
+        type=id_list,
         help="comma-separated query ids of the ground truth to use instead (e.g. a few of each kind)",
     )
-    c.add_argument("--steps", type=int, help="reduced recipe: training steps of every retrain")
+    add_setting(c, "--steps", CounterfactualConfig, "steps")
     c.add_argument(
         "--baselines",
         default="all",
@@ -61,7 +73,7 @@ def add_parser(sub) -> None:
         "runs)",
     )
     c.add_argument(
-        "--random-seeds", type=int, default=3, help="random removals (shared by queries)"
+        "--random-seeds", type=COUNT, default=3, help="random removals (shared by queries)"
     )
     c.add_argument(
         "--coupled",
@@ -71,7 +83,7 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--out", required=True, help="job folder (resumable)")
     add_executor_flags(c)
-    c.add_argument("--threads", type=int)
+    c.add_argument("--threads", type=COUNT)
     add_json_flag(c)
     c.set_defaults(handler=handle_counterfactual)
 
@@ -143,7 +155,7 @@ def handle_counterfactual(args) -> int:
     positions = np.arange(len(truth.query_ids))
     if args.query_ids:
         position_of = {int(q): i for i, q in enumerate(truth.query_ids)}
-        wanted = [int(q) for q in args.query_ids.split(",") if q.strip()]
+        wanted = args.query_ids
         missing = [q for q in wanted if q not in position_of]
         if missing:
             raise FastGDAError(

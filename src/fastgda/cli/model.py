@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shlex
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import COUNT, SEED, add_json_flag, add_setting, emit, set_threads
 
 
 def add_parser(sub) -> None:
+    from ..diffusion.model import PRESETS
     from ..diffusion.queries import SamplerConfig
     from ..diffusion.training import DiffusionTrainConfig
 
@@ -17,7 +18,6 @@ def add_parser(sub) -> None:
         description="Train the tiny text-to-image model or sample query sets.",
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    defaults = DiffusionTrainConfig()
     train = verbs.add_parser(
         "train",
         help="train a model on a captioned dataset (resumable)",
@@ -28,31 +28,26 @@ def add_parser(sub) -> None:
     )
     train.add_argument("--images", help="image folder for a COCO captions file")
     train.add_argument("--out", required=True, help="model folder to create")
-    train.add_argument("--preset", default="tiny16", help="architecture preset (default tiny16)")
     train.add_argument(
-        "--steps", type=int, default=defaults.steps, help="length of the LR schedule"
+        "--preset",
+        default="tiny16",
+        choices=sorted(PRESETS),
+        help="architecture preset (default tiny16)",
     )
-    train.add_argument(
-        "--stop-at",
-        type=int,
-        default=defaults.stop_at_step,
-        help="end the run at this step of the schedule (early stopping; default %(default)s)",
-    )
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument(
-        "--seed", type=int, default=defaults.seed, help="seeds the weights and every batch"
-    )
-    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    train.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    add_setting(train, "--steps", DiffusionTrainConfig, "steps")
+    add_setting(train, "--stop-at", DiffusionTrainConfig, "stop_at_step")
+    add_setting(train, "--batch-size", DiffusionTrainConfig, "batch_size")
+    add_setting(train, "--lr", DiffusionTrainConfig, "lr")
+    add_setting(train, "--seed", DiffusionTrainConfig, "seed")
+    add_setting(train, "--checkpoint-every", DiffusionTrainConfig, "checkpoint_every")
+    add_setting(train, "--keep-checkpoints", DiffusionTrainConfig, "keep_checkpoints")
     train.add_argument(
         "--checkpoint-dir", help="checkpoint folder (default OUT.checkpoints); resumed if present"
     )
-    train.add_argument("--threads", type=int, help="torch threads")
+    train.add_argument("--threads", type=COUNT, help="torch threads")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     train.set_defaults(handler=handle_train)
 
-    sampler = SamplerConfig()
     sample = verbs.add_parser(
         "sample",
         help="generate a query set from prompts",
@@ -65,11 +60,11 @@ def add_parser(sub) -> None:
         "--prompts", required=True, help="text file (one prompt a line) or JSONL with 'prompt'"
     )
     sample.add_argument("--out", required=True, help="query-set folder to create")
-    sample.add_argument("--seed", type=int, default=0, help="query i uses seed + i (default 0)")
-    sample.add_argument("--steps", type=int, default=sampler.num_steps, help="DDIM steps")
-    sample.add_argument("--guidance-scale", type=float, default=sampler.guidance_scale)
-    sample.add_argument("--batch-size", type=int, default=sampler.batch_size)
-    sample.add_argument("--threads", type=int, help="torch threads")
+    sample.add_argument("--seed", type=SEED, default=0, help="query i uses seed + i (default 0)")
+    add_setting(sample, "--steps", SamplerConfig, "num_steps")
+    add_setting(sample, "--guidance-scale", SamplerConfig, "guidance_scale")
+    add_setting(sample, "--batch-size", SamplerConfig, "batch_size")
+    sample.add_argument("--threads", type=COUNT, help="torch threads")
     sample.add_argument("--overwrite", action="store_true")
     add_json_flag(sample)
     sample.set_defaults(handler=handle_sample)

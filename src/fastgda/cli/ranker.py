@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import COUNT, add_json_flag, add_setting, emit, set_threads
 
 
 def add_parser(sub) -> None:
     from ..ranker import RankerTrainConfig
 
-    d = RankerTrainConfig()
     parser = sub.add_parser(
         "ranker", help="the distilled ranker", description="Train the distilled ranker."
     )
@@ -29,46 +28,30 @@ def add_parser(sub) -> None:
     train.add_argument("--val-queries", help="features of validation queries")
     train.add_argument("--val-ground-truth", help="the teacher's ground truth for them")
     train.add_argument("--out", required=True, help="ranker folder to create")
-    train.add_argument("--epochs", type=int, default=d.epochs)
-    train.add_argument("--batch-queries", type=int, default=d.batch_queries)
-    train.add_argument("--pairs-per-query", type=int, default=d.pairs_per_query)
-    train.add_argument("--lr", type=float, default=d.lr)
-    train.add_argument(
-        "--hidden", type=int, nargs="+", default=list(d.hidden), help="hidden layer widths"
-    )
-    train.add_argument("--out-dim", type=int, default=d.out_dim)
-    train.add_argument("--loss", choices=["bce", "mse"], default=d.loss)
-    train.add_argument("--target", choices=["rank", "score"], default=d.target)
-    train.add_argument(
-        "--outliers", type=float, default=d.outlier_prob, help="share of outlier pairs"
-    )
-    train.add_argument("--candidate-fraction", type=float, default=d.candidate_fraction)
-    train.add_argument(
-        "--train-top",
-        type=int,
-        help="rank labels over the teacher's top T of each pool only (default: the whole pool)",
-    )
-    train.add_argument("--patience", type=int, default=d.patience)
-    train.add_argument(
-        "--part-weights",
-        type=float,
-        nargs="+",
-        help="input-variance shares of the spec's parts, in spec order (default equal)",
-    )
+    for flag, name in [
+        ("--epochs", "epochs"),
+        ("--batch-queries", "batch_queries"),
+        ("--pairs-per-query", "pairs_per_query"),
+        ("--lr", "lr"),
+        ("--hidden", "hidden"),
+        ("--out-dim", "out_dim"),
+        ("--loss", "loss"),
+        ("--target", "target"),
+        ("--outliers", "outlier_prob"),
+        ("--candidate-fraction", "candidate_fraction"),
+        ("--train-top", "train_top"),
+        ("--patience", "patience"),
+        ("--part-weights", "part_weights"),
+    ]:
+        add_setting(train, flag, RankerTrainConfig, name)
     train.add_argument(
         "--no-balance-parts",
         action="store_true",
         help="standardise columns only (default: each part of the spec gets the same input variance)",
     )
-    train.add_argument(
-        "--members",
-        type=int,
-        default=d.members,
-        help="train R rankers (seeds SEED..SEED+R-1) and average their cosines: steadier with few teacher "
-        "queries, at R x the training time, embedding width and index memory",
-    )
-    train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--threads", type=int)
+    add_setting(train, "--members", RankerTrainConfig, "members")
+    add_setting(train, "--seed", RankerTrainConfig, "seed")
+    train.add_argument("--threads", type=COUNT)
     train.add_argument("--overwrite", action="store_true")
     add_json_flag(train)
     train.set_defaults(handler=handle_train)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+from ._common import COUNT, PORT, add_setting
+
 
 def add_parser(sub) -> None:
     from ..service.config import TOKEN_ENV, ServiceConfig
 
-    d = ServiceConfig(attributor="")
     parser = sub.add_parser(
         "serve",
         help="serve the attribution API and web page",
@@ -21,18 +22,16 @@ def add_parser(sub) -> None:
         help="text-to-image model folder, or 'shipped', to enable /v1/generate-and-attribute",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--port", type=PORT, default=8000)
+    parser.add_argument("--workers", type=COUNT, default=1, help="worker processes")
     parser.add_argument(
         "--token", help=f"bearer token required for everything but /healthz (or set {TOKEN_ENV})"
     )
-    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    parser.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
-    parser.add_argument("--max-k", type=int, default=d.max_k)
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per request")
-    parser.add_argument(
-        "--pool-size", type=int, default=d.pool_size, help="requests doing CPU work at once"
-    )
+    add_setting(parser, "--max-body-bytes", ServiceConfig, "max_body_bytes")
+    add_setting(parser, "--max-image-pixels", ServiceConfig, "max_image_pixels")
+    add_setting(parser, "--max-k", ServiceConfig, "max_k")
+    add_setting(parser, "--threads", ServiceConfig, "threads")
+    add_setting(parser, "--pool-size", ServiceConfig, "pool_size")
     parser.set_defaults(handler=handle_serve)
 
 

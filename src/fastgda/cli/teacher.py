@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from ._common import add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
+from ._common import (
+    COUNT,
+    SEED,
+    add_executor_flags,
+    add_json_flag,
+    add_setting,
+    emit,
+    executor_from_args,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
     from ..unlearning import FisherConfig, ScoringConfig, UnlearnConfig
+    from ..unlearning.jobs import TeacherConfig
 
     parser = sub.add_parser(
         "teacher",
@@ -15,7 +25,6 @@ def add_parser(sub) -> None:
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    fdef = FisherConfig()
     fisher = verbs.add_parser(
         "fisher",
         help="estimate the Fisher preconditioner once per model",
@@ -26,23 +35,16 @@ def add_parser(sub) -> None:
         "--data", required=True, help="the training dataset the model was trained on"
     )
     fisher.add_argument("--out", required=True, help="Fisher folder to create")
-    fisher.add_argument("--kind", choices=["ekfac", "diagonal"], default=fdef.kind)
-    fisher.add_argument(
-        "--layers", default=fdef.layers, help="kv, cross-attn, attn, all, or a regex (default kv)"
-    )
-    fisher.add_argument(
-        "--samples", type=int, default=fdef.num_samples, help="per-sample gradients"
-    )
-    fisher.add_argument("--batch-size", type=int, default=fdef.batch_size)
-    fisher.add_argument(
-        "--damping", type=float, default=fdef.damping, help="lambda = damping x layer mean"
-    )
-    fisher.add_argument("--seed", type=int, default=fdef.seed)
-    fisher.add_argument("--threads", type=int)
+    add_setting(fisher, "--kind", FisherConfig, "kind")
+    add_setting(fisher, "--layers", FisherConfig, "layers")
+    add_setting(fisher, "--samples", FisherConfig, "num_samples")
+    add_setting(fisher, "--batch-size", FisherConfig, "batch_size")
+    add_setting(fisher, "--damping", FisherConfig, "damping")
+    add_setting(fisher, "--seed", FisherConfig, "seed")
+    fisher.add_argument("--threads", type=COUNT)
     fisher.add_argument("--overwrite", action="store_true")
     fisher.set_defaults(handler=handle_fisher)
 
-    udef, sdef = UnlearnConfig(), ScoringConfig()
     run = verbs.add_parser(
         "run",
         help="rank training images for every query (resumable)",
@@ -56,33 +58,19 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--out", required=True, help="run folder (results/, before_losses/, ground_truth/)"
     )
-    run.add_argument(
-        "--candidates",
-        type=int,
-        help="rank only each query's top-M neighbours in the --candidate-feature space (default: all N)",
-    )
-    run.add_argument(
-        "--candidate-feature",
-        default="pixels",
-        help="pixels (default) or a feature spec such as effnet or effnet+minilm (parts weighted equally)",
-    )
-    run.add_argument(
-        "--pairs", type=int, default=udef.num_pairs, help="(noise, t) pairs for the query gradient"
-    )
-    run.add_argument(
-        "--alpha", type=float, default=udef.alpha, help="Newton step size, units of (1/N) F^-1 g"
-    )
-    run.add_argument("--newton-steps", type=int, default=udef.num_steps)
-    run.add_argument(
-        "--timesteps", type=int, nargs="+", default=list(sdef.timesteps), help="scoring timesteps"
-    )
+    add_setting(run, "--candidates", TeacherConfig, "num_candidates")
+    add_setting(run, "--candidate-feature", TeacherConfig, "candidate_feature")
+    add_setting(run, "--pairs", UnlearnConfig, "num_pairs")
+    add_setting(run, "--alpha", UnlearnConfig, "alpha")
+    add_setting(run, "--newton-steps", UnlearnConfig, "num_steps")
+    add_setting(run, "--timesteps", ScoringConfig, "timesteps")
     run.add_argument(
         "--flips",
         action="store_true",
         help="score mirrored images too, tau = max of the two (only for data trained with flips)",
     )
     run.add_argument(
-        "--seed", type=int, default=0, help="seeds the query pairs and the scoring noise"
+        "--seed", type=SEED, default=0, help="seeds the query pairs and the scoring noise"
     )
     run.add_argument(
         "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
@@ -96,7 +84,7 @@ def add_parser(sub) -> None:
         "computed and score only the new candidates",
     )
     add_executor_flags(run)
-    run.add_argument("--threads", type=int)
+    run.add_argument("--threads", type=COUNT)
     add_json_flag(run)
     run.set_defaults(handler=handle_run)
 

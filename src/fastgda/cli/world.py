@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._common import add_json_flag, emit, set_threads
+from ._common import COUNT, SEED, add_json_flag, add_setting, emit, set_threads
 
 
 def add_parser(sub) -> None:
+    from ..world.shapes import WorldSpec
+
     parser = sub.add_parser(
         "world", help="the embedded shapes world", description="The embedded shapes world."
     )
@@ -20,13 +22,9 @@ def add_parser(sub) -> None:
         description="Generate 16x16 captioned images with planted rare concepts.",
     )
     shapes.add_argument("--out", required=True, help="folder to create")
-    shapes.add_argument(
-        "--size", type=int, default=2000, help="number of training images N (default 2000)"
-    )
-    shapes.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    shapes.add_argument(
-        "--per-concept", type=int, default=12, help="exemplars per planted concept (default 12)"
-    )
+    add_setting(shapes, "--size", WorldSpec, "size")
+    add_setting(shapes, "--seed", WorldSpec, "seed")
+    add_setting(shapes, "--per-concept", WorldSpec, "num_per_concept")
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     add_json_flag(shapes)
     shapes.set_defaults(handler=handle_shapes)
@@ -50,11 +48,11 @@ def add_parser(sub) -> None:
         "--world", help="world folder to measure held-out accuracy on (single-object images)"
     )
     probe.add_argument(
-        "--num-images", type=int, default=6000, help="freshly rendered training images"
+        "--num-images", type=COUNT, default=6000, help="freshly rendered training images"
     )
-    probe.add_argument("--epochs", type=int, default=12)
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--threads", type=int, help="torch threads")
+    probe.add_argument("--epochs", type=COUNT, default=12)
+    probe.add_argument("--seed", type=SEED, default=0)
+    probe.add_argument("--threads", type=COUNT, help="torch threads")
     probe.add_argument("--overwrite", action="store_true")
     add_json_flag(probe)
     probe.set_defaults(handler=handle_probe)
@@ -64,10 +62,6 @@ def handle_shapes(args) -> int:
     from ..errors import FastGDAError
     from ..world import WorldSpec, build_world
 
-    if args.size < 1 or args.per_concept < 1:
-        raise FastGDAError(
-            f"--size and --per-concept must be positive, got {args.size} and {args.per_concept}"
-        )
     try:
         world = build_world(
             WorldSpec(size=args.size, seed=args.seed, num_per_concept=args.per_concept),

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .._artifacts import MANIFEST_NAME, atomic_dir, read_manifest, sha256_file, write_manifest
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..data import CAPTIONS_FILE, ImageCaptionFolder
 from ..errors import FastGDAError
 from .model import TextToImageModel
@@ -35,11 +36,18 @@ QUERY_SET_FORMAT_VERSION = 1
 class SamplerConfig:
     """How queries are generated; recorded in the query set's manifest."""
 
-    num_steps: int = 50  # DDIM steps, eta = 0 (deterministic for a seed)
-    guidance_scale: float = (
-        3.0  # classifier-free guidance; chosen on held-out prompts (BENCHMARKS.md)
+    num_steps: int = setting(
+        50, "DDIM steps, eta = 0 (deterministic for a seed)", bounds=AT_LEAST_ONE
     )
-    batch_size: int = 64
+    guidance_scale: float = setting(
+        3.0,
+        "classifier-free guidance scale; chosen on held-out prompts (BENCHMARKS.md)",
+        bounds=NON_NEGATIVE,
+    )
+    batch_size: int = setting(64, "prompts sampled at once", bounds=AT_LEAST_ONE)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def read_prompts(path: str | os.PathLike) -> list[dict]:

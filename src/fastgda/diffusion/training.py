@@ -20,6 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .._artifacts import describe_difference
+from ..config import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bounds,
+    check_settings,
+    setting,
+)
 from ..data import ImageCaptionDataset
 from ..errors import DatasetError, FastGDAError, IncompatibleArtifactError
 from .model import TextToImageModel
@@ -31,28 +41,47 @@ logger = logging.getLogger(__name__)
 class DiffusionTrainConfig:
     """Recipe for training the world model; also the recipe every leave-K-out retrain reuses."""
 
-    steps: int = (
-        10_000  # length of the learning-rate schedule; held-out adherence still rises at 10k
+    steps: int = setting(
+        10_000,
+        "length of the learning-rate schedule; held-out adherence still rises at 10k",
+        bounds=AT_LEAST_ONE,
     )
-    stop_at_step: int | None = None  # end early at this step of the schedule (None: run it all)
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay ends at 10% of lr
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # EMA weights are what gets saved and sampled
-    caption_dropout: float = 0.1  # empty caption 10% of the time, for classifier-free guidance
-    seed: int = 0
+    stop_at_step: int | None = setting(
+        None,
+        "end the run at this step of the schedule (early stopping; default: run it all)",
+        bounds=AT_LEAST_ONE,
+    )
+    batch_size: int = setting(64, "training images per step", bounds=AT_LEAST_ONE)
+    lr: float = setting(1e-3, "AdamW peak learning rate", bounds=POSITIVE)
+    min_lr_ratio: float = setting(
+        0.1, "the cosine decay ends at this share of lr", bounds=PROBABILITY
+    )
+    warmup_steps: int = setting(200, "linear learning-rate warm-up steps", bounds=NON_NEGATIVE)
+    weight_decay: float = setting(0.01, "AdamW weight decay", bounds=NON_NEGATIVE)
+    grad_clip: float = setting(1.0, "gradient norm clip", bounds=POSITIVE)
+    ema_decay: float = setting(
+        0.999,
+        "EMA of the weights; the EMA weights are what gets saved and sampled",
+        bounds=Bounds(0, 1),
+    )
+    caption_dropout: float = setting(
+        0.1, "share of empty captions, for classifier-free guidance", bounds=PROBABILITY
+    )
+    seed: int = setting(0, "seeds the weights and every batch", bounds=NON_NEGATIVE)
     # Leave-K-out retrains: draw each step's items by their ids in the full set, a removed item's slot refilled
     # from a separate stream, so every other slot sees the item, caption, noise and timestep of the full-data run
     # (common random numbers; the batch distribution stays uniform over the kept items). Identical to the
     # default on data with nothing removed.
-    draw_by_item_id: bool = False
-    checkpoint_every: int = 250
-    keep_checkpoints: int = (
-        2  # older checkpoints are deleted; raise it to study adherence against steps
+    draw_by_item_id: bool = setting(False, "draw batches by item id (coupled leave-K-out retrains)")
+    checkpoint_every: int = setting(250, "steps between resumable checkpoints", bounds=AT_LEAST_ONE)
+    keep_checkpoints: int = setting(
+        2,
+        "checkpoints kept (older ones are deleted); raise it to study adherence against steps",
+        bounds=AT_LEAST_ONE,
     )
+
+    def __post_init__(self):
+        check_settings(self)
 
     @property
     def last_step(self) -> int:
@@ -300,7 +329,7 @@ def train_diffusion(
             if saved[key] != meta[key]:
                 raise IncompatibleArtifactError(
                     f"checkpoint {checkpoints[-1]} was made with another {key} "
-                    f"({saved[key]!r:.200} vs {meta[key]!r:.200}); "
+                    f"({describe_difference(saved[key], meta[key])}); "
                     f"delete {checkpoint_dir} to start over, or resume with the original settings"
                 )
         start_step = saved["step"]
@@ -310,7 +339,10 @@ def train_diffusion(
     resumed_from = start_step
     # Nothing to prepare when a checkpoint already sits at the last step (exporting an early-stopped model).
     if data is not None and data.x0.shape[0] != len(dataset):
-        raise ValueError(f"data holds {data.x0.shape[0]} images but the dataset has {len(dataset)}")
+        raise IncompatibleArtifactError(
+            f"data holds {data.x0.shape[0]} images but the dataset has {len(dataset)}; "
+            "prepare the training data from this dataset"
+        )
     if data is None and start_step < config.last_step:
         data = prepare_training_data(model, dataset, progress=progress)
     num_timesteps = model.scheduler.config.num_train_timesteps

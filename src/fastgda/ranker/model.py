@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
-from ..errors import IncompatibleArtifactError
+from ..errors import ConfigError, IncompatibleArtifactError
 
 RANKER_KIND = "ranker"
 RANKER_FORMAT_VERSION = 1
@@ -51,7 +51,7 @@ class Ranker(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(shape.in_dim))
         self.register_buffer("feature_std", torch.ones(shape.in_dim))
         if shape.members < 1:
-            raise ValueError(f"a ranker needs at least one member, got {shape.members}")
+            raise ConfigError(f"a ranker needs at least one member, got {shape.members}")
         # Member 0 keeps the name ``mlp``, so a one-member ranker's weights are stored as before ensembles.
         self.mlp = _mlp(shape)
         for member in range(1, shape.members):
@@ -75,13 +75,15 @@ class Ranker(nn.Module):
         """One ranker whose cosine is the mean of the given one-member rankers' cosines."""
         first = rankers[0].shape
         if any(r.shape != first or r.shape.members != 1 for r in rankers):
-            raise ValueError("an ensemble needs one-member rankers of one shape")
+            raise IncompatibleArtifactError("an ensemble needs one-member rankers of one shape")
         if any(
             not torch.equal(r.feature_mean, rankers[0].feature_mean)
             or not torch.equal(r.feature_std, rankers[0].feature_std)
             for r in rankers
         ):
-            raise ValueError("the members of an ensemble must share one input standardisation")
+            raise IncompatibleArtifactError(
+                "the members of an ensemble must share one input standardisation"
+            )
         combined = cls(RankerShape(**{**asdict(first), "members": len(rankers)}))
         combined.feature_mean.copy_(rankers[0].feature_mean)
         combined.feature_std.copy_(rankers[0].feature_std)
@@ -110,13 +112,17 @@ class Ranker(nn.Module):
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         if part_dims:
             if sum(part_dims) != self.shape.in_dim:
-                raise ValueError(f"part widths {list(part_dims)} do not sum to {self.shape.in_dim}")
+                raise ConfigError(
+                    f"part widths {list(part_dims)} do not sum to {self.shape.in_dim}"
+                )
             widths = torch.tensor(list(part_dims), dtype=torch.float32)
             weights = torch.tensor(
                 list(part_weights) if part_weights else [1.0] * len(part_dims), dtype=torch.float32
             )
             if len(weights) != len(widths) or not bool((weights > 0).all()):
-                raise ValueError(f"need one positive weight per part, got {weights.tolist()}")
+                raise ConfigError(
+                    f"need one positive weight per part ({len(widths)}), got {weights.tolist()}"
+                )
             share = weights / weights.sum()  # of the total input variance, per part
             scale = torch.repeat_interleave(
                 (widths / (self.shape.in_dim * share)).sqrt(), widths.long()

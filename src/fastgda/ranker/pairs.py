@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError, FastGDAError
+
 
 class PairSampler:
     """Draw (query row, training id, target) triples for batches of queries.
@@ -35,10 +37,13 @@ class PairSampler:
         self.rng = np.random.default_rng(seed)
         q, k = ranked_ids.shape
         if k < 2:
-            raise ValueError("each query needs at least 2 ranked candidates")
+            raise FastGDAError(
+                f"each query needs at least 2 ranked candidates, got {k}; rank larger candidate pools"
+            )
         if k >= num_train and outlier_prob > 0:
-            raise ValueError(
-                "candidate pools cover the whole training set: no outliers to draw; set 0"
+            raise ConfigError(
+                f"candidate pools of {k} cover the whole training set of {num_train}: there are no outliers "
+                "to draw; set the outlier share to 0 (--outliers 0)"
             )
         self.ranked_ids = np.asarray(ranked_ids, dtype=np.int64)
         self.sorted_ids = np.sort(self.ranked_ids, axis=1)
@@ -48,11 +53,13 @@ class PairSampler:
             self.targets = np.broadcast_to(1.0 - np.arange(k) / (k - 1), (q, k)).astype(np.float32)
         elif target == "score":
             if scores is None:
-                raise ValueError("target='score' needs the teacher's scores")
+                raise FastGDAError(
+                    "target='score' needs the teacher's scores; this ground truth holds none"
+                )
             low, high = scores.min(axis=1, keepdims=True), scores.max(axis=1, keepdims=True)
             self.targets = ((scores - low) / np.maximum(high - low, 1e-12)).astype(np.float32)
         else:
-            raise ValueError(f"unknown target {target!r}; use 'rank' or 'score'")
+            raise ConfigError(f"unknown target {target!r}; use 'rank' or 'score'")
         # Positions each query may draw from (all, or a fixed random subset for the subsampling ablation).
         keep = max(2, round(candidate_fraction * k))
         self.positions = np.sort(np.argsort(self.rng.random((q, k)), axis=1)[:, :keep], axis=1)

@@ -22,6 +22,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bounds,
+    check_settings,
+    setting,
+)
 from ..evaluation import candidate_map
 from .model import Ranker, RankerShape
 from .pairs import PairSampler
@@ -29,32 +39,68 @@ from .pairs import PairSampler
 
 @dataclass(frozen=True)
 class RankerTrainConfig:
-    hidden: tuple[int, ...] = (768, 768, 768)
-    out_dim: int = 768
-    dropout: float = 0.0
-    epochs: int = 60
-    batch_queries: int = 32
-    pairs_per_query: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    outlier_prob: float = 0.1
-    loss: str = "bce"  # bce | mse
-    target: str = "rank"  # rank | score
-    candidate_fraction: float = 1.0
+    """How the ranker is distilled (method.md §5); stored in the ranker's manifest."""
+
+    hidden: tuple[int, ...] = setting((768, 768, 768), "hidden layer widths", bounds=AT_LEAST_ONE)
+    out_dim: int = setting(768, "embedding width of one member", bounds=AT_LEAST_ONE)
+    dropout: float = setting(0.0, "dropout after each hidden layer", bounds=Bounds(0, 1))
+    epochs: int = setting(
+        60, "training epochs (early stopping may end sooner)", bounds=AT_LEAST_ONE
+    )
+    batch_queries: int = setting(32, "queries per step", bounds=AT_LEAST_ONE)
+    pairs_per_query: int = setting(
+        256, "(query, item) pairs drawn per query and step", bounds=AT_LEAST_ONE
+    )
+    lr: float = setting(1e-3, "AdamW learning rate", bounds=POSITIVE)
+    weight_decay: float = setting(1e-4, "AdamW weight decay", bounds=NON_NEGATIVE)
+    outlier_prob: float = setting(
+        0.1,
+        "share of pairs whose item is drawn from outside the query's pool, labelled worst",
+        bounds=PROBABILITY,
+    )
+    loss: str = setting(
+        "bce", "bce (method.md §5) or mse (the regression ablation)", choices=("bce", "mse")
+    )
+    target: str = setting(
+        "rank", "rank (normalised rank) or score (raw teacher score)", choices=("rank", "score")
+    )
+    candidate_fraction: float = setting(
+        1.0, "share of each pool's candidates the pairs are drawn from", bounds=FRACTION
+    )
     # Rank labels over the teacher's top T of each training pool only (None: the whole pool); the rest of the pool
     # can still be drawn as an outlier. Validation keeps the whole pools, so runs with different T compare.
-    train_top: int | None = None
+    train_top: int | None = setting(
+        None,
+        "rank labels over the teacher's top T of each pool only (default: the whole pool)",
+        bounds=Bounds(2),
+    )
     # Independently trained members (seeds seed, seed + 1, ...) whose cosines are averaged: an ensemble costs
     # members x the training time, embedding width and index memory, and steadies a ranker distilled from few
     # queries (benchmarks/attribution_quality.py --members).
-    members: int = 1
-    patience: int = 10  # epochs without a better validation mAP before stopping
-    val_fraction_l: float = 0.1  # validation mAP positives: the teacher's top 10% of each pool
-    balance_parts: bool = True  # give each part of a concatenated spec the same input variance
-    part_weights: tuple[float, ...] | None = (
-        None  # with balance_parts: variance shares per part instead
+    members: int = setting(
+        1,
+        "train R rankers (seeds SEED..SEED+R-1) and average their cosines: steadier with few teacher queries, "
+        "at R x the training time, embedding width and index memory",
+        bounds=AT_LEAST_ONE,
     )
-    seed: int = 0
+    patience: int = setting(
+        10, "epochs without a better validation mAP before stopping", bounds=AT_LEAST_ONE
+    )
+    val_fraction_l: float = setting(
+        0.1, "validation mAP positives: the teacher's top share of each pool", bounds=FRACTION
+    )
+    balance_parts: bool = setting(
+        True, "give each part of a concatenated spec the same input variance"
+    )
+    part_weights: tuple[float, ...] | None = setting(
+        None,
+        "with balance_parts: input-variance shares of the spec's parts, in spec order",
+        bounds=POSITIVE,
+    )
+    seed: int = setting(0, "seeds the weights and the pairs", bounds=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def _loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -134,8 +180,6 @@ def train_ranker(
             ``config.train_top`` columns are used when it is set).
         part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts``.
     """
-    if config.members < 1:
-        raise ValueError(f"members must be at least 1, got {config.members}")
     train_one = functools.partial(
         _train_one,
         train_query_features=train_query_features,
@@ -195,10 +239,6 @@ def _train_one(
 ) -> tuple[Ranker, list[dict]]:
     """One member: the training loop with validation each epoch and early stopping."""
     if config.train_top is not None:
-        if config.train_top < 1:
-            raise ValueError(
-                f"train_top must be a positive number of candidates, got {config.train_top}"
-            )
         train_ranked_ids = train_ranked_ids[:, : config.train_top]
         if train_scores is not None:
             train_scores = train_scores[:, : config.train_top]

@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
+
 CONFIG_ENV = "FASTGDA_SERVICE_CONFIG"  # JSON ServiceConfig, for uvicorn worker processes
 TOKEN_ENV = "FASTGDA_TOKEN"
 
@@ -17,15 +19,24 @@ class ServiceConfig:
     attributor: str
     model: str | None = None  # a model folder or "shipped": enables /v1/generate-and-attribute
     token: str | None = None  # bearer token for everything but /healthz and the page itself
-    max_body_bytes: int = 8 * 2**20
-    max_image_pixels: int = 4096 * 4096
-    max_prompt_chars: int = 1000
-    max_k: int = 100
-    max_batch: int = 64
-    threads: int = 1  # torch threads per request; requests run side by side in the pool
-    pool_size: int = max(1, os.cpu_count() or 1)  # requests doing CPU work at once
-    generate_steps: int = 50
-    guidance_scale: float = 3.0
+    max_body_bytes: int = setting(8 * 2**20, "largest request body", bounds=AT_LEAST_ONE)
+    max_image_pixels: int = setting(4096 * 4096, "largest decoded query image", bounds=AT_LEAST_ONE)
+    max_prompt_chars: int = setting(1000, "longest prompt", bounds=AT_LEAST_ONE)
+    max_k: int = setting(100, "most training images one answer may hold", bounds=AT_LEAST_ONE)
+    max_batch: int = setting(64, "most queries in one batch request", bounds=AT_LEAST_ONE)
+    threads: int = setting(
+        1, "torch threads per request; requests run side by side in the pool", bounds=AT_LEAST_ONE
+    )
+    pool_size: int = setting(
+        max(1, os.cpu_count() or 1), "requests doing CPU work at once", bounds=AT_LEAST_ONE
+    )
+    generate_steps: int = setting(
+        50, "DDIM steps of /v1/generate-and-attribute", bounds=AT_LEAST_ONE
+    )
+    guidance_scale: float = setting(3.0, "its guidance scale", bounds=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def config_to_environment(config: ServiceConfig) -> str:

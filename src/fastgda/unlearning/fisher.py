@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..errors import FastGDAError, IncompatibleArtifactError
 from .layers import select_linear_layers
 
@@ -33,16 +34,23 @@ FISHER_FORMAT_VERSION = 1
 class FisherConfig:
     """How the Fisher is estimated; stored in its manifest."""
 
-    kind: str = "ekfac"  # "ekfac" (AbU+) or "diagonal" (AbU)
-    layers: str = "kv"  # preset name or regular expression (layers.py)
-    num_samples: int = (
-        10_000  # ~5 x N per-sample gradients, as the papers' 5 epochs (method.md §12.1)
+    kind: str = setting("ekfac", "ekfac (AbU+) or diagonal (AbU)", choices=("ekfac", "diagonal"))
+    layers: str = setting("kv", "kv, cross-attn, attn, all, or a regular expression (layers.py)")
+    num_samples: int = setting(
+        10_000,
+        "per-sample gradients; ~5 x N, as the papers' 5 epochs (method.md §12.1)",
+        bounds=AT_LEAST_ONE,
     )
-    batch_size: int = 64
-    damping: float = (
-        0.1  # lambda = damping x layer mean (FastGDA code; 0 reproduces AbU's undamped step)
+    batch_size: int = setting(64, "samples per backward pass", bounds=AT_LEAST_ONE)
+    damping: float = setting(
+        0.1,
+        "lambda = damping x layer mean (FastGDA code; 0 reproduces AbU's undamped step)",
+        bounds=NON_NEGATIVE,
     )
-    seed: int = 0
+    seed: int = setting(0, "seeds the samples", bounds=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @contextmanager

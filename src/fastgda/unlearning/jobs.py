@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
+from ..config import NON_NEGATIVE, Bounds, check_settings, setting
 from ..data import open_dataset
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import (
@@ -47,13 +48,20 @@ class TeacherConfig:
 
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    num_candidates: int | None = (
-        None  # None ranks all N (test queries); M ranks the top-M neighbours in candidate_feature space
+    num_candidates: int | None = setting(
+        None,
+        "rank only each query's top-M neighbours in the candidate_feature space (default: all N, for test queries)",
+        bounds=Bounds(2),
     )
-    candidate_feature: str = (
-        "pixels"  # "pixels" or a feature spec (``fastgda.encoders``): effnet, effnet+minilm, ...
+    candidate_feature: str = setting(
+        "pixels", "pixels, or a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm"
     )
-    damping: float | None = None  # None keeps the Fisher's own
+    damping: float | None = setting(
+        None, "EK-FAC damping (default: the Fisher's own)", bounds=NON_NEGATIVE
+    )
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def _config_to_json(config: TeacherConfig) -> dict:

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, write_manifest
-from ..errors import IncompatibleArtifactError
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
+from ..errors import ConfigError, IncompatibleArtifactError
 from .noise import keyed_noise
 
 BEFORE_KIND = "before_losses"
@@ -30,10 +31,24 @@ class ScoringConfig:
 
     # Five spread over the range: 0.989 rank agreement with ten at half the cost on the standard world
     # (benchmarks/teacher_settings.py); pass ten (0, 100, ..., 900) or the paper's twenty for large models.
-    timesteps: tuple[int, ...] = (0, 200, 400, 600, 800)
-    noise_seed: int = 0
-    batch_size: int = 256
-    flips: bool = False  # also score the mirrored sample, tau = max over the two; only for data trained with flips
+    timesteps: tuple[int, ...] = setting(
+        (0, 200, 400, 600, 800),
+        "scoring timesteps (of the 1000-step DDPM schedule)",
+        bounds=Bounds(0, 999),
+    )
+    noise_seed: int = setting(0, "seeds the keyed scoring noise", bounds=NON_NEGATIVE)
+    batch_size: int = setting(256, "items scored per forward pass", bounds=AT_LEAST_ONE)
+    flips: bool = setting(
+        False,
+        "also score the mirrored sample, tau = max over the two; only for data trained with flips",
+    )
+
+    def __post_init__(self):
+        check_settings(self)
+        if not self.timesteps:
+            raise ConfigError(
+                "ScoringConfig.timesteps is empty; give at least one scoring timestep"
+            )
 
     @property
     def num_flips(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_settings, setting
 from .fisher import Fisher
 
 
@@ -22,13 +23,26 @@ from .fisher import Fisher
 class UnlearnConfig:
     """One Newton step's settings; stored with every ground-truth artifact."""
 
-    num_pairs: int = 500  # (noise, t) pairs; rank stability saturates by 250 on the world (paper: 50,000 on COCO)
-    batch_size: int = 100
-    alpha: float = 0.01  # step size in units of (1/N) F^-1 g; select it on validation queries (method.md §12.1)
-    num_steps: int = (
-        1  # >1: the multi-step variant used for large models (gradient re-estimated each step)
+    num_pairs: int = setting(
+        500,
+        "(noise, t) pairs for the query gradient; rank stability saturates by 250 on the world (paper: 50,000)",
+        bounds=AT_LEAST_ONE,
     )
-    seed: int = 0
+    batch_size: int = setting(100, "pairs per backward pass", bounds=AT_LEAST_ONE)
+    alpha: float = setting(
+        0.01,
+        "Newton step size in units of (1/N) F^-1 g; select it on validation queries (method.md §12.1)",
+        bounds=POSITIVE,
+    )
+    num_steps: int = setting(
+        1,
+        "Newton steps; >1 is the multi-step variant for large models (gradient re-estimated each step)",
+        bounds=AT_LEAST_ONE,
+    )
+    seed: int = setting(0, "seeds the query's (noise, t) pairs", bounds=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def query_gradient(

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, Bounds, check_settings, setting
+
 IMAGE_SIZE = 16
 SUPERSAMPLE = (
     8  # drawing at 128x128 and box-filtering down keeps the shapes' edges recognisable at 16x16
@@ -227,13 +229,18 @@ def sample_scene(
 class WorldSpec:
     """Parameters of a generated shapes world; together with the code version they determine it exactly."""
 
-    size: int = 2000  # N training images
-    seed: int = 0
-    num_per_concept: int = 12  # exemplars per planted rare concept (the issue asks for 8-16)
-    held_out_fraction: float = (
-        0.15  # share of the 216 single-object combinations kept out of training
+    size: int = setting(2000, "N training images", bounds=AT_LEAST_ONE)
+    seed: int = setting(0, "generator seed", bounds=NON_NEGATIVE)
+    num_per_concept: int = setting(12, "exemplars per planted rare concept", bounds=AT_LEAST_ONE)
+    held_out_fraction: float = setting(
+        0.15,
+        "share of the 216 single-object combinations kept out of training",
+        bounds=Bounds(0, 1),
     )
-    two_object_prob: float = 0.35
+    two_object_prob: float = setting(0.35, "share of two-object images", bounds=PROBABILITY)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass
