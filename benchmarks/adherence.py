@@ -5,7 +5,7 @@ Held-out prompts name attribute combinations never seen in training. Each is sam
 background off the result. Checkpoints hold EMA weights, so one training run gives the whole steps curve.
 
     python benchmarks/adherence.py --world runs/world --checkpoints runs/model.checkpoints \
-        --probe src/fastgda/packs/shapes2000/probe --seeds 4
+        --probe src/fastgda/app/packs/shapes2000/probe --seeds 4
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgda.app.world import held_out_prompts
+from fastgda.app.world.adherence import measure_adherence
+from fastgda.app.world.probe import AttributeProbe, probe_accuracy
 from fastgda.data import ShapesWorld
 from fastgda.diffusion import DiffusionTrainConfig, TextToImageModel
 from fastgda.diffusion.training import draw_batch, load_checkpoint_ema, prepare_training_data
-from fastgda.world import held_out_prompts
-from fastgda.world.adherence import measure_adherence
-from fastgda.world.probe import AttributeProbe, probe_accuracy
 
 
 def time_training_step(model, world, batch_size=64, repeats=10):

@@ -21,23 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.comparison import cosine_matrix, format_map_table, map_table, planted_recall
+from fastgda.app.reference import (
+    reference_digest,
+    reference_ground_truth,
+    reference_queries,
+    reference_split_dir,
+)
 from fastgda.data import ShapesWorld
-from fastgda.evaluation import l_values
+from fastgda.evaluation import (
+    cosine_matrix,
+    format_map_table,
+    l_values,
+    map_table,
+    planted_recall,
+    teacher_scores,
+)
 from fastgda.features import load_or_embed
 from fastgda.ranker import (
     Ranker,
     RankerTrainConfig,
     reusable_ranker,
     summarise_history,
-    train_ranker,
     validate,
-)
-from fastgda.reference import (
-    reference_digest,
-    reference_ground_truth,
-    reference_queries,
-    reference_split_dir,
 )
 
 
@@ -103,11 +108,9 @@ def main() -> None:
                 )
                 for m in range(args.members)
             ]
-            ranker = (
-                members[0][0] if args.members == 1 else Ranker.ensemble([r for r, _ in members])
-            )
+            ranker = members[0] if args.members == 1 else Ranker.ensemble(members)
             val_map = validation_map(ranker, items, split_features, truth)
-            epochs = "/".join(str(summarise_history(h)[0]) for _, h in members)
+            epochs = "/".join(str(summarise_history(r.history)[0]) for r in members)
             what = "" if args.members == 1 else f", ensemble of {args.members} (seeds {args.seed}+)"
             print(
                 f"{spec} (first part weight {weight:g}{what}): {epochs} epochs, validation mAP "
@@ -116,16 +119,14 @@ def main() -> None:
             )
             candidates.append((val_map, weight, ranker))
         _, chosen_weight[spec], ranker = max(candidates, key=lambda c: c[0])
-        test_q = split_features["test"].values[truth["test"].query_ids]
-        methods[f"tuned {spec}"] = ranker.embed_numpy(test_q) @ ranker.embed_numpy(items.values).T
+        test_q = split_features["test"].select(truth["test"].query_ids).values
+        methods[f"tuned {spec}"] = ranker.score(test_q, items.values)
         methods[f"untuned {spec}"] = cosine_matrix(test_q, items.values)
     methods["random"] = np.random.default_rng(args.seed).random(
         methods[f"untuned {args.specs[0]}"].shape
     )
     # The teacher itself (mAP 1 by definition): its row shows the planted recall of the ground truth.
-    teacher = np.full((len(truth["test"]), n), -np.inf, dtype=np.float32)
-    np.put_along_axis(teacher, truth["test"].ids.astype(np.int64), truth["test"].scores, axis=1)
-    methods["teacher (AbU+, reference)"] = teacher
+    methods["teacher (AbU+, reference)"] = teacher_scores(truth["test"], n)
     table = map_table(methods, truth["test"].ids, n)
     recall = planted_recall(methods, concepts, world.concepts)
     print()
@@ -179,7 +180,7 @@ def spec_features(work, spec, world_root, reference, splits):
 
 
 def trained_ranker(folder, spec, seed, weight, args, items, split_features, truth, digest, minutes):
-    """(ranker, history) of one seed and first-part weight, reused when an earlier run of this script left it.
+    """The ranker of one seed and first-part weight, reused when an earlier run of this script left it.
 
     An ensemble's members are cached one by one, so ensembles of overlapping seeds share their training.
     """
@@ -190,7 +191,7 @@ def trained_ranker(folder, spec, seed, weight, args, items, split_features, trut
     if args.train_top:
         provenance["train_top"] = args.train_top
     reused = reusable_ranker(ranker_dir, provenance)
-    if reused:
+    if reused is not None:
         return reused
     began = time.perf_counter()
     config = replace(
@@ -200,26 +201,20 @@ def trained_ranker(folder, spec, seed, weight, args, items, split_features, trut
         train_top=args.train_top,
         part_weights=(weight,) + (1.0,) * (len(items.parts) - 1) if len(items.parts) > 1 else None,
     )
-    ranker, history = train_ranker(
-        split_features["train"].values[truth["train"].query_ids],
-        items.values,
-        truth["train"].ids,
-        config,
-        split_features["val"].values[truth["val"].query_ids],
-        truth["val"].ids,
-        progress=False,
-        part_dims=items.part_dims,
-    )
+    ranker = Ranker.distil(
+        split_features["train"], items, truth["train"], config,
+        validation=(split_features["val"], truth["val"]), progress=False,
+    )  # fmt: skip
     minutes[f"{spec} w{weight:g} seed {seed}"] = (time.perf_counter() - began) / 60
-    ranker.save(ranker_dir, spec, extra={"history": history, "provenance": provenance})
-    return ranker, history
+    ranker.save(ranker_dir, extra={"provenance": provenance})
+    return ranker
 
 
 def validation_map(ranker, items, split_features, truth) -> float:
     """Mean AP of the teacher's top 10% within each validation pool (what early stopping maximises)."""
     val = truth["val"]
     L = max(1, round(RankerTrainConfig().val_fraction_l * val.ids.shape[1]))
-    queries = split_features["val"].values[val.query_ids]
+    queries = split_features["val"].select(val.query_ids).values
     return validate(ranker, queries, ranker.embed_numpy(items.values), val.ids, L)[1]
 
 

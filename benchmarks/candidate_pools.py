@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastgda.comparison import cosine_matrix
+from fastgda.app.reference import reference_ground_truth, reference_queries, reference_split_dir
 from fastgda.data import ShapesWorld
-from fastgda.evaluation import l_values
+from fastgda.evaluation import cosine_matrix, l_values
 from fastgda.features import load_or_embed
-from fastgda.reference import reference_ground_truth, reference_queries, reference_split_dir
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
         queries = load_or_embed(
             reference_split_dir("test"), name, work / name / "q-test", progress=False
         )
-        cosine[name] = cosine_matrix(queries.values[test.query_ids], items.values)
+        cosine[name] = cosine_matrix(queries.select(test.query_ids).values, items.values)
     cosine["effnet+minilm (parts weighted equally)"] = (cosine["effnet"] + cosine["minilm"]) / 2
     ls = l_values(n)
     rows = {}

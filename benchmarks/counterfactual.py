@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastgda.counterfactual import STANDARD_QUERY_IDS, CounterfactualResult
+from fastgda.app.reference import reference_split_dir
+from fastgda.counterfactual import STANDARD_QUERY_IDS, CounterfactualConfig, CounterfactualResult
 from fastgda.data import ImageCaptionFolder, ShapesWorld
-from fastgda.demo import COUNTERFACTUAL_RANDOM_SEEDS, COUNTERFACTUAL_STEPS
-from fastgda.reference import reference_split_dir
+
+DEMO = CounterfactualConfig.demo(k=1)  # the demo's retrain steps and random seeds
 
 DEFAULT_QUERY_IDS = ",".join(map(str, STANDARD_QUERY_IDS))
 METRICS = (("delta_loss", 1e-3, "ΔL ×1e-3 ↑"), ("delta_mse", 1e-2, "ΔG-MSE ×1e-2 ↑"),
@@ -54,10 +55,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/counterfactual")
     parser.add_argument("--k", type=int, default=68, help="3.4%% of N = 2,000")
     parser.add_argument(
-        "--steps", type=int, default=COUNTERFACTUAL_STEPS, help="reduced recipe for every retrain"
+        "--steps", type=int, default=DEMO.steps, help="reduced recipe for every retrain"
     )
     parser.add_argument("--query-ids", default=DEFAULT_QUERY_IDS)
-    parser.add_argument("--random-seeds", type=int, default=len(COUNTERFACTUAL_RANDOM_SEEDS))
+    parser.add_argument("--random-seeds", type=int, default=len(DEMO.random_seeds))
     parser.add_argument(
         "--baselines", default="parts", help="untuned baselines (see eval counterfactual)"
     )
@@ -78,7 +79,7 @@ def main() -> None:
         "--items", str(demo / "features" / "items"), "--queries", str(demo / "features" / "q-test"),
         "--ground-truth", str(reference_split_dir("test") / "ground_truth"),
         "--ranker", str(demo / "ranker"), "--baselines", args.baselines, "--query-ids", args.query_ids,
-        "--k", str(args.k), "--steps", str(args.steps), "--random-seeds", str(args.random_seeds),
+        "--k", str(args.k), "--steps", str(args.steps), "--random-seeds", *map(str, range(args.random_seeds)),
         "--executor", args.executor, "--workers", str(args.workers), "--threads", "2",
         "--out", str(out), "--json",
     ] + (["--coupled"] if args.coupled else [])  # fmt: skip

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from fastgda.features import FeatureEmbedder
+from fastgda.features import FeatureExtractor
 from fastgda.index import VectorIndex
 from fastgda.ranker import Ranker, RankerShape
 
@@ -151,7 +151,7 @@ def main() -> None:
     )
 
     # End to end: image + prompt -> effnet+minilm -> ranker -> index (HNSW if built, else exact).
-    embedder = FeatureEmbedder("effnet+minilm")
+    embedder = FeatureExtractor("effnet+minilm")
     e2e_ranker = Ranker(RankerShape(embedder.dim, members=args.members)).eval()
     e2e_index = built["hnsw" if "hnsw" in built else args.backends[0]]
     image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)

@@ -28,11 +28,15 @@ from attribution_quality import (  # noqa: E402
     validation_map,
 )
 
-from fastgda.comparison import cosine_matrix, map_table, planted_recall  # noqa: E402
+from fastgda.app.reference import reference_digest  # noqa: E402
 from fastgda.data import ShapesWorld  # noqa: E402
-from fastgda.evaluation import l_values  # noqa: E402
+from fastgda.evaluation import (  # noqa: E402
+    cosine_matrix,
+    l_values,  # noqa: E402
+    map_table,
+    planted_recall,
+)
 from fastgda.ranker import Ranker, RankerTrainConfig  # noqa: E402
-from fastgda.reference import reference_digest  # noqa: E402
 
 SPEC = "effnet+minilm"
 UNTUNED_SPECS = ("effnet+minilm", "effnet", "minilm", "pixels")
@@ -63,20 +67,20 @@ def main() -> None:
     untuned = {}
     for spec in UNTUNED_SPECS:
         _, items, splits = features(spec)
-        test_q = splits["test"].values[truth["test"].query_ids]
+        test_q = splits["test"].select(truth["test"].query_ids).values
         untuned[f"untuned {spec}"] = cosine_matrix(test_q, items.values)
     untuned_table = map_table(untuned, truth["test"].ids, n)
     best_untuned = max(untuned_table, key=lambda name: untuned_table[name][mid]["mean"])
     baseline = untuned_table[best_untuned][mid]["mean"]
 
     folder, items, splits = features(SPEC)
-    test_q = splits["test"].values[truth["test"].query_ids]
+    test_q = splits["test"].select(truth["test"].query_ids).values
     digest = reference_digest(args.reference)
     minutes: dict = {}
     singles = [
         trained_ranker(
             folder, SPEC, seed, args.image_weight, args, items, splits, truth, digest, minutes
-        )[0]
+        )
         for seed in range(args.groups * args.members)
     ]
     rankers = {f"seed {seed}": ranker for seed, ranker in enumerate(singles)}
@@ -88,7 +92,7 @@ def main() -> None:
 
     rows = {}
     for name, ranker in rankers.items():
-        scores = ranker.embed_numpy(test_q) @ ranker.embed_numpy(items.values).T
+        scores = ranker.score(test_q, items.values)
         table = map_table({name: scores}, truth["test"].ids, n)[name]
         rows[name] = {
             "val_map": validation_map(ranker, items, splits, truth),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.ranker import PairSampler, Ranker, RankerShape, RankerTrainConfig, train_ranker
+from fastgda.ranker import PairSampler, Ranker, RankerShape, RankerTrainConfig
 from fastgda.ranker.training import pair_loss
 
 
@@ -145,8 +145,8 @@ def main() -> None:
         )
 
     if args.world:
+        from fastgda.app.reference import reference_ground_truth, reference_split_dir
         from fastgda.features import Features, embed_dataset
-        from fastgda.reference import reference_ground_truth, reference_split_dir
 
         work = Path(args.work)
         item_features = work / "items"
@@ -158,10 +158,10 @@ def main() -> None:
         }
         truth = {s: reference_ground_truth(s) for s in ("train", "val")}
         began = time.perf_counter()
-        _, history = train_ranker(
-            feats["train"].values, Features.load(item_features).values, truth["train"].ids, RankerTrainConfig(),
-            feats["val"].values, truth["val"].ids, part_dims=feats["train"].part_dims,
-        )  # fmt: skip
+        history = Ranker.distil(
+            feats["train"], Features.load(item_features), truth["train"], RankerTrainConfig(),
+            validation=(feats["val"], truth["val"]),
+        ).history  # fmt: skip
         minutes = (time.perf_counter() - began) / 60
         print(
             f"\nstandard world: {len(history)} epochs on {len(truth['train'])} training queries x "

@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/serve_load.json")
     args = parser.parse_args()
 
+    from fastgda.app.reference import reference_queries, reference_split_dir
     from fastgda.attributor import Attributor
-    from fastgda.reference import reference_queries, reference_split_dir
 
     split = reference_split_dir("test")
     records = reference_queries("test")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgda.app.pack import resolve_model_dir
 from fastgda.data import ShapesWorld
 from fastgda.diffusion import TextToImageModel
 from fastgda.diffusion.queries import SamplerConfig, load_query_tensors, write_query_set
 from fastgda.diffusion.training import prepare_training_data
-from fastgda.pack import resolve_model_dir
 from fastgda.unlearning import (
     FisherConfig,
     ScoringConfig,

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgda.app.pack import resolve_model_dir
 from fastgda.data import ImageCaptionFolder, ShapesWorld
 from fastgda.diffusion import TextToImageModel
 from fastgda.diffusion.queries import SamplerConfig, write_query_set
 from fastgda.diffusion.training import prepare_training_data
 from fastgda.ground_truth import read_query_result
-from fastgda.pack import resolve_model_dir
 from fastgda.unlearning import FisherConfig, ScoringConfig, UnlearnConfig, fit_fisher
 from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
 
@@ -106,7 +106,7 @@ def main() -> None:
             scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
         )
         began = time.perf_counter()
-        job = TeacherJob(
+        job = TeacherJob.open(
             model_dir,
             args.world,
             out / "queries",
@@ -114,7 +114,7 @@ def main() -> None:
             out / f"run-alpha{alpha:g}",
             config,
             cache_dir=out / "before_losses",
-        )
+        ).prepare()
         print(f"(setup incl. before-loss cache if new: {time.perf_counter() - began:.0f} s)")
         recalls, pixel_recalls = [], []
         for q, (concept, prompt) in enumerate(prompts):
@@ -158,7 +158,7 @@ def main() -> None:
             )
             name = f"run-alpha{alpha:g}" + ("" if seed == 0 else "-seed1")
             cache = out / ("before_losses" if seed == 0 else "before_losses-seed1")
-            runs[seed] = TeacherJob(
+            runs[seed] = TeacherJob.open(
                 model_dir,
                 args.world,
                 out / "queries",
@@ -166,7 +166,7 @@ def main() -> None:
                 out / name,
                 config,
                 cache_dir=cache,
-            )
+            ).prepare()
         for q in range(args.stability_queries):
             began = time.perf_counter()
             for job in runs.values():
@@ -231,7 +231,7 @@ def swap_control(args, out: Path, model_dir, world, fisher_dir: Path, prompts) -
         unlearn=UnlearnConfig(num_pairs=args.pairs, alpha=alpha),
         scoring=ScoringConfig(timesteps=tuple(args.timesteps)),
     )
-    job = TeacherJob(
+    job = TeacherJob.open(
         model_dir,
         args.world,
         swapped,
@@ -239,7 +239,7 @@ def swap_control(args, out: Path, model_dir, world, fisher_dir: Path, prompts) -
         out / f"run-swapped-alpha{alpha:g}",
         config,
         cache_dir=out / "before_losses",
-    )
+    ).prepare()
     print(
         "\n| prompt (kept) | image from | recall@k of the prompt's concept | recall@k of the image's concept |"
         "\n|---|---|---:|---:|"

@@ -6,7 +6,7 @@ pixel neighbours, the planted exemplars, random fill) at every timestep, keeping
 any subset of timesteps can be evaluated afterwards without recomputation. Per setting it prints:
 
 - planted recall@k and average precision of the exemplars within the pool (planted queries);
-- attribute overlap of the top 10 (``fastgda.world.relevance``; random pool items for reference);
+- attribute overlap of the top 10 (``fastgda.app.world.relevance``; random pool items for reference);
 - seed stability: Spearman of the top-50 scores between seed 0 and seed 1 (the ceiling a student can reach);
 - agreement with the most expensive setting (most pairs, all timesteps).
 
@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgda.app.pack import resolve_model_dir
+from fastgda.app.world.relevance import attribute_overlap
 from fastgda.data import ShapesWorld
 from fastgda.diffusion import TextToImageModel
 from fastgda.diffusion.queries import SamplerConfig, load_query_tensors, write_query_set
 from fastgda.diffusion.training import prepare_training_data
-from fastgda.pack import resolve_model_dir
 from fastgda.unlearning import (
     Fisher,
     FisherConfig,
@@ -43,7 +44,6 @@ from fastgda.unlearning import (
     select_linear_layers,
     weights_shifted,
 )
-from fastgda.world.relevance import attribute_overlap
 
 TIMESTEPS = tuple(range(0, 1000, 100))
 PLANTED = [

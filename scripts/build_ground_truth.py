@@ -1,6 +1,6 @@
 """Compute the reference ground truth of the standard world and (with --pack) ship it in the world pack.
 
-Samples the reference query splits (``fastgda.world.query_prompts``) with the shipped model, runs the teacher on
+Samples the reference query splits (``fastgda.app.world.query_prompts``) with the shipped model, runs the teacher on
 each (training and validation queries over their top-512 neighbours by MiniLM text, test queries over all N),
 merges the rankings, and packs them compactly with the query images, their clean samples and the EK-FAC Fisher.
 Resumable: rerun the same command after an interruption and only the missing queries are computed.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from fastgda.app.pack import PACK_DIR, model_dir
+from fastgda.app.reference import compute_reference_runs, pack_reference
+from fastgda.app.world.query_prompts import SPLITS
 from fastgda.diffusion.queries import SamplerConfig
-from fastgda.pack import PACK_DIR, model_dir
-from fastgda.reference import compute_reference_runs, pack_reference
 from fastgda.unlearning import ScoringConfig, UnlearnConfig
 from fastgda.unlearning.jobs import TeacherConfig
-from fastgda.world.query_prompts import SPLITS
 
 
 def main() -> None:

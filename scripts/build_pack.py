@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from fastgda._artifacts import read_manifest, sha256_file, verify_checksums, write_json_atomic
+from fastgda.app.pack import PACK_DIR
+from fastgda.app.world import held_out_prompts
+from fastgda.app.world.adherence import measure_adherence
+from fastgda.app.world.probe import AttributeProbe, probe_accuracy
 from fastgda.data import ShapesWorld
 from fastgda.diffusion import TextToImageModel
-from fastgda.pack import PACK_DIR
-from fastgda.world import held_out_prompts
-from fastgda.world.adherence import measure_adherence
-from fastgda.world.probe import AttributeProbe, probe_accuracy
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def rng():
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A 60-image shapes world (4 exemplars per planted concept), written once per session."""
-    from fastgda.world import WorldSpec, build_world
+    from fastgda.app.world import WorldSpec, build_world
 
     return build_world(
         WorldSpec(size=60, seed=1, num_per_concept=4),
@@ -127,7 +127,7 @@ def fast_path(teacher_inputs, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fast")
     for config, name in [(20, "train"), (None, "test")]:
-        job = TeacherJob(
+        job = TeacherJob.open(
             out_dir=root / name,
             config=TeacherConfig(
                 unlearn=UnlearnConfig(num_pairs=16, batch_size=16),
@@ -178,18 +178,16 @@ def served(fast_path, tmp_path_factory):
     from fastgda.data import open_dataset
     from fastgda.features import Features
     from fastgda.ground_truth import GroundTruth
-    from fastgda.ranker import RankerTrainConfig, train_ranker
+    from fastgda.ranker import Ranker, RankerTrainConfig
 
     root, inputs = fast_path
     out = tmp_path_factory.mktemp("served")
     items, queries = Features.load(root / "items"), Features.load(root / "q")
     truth = GroundTruth.load(root / "train" / "ground_truth")
     config = RankerTrainConfig(hidden=(32,), out_dim=16, epochs=3, batch_queries=2)
-    ranker, _ = train_ranker(
-        queries.values[truth.query_ids], items.values, truth.ids, config, progress=False
-    )
-    ranker.save(out / "ranker", items.spec)
-    Attributor.build(out / "attributor", out / "ranker", items, open_dataset(inputs["data_dir"]))
+    ranker = Ranker.distil(queries, items, truth, config, progress=False)
+    ranker.save(out / "ranker")
+    Attributor.build(ranker, open_dataset(inputs["data_dir"]), items).save(out / "attributor")
     return {
         "attributor": out / "attributor",
         "model": inputs["model_dir"],

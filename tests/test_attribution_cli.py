@@ -10,6 +10,7 @@ from fastgda.attributor import Attributor, fit_share_temperature, softmax_shares
 from fastgda.cli import main
 from fastgda.data import open_dataset
 from fastgda.features import Features
+from fastgda.ranker import Ranker
 
 
 def test_train_build_attribute_and_evaluate(fast_path, tmp_path, capsys):
@@ -52,7 +53,8 @@ def test_train_build_attribute_and_evaluate(fast_path, tmp_path, capsys):
     library = Attributor.load(tmp_path / "attributor").attribute(
         str(query_image), "a large cyan circle", 5
     )
-    assert [a.id for a in library] == [r["id"] for r in answer["results"]]
+    assert library.ids.shape == (1, 5)
+    assert library.ids[0].tolist() == [r["id"] for r in answer["results"]]
 
     out = tmp_path / "map.json"
     args = ["eval", "map", "--items", str(root / "items"), "--queries", str(root / "q")]
@@ -88,16 +90,13 @@ def test_an_ensemble_ranker_serves_through_the_same_attributor(fast_path, tmp_pa
     assert summary["epochs"] == 4 and summary["members"] == 2
     features = Features.load(root / "items")
     attributor = Attributor.build(
-        tmp_path / "ensemble-attributor",
-        tmp_path / "ensemble",
-        features,
-        open_dataset(inputs["data_dir"]),
+        Ranker.load(tmp_path / "ensemble"), open_dataset(inputs["data_dir"]), features
     )
     # The index holds the members' embeddings side by side; its inner product is their mean cosine.
     ranker = attributor.ranker
     assert attributor.index.dim == 32 == ranker.embedding_dim
     query_image = inputs["queries_dir"] / "images/q000000.png"
-    answer = attributor.attribute(str(query_image), "a large cyan circle", 5)
+    answer = attributor.attribute(str(query_image), "a large cyan circle", 5)[0]
     query = ranker.embed_numpy(
         attributor.query_features([str(query_image)], ["a large cyan circle"])
     )
@@ -148,7 +147,7 @@ def test_takedowns_persist_and_new_items_are_found_without_retraining(fast_path,
     query = inputs["queries_dir"] / "images/q000001.png"
     before = Attributor.load(tmp_path / "a").attribute(
         str(query), "a small red square on the left", 3
-    )
+    )[0]
     gone = before[0].id
     assert (
         main(
@@ -166,7 +165,7 @@ def test_takedowns_persist_and_new_items_are_found_without_retraining(fast_path,
     )
     assert json.loads(capsys.readouterr().out)["removed"] == 1
     reloaded = Attributor.load(tmp_path / "a")
-    after = reloaded.attribute(str(query), "a small red square on the left", 60)
+    after = reloaded.attribute(str(query), "a small red square on the left", 60)[0]
     assert gone not in [a.id for a in after] and len(after) == 59
     with pytest.raises(FastGDAError, match="removed"):
         reloaded.add_items([gone], [np.zeros((8, 8, 3), np.uint8)], [["back again"]])
@@ -174,4 +173,4 @@ def test_takedowns_persist_and_new_items_are_found_without_retraining(fast_path,
     reloaded.add_items([1000], [new_image], [["a small red square on the left"]])
     reloaded.save()
     top = Attributor.load(tmp_path / "a").attribute(new_image, "a small red square on the left", 1)
-    assert top[0].id == 1000 and top[0].score == pytest.approx(1.0, abs=1e-4)
+    assert top.ids[0, 0] == 1000 and top.scores[0, 0] == pytest.approx(1.0, abs=1e-4)

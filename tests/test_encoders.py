@@ -95,10 +95,10 @@ def test_dino_and_clip_encoders_load_from_local_folders(tiny_hf_folders, small_w
     assert image_part.encode(images).shape == (3, 24)
     v = text_part.encode(["a red circle", "a blue square", "a red circle"])
     assert v.shape == (3, 24) and np.allclose(v[0], v[2]) and not np.allclose(v[0], v[1])
-    from fastgda.features import FeatureEmbedder
+    from fastgda.features import FeatureExtractor
 
     monkeypatch.setenv("FASTGDA_DINO_PATH", str(tiny_hf_folders / "dino"))
-    both = FeatureEmbedder("dino+clip_text").embed(small_world, range(4))
+    both = FeatureExtractor("dino+clip_text").embed(small_world, range(4))
     assert both.shape == (4, 32 + 24)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastgda import IncompatibleArtifactError
-from fastgda.features import FeatureEmbedder, Features, embed_dataset
+from fastgda.features import FeatureExtractor, Features, embed_dataset
 
 
 def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_path):
@@ -15,7 +15,7 @@ def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_p
     )
     assert features.values.shape == (60, 768 + 384) and features.ids.tolist() == list(range(60))
     assert [p["name"] for p in features.parts] == ["pixels", "minilm"]
-    embedder = FeatureEmbedder("pixels+minilm")
+    embedder = FeatureExtractor("pixels+minilm")
     np.testing.assert_allclose(
         features.values[:5], embedder.embed(small_world, range(5)), rtol=1e-5, atol=1e-6
     )

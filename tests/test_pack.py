@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fastgda import pack
+from fastgda.app import pack
 from fastgda.cli import main
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_standard_world_regenerates_to_the_trained_hash(standard_world):
 
 
 def test_shipped_probe_reads_attributes_of_real_images(standard_world):
-    from fastgda.world.probe import AttributeProbe, probe_accuracy
+    from fastgda.app.world.probe import AttributeProbe, probe_accuracy
 
     probe = AttributeProbe.load(pack.probe_dir())
     rows = [i for i, s in enumerate(standard_world.scenes) if len(s["objects"]) == 1]
@@ -43,10 +43,10 @@ def test_shipped_probe_reads_attributes_of_real_images(standard_world):
 
 
 def test_shipped_model_reproduces_recorded_adherence(standard_world):
+    from fastgda.app.world import held_out_prompts
+    from fastgda.app.world.adherence import measure_adherence
+    from fastgda.app.world.probe import AttributeProbe
     from fastgda.diffusion import TextToImageModel
-    from fastgda.world import held_out_prompts
-    from fastgda.world.adherence import measure_adherence
-    from fastgda.world.probe import AttributeProbe
 
     info = pack.pack_info()
     model = TextToImageModel.from_pretrained(pack.model_dir())
@@ -66,7 +66,7 @@ def test_shipped_model_reproduces_recorded_adherence(standard_world):
 
 
 def test_full_profile_retrains_the_model_with_the_pack_recipe_and_scores_it(tmp_path):
-    from fastgda.full_profile import retrain_world_model, score_model_adherence
+    from fastgda.app.full_profile import retrain_world_model, score_model_adherence
 
     world = pack.ensure_world(
         tmp_path / "world", progress=False

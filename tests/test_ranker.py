@@ -73,9 +73,11 @@ def test_the_ranker_learns_a_planted_ranking_and_higher_cosine_means_more_influe
         lr=3e-3,
         patience=30,
     )
-    ranker, history = train_ranker(
-        queries[:160], items, ranked[:160], config, queries[160:], ranked[160:], progress=False
-    )
+    ranker = train_ranker(
+        queries[:160], items, ranked[:160], config,
+        val_query_features=queries[160:], val_ranked_ids=ranked[160:], progress=False,
+    )  # fmt: skip
+    history = ranker.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     q_emb, i_emb = ranker.embed_numpy(queries[160:]), ranker.embed_numpy(items)
     predicted = q_emb @ i_emb.T  # cosine: higher = more influential
@@ -99,10 +101,11 @@ def test_train_top_labels_only_the_teachers_top_t_and_validates_on_whole_pools(r
 
     def fit(ids, **changes):
         cfg = RankerTrainConfig(**{**config.__dict__, **changes})
-        ranker, history = train_ranker(
-            queries[:30], items, ids, cfg, queries[30:], ranked[30:], progress=False
-        )
-        return torch.cat([p.flatten() for p in ranker.parameters()]), history
+        ranker = train_ranker(
+            queries[:30], items, ids, cfg,
+            val_query_features=queries[30:], val_ranked_ids=ranked[30:], progress=False,
+        )  # fmt: skip
+        return torch.cat([p.flatten() for p in ranker.parameters()]), ranker.history
 
     top, top_history = fit(ranked[:30], train_top=10)
     truncated, truncated_history = fit(ranked[:30, :10])
@@ -155,11 +158,13 @@ def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(r
 
     def fit(cfg):
         return train_ranker(
-            queries[:30], items, ranked[:30], cfg, queries[30:], ranked[30:], progress=False
-        )
+            queries[:30], items, ranked[:30], cfg,
+            val_query_features=queries[30:], val_ranked_ids=ranked[30:], progress=False,
+        )  # fmt: skip
 
-    ensemble, history = fit(RankerTrainConfig(**{**config.__dict__, "members": 2}))
-    alone = [fit(RankerTrainConfig(**{**config.__dict__, "seed": s}))[0] for s in (5, 6)]
+    ensemble = fit(RankerTrainConfig(**{**config.__dict__, "members": 2}))
+    history = ensemble.history
+    alone = [fit(RankerTrainConfig(**{**config.__dict__, "seed": s})) for s in (5, 6)]
     for target, member in zip(ensemble.member_mlps, alone, strict=True):
         for a, b in zip(target.parameters(), member.mlp.parameters(), strict=True):
             torch.testing.assert_close(a, b, **RETRAINED)
@@ -181,9 +186,11 @@ def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(r
     assert summarise_history(history) == (6, history[-1]["val_map"])
 
     # Stored and loaded like any ranker; a one-member ranker keeps the weight names of old artifacts.
-    ensemble.save(tmp_path / "ensemble", "pixels")
-    loaded, manifest = Ranker.load(tmp_path / "ensemble")
-    assert manifest["config"]["shape"]["members"] == 2
+    ensemble.spec = "pixels"
+    ensemble.save(tmp_path / "ensemble")
+    loaded = Ranker.load(tmp_path / "ensemble")
+    assert loaded.manifest["config"]["shape"]["members"] == 2
+    assert loaded.spec == "pixels" and loaded.history == history
     torch.testing.assert_close(loaded.embed(q), q_emb)
     assert set(alone[0].state_dict()) == {
         "feature_mean",
@@ -201,8 +208,8 @@ def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(r
 def test_an_ensemble_refuses_members_it_cannot_join(rng):
     queries, items, ranked, _ = planted_problem(rng, num_queries=20)
     config = RankerTrainConfig(hidden=(16,), out_dim=8, epochs=1, batch_queries=4)
-    a, _ = train_ranker(queries, items, ranked, config, progress=False)
-    b, _ = train_ranker(queries, items * 2.0, ranked, config, progress=False)
+    a = train_ranker(queries, items, ranked, config, progress=False)
+    b = train_ranker(queries, items * 2.0, ranked, config, progress=False)
     c = Ranker(RankerShape(16, (16,), 4))
     with pytest.raises(IncompatibleArtifactError, match="standardisation"):
         Ranker.ensemble([a, b])

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from fastgda import IncompatibleArtifactError
-from fastgda.diffusion import TextToImageModel
-from fastgda.diffusion.queries import load_query_tensors
-from fastgda.reference import (
+from fastgda.app.reference import (
     pack_reference,
     reference_ground_truth,
     reference_info,
     reference_queries,
     reference_query_set,
 )
+from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.queries import load_query_tensors
 from fastgda.unlearning import ScoringConfig, UnlearnConfig
 from fastgda.unlearning.jobs import TeacherConfig, TeacherJob
 
@@ -26,7 +26,7 @@ def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_p
         scoring=ScoringConfig(timesteps=(500,)),
         num_candidates=20,
     )
-    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
     job.run()
     truth = job.merge()
     root = tmp_path / "reference"
@@ -51,7 +51,7 @@ def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_p
     for name in original:
         torch.testing.assert_close(rebuilt[name], original[name], rtol=1e-5, atol=1e-5)
     # The materialised set is a valid teacher input: same rankings as the original queries.
-    again = TeacherJob(
+    again = TeacherJob.open(
         out_dir=tmp_path / "again",
         config=config,
         progress=False,
@@ -81,9 +81,9 @@ def spearman(a, b) -> float:
 @pytest.mark.slow
 def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
     """Recompute two shipped training queries (a planted one and a held-out one) from scratch."""
+    from fastgda.app.pack import ensure_world, model_dir
+    from fastgda.app.reference import reference_dir
     from fastgda.diffusion.training import prepare_training_data
-    from fastgda.pack import ensure_world, model_dir
-    from fastgda.reference import reference_dir
     from fastgda.unlearning import (
         BeforeLosses,
         Fisher,

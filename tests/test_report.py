@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from fastgda.report import (
+from fastgda.app.report import (
     CounterfactualRow,
     CounterfactualSection,
     MethodRow,

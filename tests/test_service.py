@@ -70,7 +70,7 @@ def ids(results) -> list[int]:
 def test_multipart_json_and_features_queries_agree_with_the_library(client, served):
     library = Attributor.load(served["attributor"])
     image = np.asarray(Image.open(served["query_image"]).convert("RGB"))
-    expected = [a.id for a in library.attribute(image, PROMPT, 5)]
+    expected = library.attribute(image, PROMPT, 5).ids[0].tolist()
 
     answer = upload(client, served["query_image"].read_bytes()).json()
     assert ids(answer["results"]) == expected
@@ -99,10 +99,13 @@ def test_baseline_comparison_is_the_untuned_text_cosine(client, served):
     features = library.query_features([image], [PROMPT])
     answer = upload(client, served["query_image"].read_bytes(), baseline="true").json()
     assert answer["baseline"]["method"] == "untuned minilm"
-    expected = [a.id for a in library.untuned(features, 5, "minilm")[0]]
+    expected = library.untuned(features, 5, "minilm").ids[0].tolist()
     assert ids(answer["baseline"]["results"]) == expected
     # The text-only baseline must differ from the ranker's answer somewhere, or the toggle shows nothing.
-    assert library.untuned(features, 5, "pixels")[0] != library.untuned(features, 5, "minilm")[0]
+    assert (
+        library.untuned(features, 5, "pixels").ids.tolist()
+        != library.untuned(features, 5, "minilm").ids.tolist()
+    )
 
 
 def test_batch_answers_each_query_as_alone(client, served):

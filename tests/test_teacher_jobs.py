@@ -10,7 +10,7 @@ from fastgda import FastGDAError, IncompatibleArtifactError
 from fastgda.cli import main
 from fastgda.diffusion import TextToImageModel
 from fastgda.ground_truth import GroundTruth
-from fastgda.unlearning import ScoringConfig, UnlearnConfig
+from fastgda.unlearning import ScoringConfig, Teacher, UnlearnConfig
 from fastgda.unlearning.jobs import TeacherConfig, TeacherJob, teacher_config_from_json
 
 CONFIG = TeacherConfig(
@@ -19,7 +19,7 @@ CONFIG = TeacherConfig(
 
 
 def test_teacher_ranks_every_training_item_for_every_query(teacher_inputs, tmp_path):
-    job = TeacherJob(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
     job.run()
     ground_truth = job.merge()
     assert ground_truth.ids.shape == (3, 60) and ground_truth.ids.dtype == np.int32
@@ -33,16 +33,18 @@ def test_teacher_ranks_every_training_item_for_every_query(teacher_inputs, tmp_p
 def test_interrupted_run_finishes_only_what_is_missing_with_identical_results(
     teacher_inputs, tmp_path
 ):
-    whole = TeacherJob(out_dir=tmp_path / "whole", config=CONFIG, progress=False, **teacher_inputs)
+    whole = TeacherJob.open(
+        out_dir=tmp_path / "whole", config=CONFIG, progress=False, **teacher_inputs
+    )
     whole.run()
-    first = TeacherJob(
+    first = TeacherJob.open(
         out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
     )
     first.run([1])  # the run "dies" after one query
     (tmp_path / "resumed" / "results" / ".q_000002.npz.123.tmp").write_bytes(
         b"half a file"
     )  # killed mid-write
-    again = TeacherJob(
+    again = TeacherJob.open(
         out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
     )
     assert again.pending() == [0, 2]
@@ -54,27 +56,31 @@ def test_interrupted_run_finishes_only_what_is_missing_with_identical_results(
 
 def test_candidate_pools_rank_only_the_nearest_items(teacher_inputs, tmp_path):
     config = TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10)
-    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
     job.run([0])
-    assert set(job.candidates(0)) == set(
-        np.load(tmp_path / "run/results/q_000000.npz")["ids"].tolist()
-    )
-    assert len(job.candidates(0)) == 10
+    candidates = job.teacher.candidates(job.queries, 0)
+    assert set(candidates) == set(np.load(tmp_path / "run/results/q_000000.npz")["ids"].tolist())
+    assert len(candidates) == 10
 
 
 def test_mismatched_inputs_are_refused(teacher_inputs, test_preset, tmp_path):
     other = TextToImageModel.from_preset(test_preset, seed=1)
     other.save(tmp_path / "other")
     with pytest.raises(IncompatibleArtifactError, match="another model"):
-        TeacherJob(
+        TeacherJob.open(
             **{**teacher_inputs, "model_dir": tmp_path / "other"},
             out_dir=tmp_path / "run",
             config=CONFIG,
         )
-    TeacherJob(out_dir=tmp_path / "run2", config=CONFIG, progress=False, **teacher_inputs)
+    job = TeacherJob.open(
+        out_dir=tmp_path / "run2", config=CONFIG, progress=False, **teacher_inputs
+    )
+    job.prepare()
     changed = TeacherConfig(unlearn=UnlearnConfig(num_pairs=16), scoring=CONFIG.scoring)
     with pytest.raises(IncompatibleArtifactError, match="config"):
-        TeacherJob(out_dir=tmp_path / "run2", config=changed, progress=False, **teacher_inputs)
+        TeacherJob.open(
+            out_dir=tmp_path / "run2", config=changed, progress=False, **teacher_inputs
+        ).prepare()
     with pytest.raises(FastGDAError, match="lacks results"):
         GroundTruth.merge(tmp_path / "run2" / "results", [0, 1, 2])
 
@@ -133,16 +139,17 @@ def test_candidate_pools_can_come_from_an_image_encoder(teacher_inputs, tmp_path
         num_candidates=10,
         candidate_feature="effnet",
     )
-    job = TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
-    pixel_job = TeacherJob(
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    pixel_job = TeacherJob.open(
         out_dir=tmp_path / "pixels",
         config=TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10),
         progress=False,
         **teacher_inputs,
     )
-    pools = [set(job.candidates(q).tolist()) for q in range(3)]
+    pools = [set(job.teacher.candidates(job.queries, q).tolist()) for q in range(3)]
     assert all(len(p) == 10 for p in pools)
-    assert any(p != set(pixel_job.candidates(q).tolist()) for q, p in enumerate(pools))
+    pixel_pools = [set(pixel_job.teacher.candidates(job.queries, q).tolist()) for q in range(3)]
+    assert any(p != pixel for p, pixel in zip(pools, pixel_pools, strict=True))
 
 
 def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, tmp_path):
@@ -154,15 +161,18 @@ def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, t
             candidate_feature=feature,
         )
         out = tmp_path / feature.replace("+", "_")
-        return TeacherJob(out_dir=out, config=config, progress=False, **teacher_inputs)
+        return TeacherJob.open(out_dir=out, config=config, progress=False, **teacher_inputs)
 
     def cosine(j: TeacherJob) -> torch.Tensor:
-        train, queries = j._candidate_space
+        train, queries = j.teacher.candidate_space(j.queries)
         return queries @ train.T
 
     both, image, text = job("effnet+minilm"), job("effnet"), job("minilm")
     torch.testing.assert_close(cosine(both), (cosine(image) + cosine(text)) / 2, atol=1e-5, rtol=0)
-    assert torch.topk(cosine(both)[0], 10).indices.tolist() == both.candidates(0).tolist()
+    assert (
+        torch.topk(cosine(both)[0], 10).indices.tolist()
+        == both.teacher.candidates(both.queries, 0).tolist()
+    )
 
 
 def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candidates(
@@ -176,15 +186,15 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
             candidate_feature="minilm",
         )
 
-    small = TeacherJob(
+    small = TeacherJob.open(
         out_dir=tmp_path / "m10", config=config(10), progress=False, **teacher_inputs
     )
     small.run([0, 1])  # query 2 has no earlier result: it is scored whole
-    fresh = TeacherJob(
+    fresh = TeacherJob.open(
         out_dir=tmp_path / "fresh", config=config(25), progress=False, **teacher_inputs
     )
     fresh.run()
-    reused = TeacherJob(
+    reused = TeacherJob.open(
         out_dir=tmp_path / "reused",
         config=config(25),
         progress=False,
@@ -192,9 +202,11 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
         **teacher_inputs,
     )
     scored = []
-    original = TeacherJob._score
+    original = Teacher.scores
     monkeypatch.setattr(
-        TeacherJob, "_score", lambda self, q, ids: scored.append(len(ids)) or original(self, q, ids)
+        Teacher,
+        "scores",
+        lambda self, queries, q, ids: scored.append(len(ids)) or original(self, queries, q, ids),
     )
     reused.run()
     assert scored == [15, 15, 25]
@@ -211,28 +223,30 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
         candidate_feature="minilm",
     )
     with pytest.raises(IncompatibleArtifactError, match="only the candidate pools may differ"):
-        TeacherJob(
+        TeacherJob.open(
             out_dir=tmp_path / "other",
             config=other,
             progress=False,
             reuse_runs=[tmp_path / "m10"],
             **teacher_inputs,
-        )
+        ).prepare()
     with pytest.raises(IncompatibleArtifactError, match="not a teacher run"):
-        TeacherJob(
+        TeacherJob.open(
             out_dir=tmp_path / "other2",
             config=config(25),
             progress=False,
             reuse_runs=[tmp_path],
             **teacher_inputs,
-        )
+        ).prepare()
 
 
 def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
     config = TeacherConfig(
         unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=7, candidate_feature="effnet"
     )
-    TeacherJob(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    TeacherJob.open(
+        out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs
+    ).prepare()
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert teacher_config_from_json(saved) == config
 
@@ -240,13 +254,13 @@ def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
 @pytest.mark.slow
 def test_reference_runs_sample_rank_and_pack_every_split(teacher_inputs, small_world, tmp_path):
     """What `--profile full` and scripts/build_ground_truth.py run: sample the splits, rank them, pack; resumable."""
-    from fastgda.diffusion.queries import SamplerConfig
-    from fastgda.reference import (
+    from fastgda.app.reference import (
         compute_reference_runs,
         pack_reference,
         reference_ground_truth,
         reference_queries,
     )
+    from fastgda.diffusion.queries import SamplerConfig
 
     def config(candidates):
         return TeacherConfig(

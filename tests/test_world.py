@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 
-from fastgda.world import WorldSpec, build_world, generate_world, held_out_prompts
-from fastgda.world.shapes import ALL_COLOURS, ALL_SHAPES, RARE_CONCEPTS, Scene, render_scene
+from fastgda.app.world import WorldSpec, build_world, generate_world, held_out_prompts
+from fastgda.app.world.shapes import ALL_COLOURS, ALL_SHAPES, RARE_CONCEPTS, Scene, render_scene
 
 
 def test_world_is_deterministic_for_a_seed():
@@ -56,7 +56,7 @@ def test_captions_are_two_or_three_paraphrases_naming_colour_and_shape(small_wor
 
 
 def test_rendered_objects_take_their_colour(rng):
-    from fastgda.world.shapes import ShapeObject
+    from fastgda.app.world.shapes import ShapeObject
 
     for colour, rgb in ALL_COLOURS.items():
         for shape in ALL_SHAPES:

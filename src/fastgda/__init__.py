@@ -1,8 +1,25 @@
 """fastgda: fast data attribution for text-to-image models.
 
-``import fastgda`` stays light (numpy, torch, pillow): the diffusion layer (``fastgda.diffusion``), the shapes
-world (``fastgda.world``) and other heavy parts are imported explicitly where they are used.
+One front object per stage, each usable in memory and saved or loaded as an artifact folder::
+
+    import fastgda as fg
+
+    teacher = fg.Teacher(model, dataset, fisher)            # slow, faithful: attribution by unlearning
+    truth = teacher.rank(queries)                             # -> fg.GroundTruth
+    extractor = fg.FeatureExtractor("effnet+minilm")          # frozen encoders -> fg.Features
+    ranker = fg.Ranker.distil(query_features, item_features, truth, fg.RankerTrainConfig())
+    attributor = fg.Attributor.build(ranker, dataset, item_features)
+    answer = attributor.attribute(images, prompts, k=10)      # ids, scores, shares: (Q, k) arrays
+    print(fg.evaluate({"ranker": ranker}, test_features, item_features, test_truth))
+
+``import fastgda`` stays light (numpy, torch, pillow): the front objects are imported on first use, and the
+diffusion layer, encoders, Ray, FastAPI and faiss only where they are needed. The embedded world's app (the
+shapes world, the demo, its report) lives in ``fastgda.app``.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from .data import (
     CocoCaptions,
@@ -23,17 +40,79 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+# Front objects, by the module that defines them (imported on first access).
+_FRONT = {
+    "Attribution": "attributor",
+    "Attributions": "attributor",
+    "Attributor": "attributor",
+    "CounterfactualConfig": "counterfactual",
+    "CounterfactualJob": "counterfactual",
+    "Evaluation": "evaluation",
+    "FeatureExtractor": "features",
+    "Features": "features",
+    "Fisher": "unlearning.fisher",
+    "FisherConfig": "unlearning.fisher",
+    "GroundTruth": "ground_truth",
+    "QuerySet": "diffusion.queries",
+    "Ranker": "ranker.model",
+    "RankerTrainConfig": "ranker.training",
+    "SamplerConfig": "diffusion.queries",
+    "ScoringConfig": "unlearning.scoring",
+    "Teacher": "unlearning.teacher",
+    "TeacherConfig": "unlearning.teacher",
+    "TeacherJob": "unlearning.jobs",
+    "TextToImageModel": "diffusion.model",
+    "UnlearnConfig": "unlearning.unlearner",
+    "embed_dataset": "features",
+    "evaluate": "evaluation",
+}
+
 __all__ = [
+    "Attribution",
+    "Attributions",
+    "Attributor",
     "CocoCaptions",
     "ConfigError",
+    "CounterfactualConfig",
+    "CounterfactualJob",
     "DatasetError",
+    "Evaluation",
     "FastGDAError",
+    "FeatureExtractor",
+    "Features",
+    "Fisher",
+    "FisherConfig",
+    "GroundTruth",
     "ImageCaption",
     "ImageCaptionDataset",
     "ImageCaptionFolder",
     "IncompatibleArtifactError",
     "MissingDependencyError",
     "NotFittedError",
+    "QuerySet",
+    "Ranker",
+    "RankerTrainConfig",
+    "SamplerConfig",
+    "ScoringConfig",
     "ShapesWorld",
+    "Teacher",
+    "TeacherConfig",
+    "TeacherJob",
+    "TextToImageModel",
+    "UnlearnConfig",
+    "embed_dataset",
+    "evaluate",
     "open_dataset",
 ]
+
+
+def __getattr__(name: str):
+    if name in _FRONT:
+        value = getattr(importlib.import_module(f".{_FRONT[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'fastgda' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FRONT))

@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ._artifacts import atomic_dir, read_manifest, write_manifest
+from ._artifacts import atomic_dir, read_manifest, write_manifest, write_text_atomic
 from .encoders import FeatureSpec, make_encoder
-from .errors import FastGDAError, IncompatibleArtifactError
-from .features import FeatureEmbedder, Features
-from .index import VectorIndex, exact_top_k
+from .errors import FastGDAError, IncompatibleArtifactError, NotFittedError
+from .features import FeatureExtractor, Features
+from .index import VectorIndex, exact_top_k, unit_rows
 from .ranker import Ranker
 
 ATTRIBUTOR_KIND = "attributor"
 ATTRIBUTOR_FORMAT_VERSION = 1
+# Shares without validation data to fit the temperature to (``fit_share_temperature``).
+DEFAULT_SHARE_TEMPERATURE = 0.05
 
 
 @dataclass
@@ -43,6 +45,32 @@ class Attribution:
     share: float
     captions: list[str]
     image: str  # absolute path of the training image (may not exist on another machine)
+
+
+@dataclass
+class Attributions:
+    """Top-k answers for Q queries as arrays, most influential first; ``attributions[q]`` lists query q's items.
+
+    A row with fewer than k indexed items is padded with id -1, score -inf and share 0.
+    """
+
+    ids: np.ndarray  # int64 (Q, k)
+    scores: np.ndarray  # float32 (Q, k)
+    shares: np.ndarray  # float32 (Q, k)
+    source: Attributor = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, q: int) -> list[Attribution]:
+        return [
+            self.source.describe(int(i), float(s), float(p))
+            for i, s, p in zip(self.ids[q], self.scores[q], self.shares[q], strict=True)
+            if i >= 0
+        ]
+
+    def __iter__(self) -> Iterator[list[Attribution]]:
+        return (self[q] for q in range(len(self)))
 
 
 def softmax_shares(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -64,7 +92,7 @@ def fit_share_temperature(predicted: np.ndarray, teacher_scores: np.ndarray) -> 
     positive = np.clip(teacher_scores, 0, None)
     keep = positive.sum(axis=1) > 0
     if not keep.any():
-        return 0.05
+        return DEFAULT_SHARE_TEMPERATURE
     target = positive[keep] / positive[keep].sum(axis=1, keepdims=True)
     grid = np.logspace(-3, 0.5, 60)
     losses = [
@@ -75,56 +103,65 @@ def fit_share_temperature(predicted: np.ndarray, teacher_scores: np.ndarray) -> 
 
 
 class Attributor:
-    """A loaded attributor: ranker, index and item metadata; encoders are built on the first image query."""
+    """Ranker, index and item metadata: ``build`` it from a ranker and a dataset, or ``load`` a saved one.
+
+    Encoders are built on the first image query. ``root`` is the folder it was loaded from or saved to (None for
+    one built in memory and not saved yet).
+    """
 
     def __init__(
-        self, root: Path, ranker: Ranker, index: VectorIndex, items: list[dict], manifest: dict
+        self,
+        ranker: Ranker,
+        index: VectorIndex,
+        items: dict[int, dict],
+        config: dict,
+        item_features: Features | None = None,
+        root: Path | None = None,
     ):
-        self.root, self.ranker, self.index, self.items, self.manifest = (
-            root,
-            ranker,
-            index,
-            items,
-            manifest,
-        )
-        self.spec: str = manifest["config"]["spec"]
-        self.temperature: float = manifest["config"]["share_temperature"]
-        self.data_root = Path(manifest["config"]["data_root"])
-        self._embedder: FeatureEmbedder | None = None
+        self.ranker, self.index, self.items, self.config = ranker, index, items, config
+        self.item_features, self.root = item_features, root
+        self.spec: str = config["spec"]
+        self.temperature: float = config["share_temperature"]
+        self.data_root = Path(config["data_root"])
+        self._embedder: FeatureExtractor | None = None
         self._untuned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    # -- building ----------------------------------------------------------------------------------------
-    @staticmethod
+    # -- building, saving, loading ------------------------------------------------------------------------
+    @classmethod
     def build(
-        out_dir: str | os.PathLike,
-        ranker_dir: str | os.PathLike,
-        item_features: Features,
+        cls,
+        ranker: Ranker,
         dataset,
+        item_features: Features,
+        *,
         backend: str = "exact",
-        share_temperature: float = 0.05,
-        overwrite: bool = False,
+        validation: tuple[Features, object] | None = None,
         keep_features: bool = True,
         item_embeddings: np.ndarray | None = None,
         **index_options,
     ) -> Attributor:
-        """Embed every training item with the ranker, index them, and write the attributor folder.
+        """Embed every training item with the ranker and index them (in memory; ``save`` writes the folder).
 
-        ``keep_features`` stores the backbone features beside the index (float16), so that a ranker can be
-        retrained with an MLP pass only and ``untuned`` baselines can be served. ``item_embeddings``: the
-        ranker's embeddings of ``item_features`` (N, out_dim) when the caller already computed them.
+        Args:
+            ranker: a trained ``Ranker``; its spec must be the features' spec.
+            dataset: the training set (captions and image paths of every item).
+            item_features: ``Features`` (N, D) of the training set.
+            backend: ``exact``, ``hnsw`` or ``ivfpq`` (``VectorIndex``).
+            validation: (query ``Features``, ``GroundTruth``) of validation queries: the share temperature is
+                fitted to the teacher's shares on them (default temperature without).
+            keep_features: keep the backbone features (saved as float16), so untuned baselines can be served and
+                a ranker retrained with an MLP pass only.
+            item_embeddings: the ranker's embeddings (N, embedding_dim) of ``item_features``, if already computed.
         """
-        ranker, ranker_manifest = Ranker.load(ranker_dir)
-        spec = ranker_manifest["config"]["spec"]
-        if item_features.spec != spec:
+        if ranker.spec is not None and item_features.spec != ranker.spec:
             raise IncompatibleArtifactError(
-                f"the ranker was trained on {spec!r} features, the item features are {item_features.spec!r}; "
-                f"embed the training set with `fastgda embed --spec {spec}`"
+                f"the ranker was trained on {ranker.spec!r} features, the item features are {item_features.spec!r}; "
+                f"embed the training set with `fastgda embed --spec {ranker.spec}`"
             )
         if item_features.source.get("content_hash") not in (None, dataset.content_hash):
             raise IncompatibleArtifactError(
                 "the item features were computed on another dataset than the one given; embed this dataset"
             )
-        index = VectorIndex(ranker.embedding_dim, backend, **index_options)
         if item_embeddings is None:
             item_embeddings = ranker.embed_numpy(item_features.values)
         elif item_embeddings.shape != (len(item_features), ranker.embedding_dim):
@@ -132,47 +169,84 @@ class Attributor:
                 f"item_embeddings {item_embeddings.shape} do not match {len(item_features)} items x "
                 f"{ranker.embedding_dim} ranker outputs"
             )
+        index = VectorIndex(ranker.embedding_dim, backend, **index_options)
         index.add(item_features.ids, item_embeddings)
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            shutil.copytree(ranker_dir, tmp / "ranker")
-            index.save(tmp / "index")
-            if keep_features:
-                item_features.save(tmp / "features", dtype="float16")
-            lines = [
-                json.dumps(
-                    {
-                        "id": int(i),
-                        "captions": list(dataset.captions(int(i))),
-                        "file": _item_file(dataset, i),
-                    }
+        temperature = DEFAULT_SHARE_TEMPERATURE
+        if validation is not None:
+            queries, truth = validation
+            query_embeddings = ranker.embed_numpy(queries.select(truth.query_ids).values)
+            predicted = np.einsum("qd,qkd->qk", query_embeddings, item_embeddings[truth.ids])
+            temperature = fit_share_temperature(predicted, truth.scores)
+        items = {
+            int(i): {
+                "id": int(i),
+                "captions": list(dataset.captions(int(i))),
+                "file": _item_file(dataset, i),
+            }
+            for i in item_features.ids
+        }
+        config = {
+            "spec": item_features.spec,
+            "data_root": str(Path(dataset.root).resolve()),
+            "content_hash": dataset.content_hash,
+            "share_temperature": temperature,
+            "backend": backend,
+        }
+        return cls(ranker, index, items, config, item_features if keep_features else None)
+
+    def save(self, folder: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+        """Write the attributor folder atomically; ``None`` updates the folder it was loaded from in place.
+
+        In place, only what items can change is rewritten (the index, ``items.jsonl``, the manifest), each file
+        atomically: a takedown does not copy the ranker and the stored features.
+        """
+        if folder is None or (
+            self.root is not None and Path(folder).resolve() == self.root.resolve()
+        ):
+            if self.root is None:
+                raise NotFittedError(
+                    "this attributor was built in memory; pass the folder to save it to"
                 )
-                for i in item_features.ids
-            ]
-            (tmp / "items.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-            write_manifest(
-                tmp,
-                ATTRIBUTOR_KIND,
-                ATTRIBUTOR_FORMAT_VERSION,
-                config={
-                    "spec": spec,
-                    "data_root": str(Path(dataset.root).resolve()),
-                    "content_hash": dataset.content_hash,
-                    "share_temperature": share_temperature,
-                    "backend": backend,
-                },
-                shapes={"items": [len(item_features)]},
-            )
-        return Attributor.load(out_dir)
+            self.index.save(self.root / "index", overwrite=True)
+            self._write_items_and_manifest(self.root, atomic=True)
+            return self.root
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
+            self.ranker.save(tmp / "ranker")
+            self.index.save(tmp / "index")
+            features = self.item_features
+            if features is None and self.has_features:
+                features = Features.load(self.root / "features")
+            if features is not None:
+                features.save(tmp / "features", dtype="float16")
+            self._write_items_and_manifest(tmp, atomic=False)
+        self.root = Path(folder)
+        return self.root
+
+    def _write_items_and_manifest(self, folder: Path, atomic: bool) -> None:
+        live = set(self.index.ids.tolist()) - self.index.removed
+        lines = [json.dumps(rec) for item_id, rec in sorted(self.items.items()) if item_id in live]
+        text = "\n".join(lines) + "\n"
+        if atomic:
+            write_text_atomic(folder / "items.jsonl", text)
+        else:
+            (folder / "items.jsonl").write_text(text, encoding="utf-8")
+        write_manifest(
+            folder,
+            ATTRIBUTOR_KIND,
+            ATTRIBUTOR_FORMAT_VERSION,
+            config={**self.config, "share_temperature": self.temperature},
+            shapes={"items": [len(live)]},
+        )
 
     @classmethod
-    def load(cls, root: str | os.PathLike) -> Attributor:
-        root = Path(root)
-        manifest = read_manifest(root, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
-        ranker, _ = Ranker.load(root / "ranker")
-        index = VectorIndex.load(root / "index")
-        lines = (root / "items.jsonl").read_text(encoding="utf-8").splitlines()
+    def load(cls, folder: str | os.PathLike) -> Attributor:
+        folder = Path(folder)
+        manifest = read_manifest(folder, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
+        ranker = Ranker.load(folder / "ranker")
+        index = VectorIndex.load(folder / "index")
+        lines = (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()
         items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}
-        return cls(root, ranker, index, items, manifest)
+        return cls(ranker, index, items, manifest["config"], root=folder)
 
     # -- changing the training set ----------------------------------------------------------------------
     def add_items(
@@ -183,7 +257,7 @@ class Attributor:
         Args:
             ids: new int ids (n,); images: uint8 (n, H, W, 3) or paths; captions: per item, at least one.
         """
-        arrays = [_load_query_image(im) for im in images]
+        arrays = [load_query_image(im) for im in images]
         if not all(c and all(t.strip() for t in c) for c in captions):
             raise FastGDAError("every new training item needs at least one non-empty caption")
         features = self.embedder.embed_pairs(arrays, [c[0] for c in captions])
@@ -200,55 +274,63 @@ class Attributor:
         self._untuned.clear()  # the baselines must forget them too
         return self.index.remove(ids)
 
-    def save(self) -> None:
-        """Persist the index and item list in place (written beside, then renamed)."""
-        self.index.save(self.root / "index", overwrite=True)
-        live = set(self.index.ids.tolist()) - self.index.removed
-        lines = [json.dumps(rec) for item_id, rec in sorted(self.items.items()) if item_id in live]
-        from ._artifacts import write_text_atomic
-
-        write_text_atomic(self.root / "items.jsonl", "\n".join(lines) + "\n")
-        config = self.manifest["config"]
-        write_manifest(
-            self.root,
-            ATTRIBUTOR_KIND,
-            ATTRIBUTOR_FORMAT_VERSION,
-            config=config,
-            shapes={"items": [len(live)]},
-        )
-
     # -- querying ----------------------------------------------------------------------------------------
     @property
-    def embedder(self) -> FeatureEmbedder:
+    def embedder(self) -> FeatureExtractor:
         if self._embedder is None:
-            self._embedder = FeatureEmbedder(self.spec)
+            self._embedder = FeatureExtractor(self.spec)
         return self._embedder
 
     def query_features(self, images, prompts: list[str]) -> np.ndarray:
         """Features (Q, D) of query images (uint8 (Q, H, W, 3), paths, or PIL images) and their prompts."""
-        arrays = [_load_query_image(im) for im in images]
+        arrays = [load_query_image(im) for im in images]
         if len(arrays) != len(prompts):
             raise FastGDAError(f"{len(arrays)} images for {len(prompts)} prompts")
         return self.embedder.embed_pairs(arrays, list(prompts))
 
-    def attribute_features(self, features: np.ndarray, k: int = 10) -> list[list[Attribution]]:
+    def attribute(self, images, prompts, k: int = 10) -> Attributions:
+        """Top-k training items for generated images and their prompts: one (image, prompt) or lists of them.
+
+        Args:
+            images: an image (path, PIL image or uint8 (H, W, 3)) or a list of them (Q).
+            prompts: the prompt, or a list of Q prompts.
+
+        Returns:
+            ``Attributions`` with ids, scores and shares (Q, k); ``result[q]`` lists query q's items.
+        """
+        if isinstance(prompts, str):
+            images, prompts = [images], [prompts]
+        return self.attribute_features(self.query_features(images, prompts), k)
+
+    def attribute_features(self, features: np.ndarray, k: int = 10) -> Attributions:
         """Top-k training items for query features (Q, D), most influential first."""
         ids, scores = self.index.search(self.ranker.embed_numpy(np.atleast_2d(features)), k)
-        shares = softmax_shares(scores, self.temperature)
-        return [
-            [
-                Attribution(
-                    int(i), float(s), float(p), self.items[int(i)]["captions"], self._path(int(i))
-                )
-                for i, s, p in zip(row_ids, row_scores, row_shares, strict=True)
-                if i >= 0
-            ]
-            for row_ids, row_scores, row_shares in zip(ids, scores, shares, strict=True)
-        ]
+        return Attributions(
+            ids, scores, softmax_shares(scores, self.temperature).astype(np.float32), self
+        )
+
+    def describe(self, item_id: int, score: float, share: float) -> Attribution:
+        """One item of an answer, with its captions and image path."""
+        return Attribution(
+            item_id, score, share, self.items[item_id]["captions"], self.image_path(item_id)
+        )
+
+    def thumbnails(self, answer: list[Attribution], missing_size: int = 16) -> list[np.ndarray]:
+        """The training images of one answer as uint8 (H, W, 3); a blank tile for an image that is not here."""
+        out = []
+        for item in answer:
+            try:
+                with Image.open(item.image) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+            except (OSError, ValueError):
+                out.append(np.zeros((missing_size, missing_size, 3), np.uint8))
+        return out
 
     @property
     def has_features(self) -> bool:
-        return (self.root / "features" / "manifest.json").exists()
+        return self.item_features is not None or (
+            self.root is not None and (self.root / "features" / "manifest.json").exists()
+        )
 
     def baseline_part(self) -> str:
         """The default untuned baseline: the spec's first text part (the strongest one on the embedded world,
@@ -257,9 +339,7 @@ class Attributor:
         text = [name for name in parts if make_encoder(name).modality == "text"]
         return (text or parts)[0]
 
-    def untuned(
-        self, features: np.ndarray, k: int = 10, part: str | None = None
-    ) -> list[list[Attribution]]:
+    def untuned(self, features: np.ndarray, k: int = 10, part: str | None = None) -> Attributions:
         """Top-k by the plain cosine of one part of the frozen features (no ranker): a baseline to compare with.
 
         Args:
@@ -267,55 +347,33 @@ class Attributor:
             part: encoder name within the spec (default ``baseline_part()``).
 
         Raises:
-            FastGDAError: the attributor was built without ``features/`` or ``part`` is not in the spec.
+            FastGDAError: the attributor was built without features or ``part`` is not in the spec.
         """
         part = part or self.baseline_part()
         if part not in self._untuned:
             if not self.has_features:
                 raise FastGDAError(
-                    f"{self.root} has no features/ folder; rebuild it with `fastgda attributor build` to serve "
+                    "this attributor keeps no item features; rebuild it with `fastgda attributor build` to serve "
                     "untuned baselines"
                 )
-            stored = Features.load(self.root / "features")
+            stored = self.item_features or Features.load(self.root / "features")
             try:
-                columns = stored.part(part).astype(np.float32)
+                columns = stored.part(part)
             except KeyError as exc:
                 raise FastGDAError(
                     f"{part!r} is not a part of {self.spec!r}; choose one of {FeatureSpec.parse(self.spec).names}"
                 ) from exc
             live = ~np.isin(stored.ids, np.fromiter(self.index.removed, np.int64))
-            columns = columns[live] / np.maximum(
-                np.linalg.norm(columns[live], axis=1, keepdims=True), 1e-12
-            )
-            self._untuned[part] = (stored.ids[live], columns)
+            self._untuned[part] = (stored.ids[live], unit_rows(columns[live]))
         ids, columns = self._untuned[part]
         offset = next(p["offset"] for p in self.embedder.parts if p["name"] == part)
-        queries = np.atleast_2d(features)[:, offset : offset + columns.shape[1]].astype(np.float32)
-        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        queries = unit_rows(np.atleast_2d(features)[:, offset : offset + columns.shape[1]])
         positions, scores = exact_top_k(queries, columns, k)
-        shares = softmax_shares(scores, self.temperature)
-        return [
-            [
-                Attribution(
-                    int(ids[p]),
-                    float(s),
-                    float(h),
-                    self.items[int(ids[p])]["captions"],
-                    self._path(int(ids[p])),
-                )
-                for p, s, h in zip(row_p, row_s, row_h, strict=True)
-            ]
-            for row_p, row_s, row_h in zip(positions, scores, shares, strict=True)
-        ]
+        shares = softmax_shares(scores, self.temperature).astype(np.float32)
+        return Attributions(ids[positions], scores, shares, self)
 
-    def attribute(self, image, prompt: str, k: int = 10) -> list[Attribution]:
-        """Top-k training items for one generated image and its prompt."""
-        return self.attribute_batch([image], [prompt], k)[0]
-
-    def attribute_batch(self, images, prompts: list[str], k: int = 10) -> list[list[Attribution]]:
-        return self.attribute_features(self.query_features(images, prompts), k)
-
-    def _path(self, item_id: int) -> str:
+    def image_path(self, item_id: int) -> str:
+        """Absolute path of a training item's image ("" when the item was added without a file)."""
         return (
             str(self.data_root / self.items[item_id]["file"]) if self.items[item_id]["file"] else ""
         )
@@ -330,7 +388,8 @@ def _item_file(dataset, item_id) -> str:
         return str(path.resolve())
 
 
-def _load_query_image(image) -> np.ndarray:
+def load_query_image(image) -> np.ndarray:
+    """uint8 (H, W, 3) from a path, a PIL image or an array; an unreadable file is a ``FastGDAError``."""
     if isinstance(image, str | os.PathLike):
         try:
             with Image.open(image) as im:

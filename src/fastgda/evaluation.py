@@ -1,18 +1,28 @@
-"""Rank agreement with the teacher: mAP(L) as the FastGDA paper defines it, and planted-concept recall.
+"""Rank agreement with the teacher: mAP(L) as the FastGDA paper defines it, planted-concept recall, and
+``evaluate``, which scores any methods beside the untuned baselines on one set of test queries.
 
 mAP(L): for each query, the positives are the teacher's top-L training items; walking down the *whole* predicted
 ranking, precision is accumulated at every positive and averaged over the L positives (= scikit-learn's
 ``average_precision_score`` with those labels). The paper reports L at 0.42%, 0.85% and 3.4% of N
 (500, 1000 and 4000 of MSCOCO's 118,287).
+
+A *method* is a float (Q, N) matrix of scores, higher = more influential, for the test queries over every
+training item. The untuned baselines are cosines of raw frozen features (method.md §6): each part of the spec,
+their raw concatenation, and random.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, IncompatibleArtifactError
+from .features import Features
+from .index import unit_rows
 
 PAPER_L_FRACTIONS = (0.0042, 0.0085, 0.034)
+RANDOM = "random"
 
 
 def l_values(num_train: int, fractions=PAPER_L_FRACTIONS) -> list[int]:
@@ -38,9 +48,8 @@ def map_at_l(predicted_scores: np.ndarray, teacher_ids: np.ndarray, L: int) -> n
     """Per-query AP against the teacher's top-L.
 
     Args:
-        predicted_scores: float (Q, n) scores of every ranked item (column j = training id ``columns[j]``, here
-            the identity: full rankings over n = N items).
-        teacher_ids: int (Q, K) the teacher's ranking (most influential first), K >= L, ids in [0, n).
+        predicted_scores: float (Q, N) scores of every training item (full rankings).
+        teacher_ids: int (Q, K) the teacher's ranking (most influential first), K >= L, ids in [0, N).
 
     Returns:
         float64 (Q,) AP per query; report its mean and standard error.
@@ -69,7 +78,194 @@ def recall_at_k(ranked_ids: np.ndarray, relevant: set[int], k: int | None = None
 
 
 def mean_and_stderr(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std, ddof = 1, over sqrt(n)); the error is NaN for n < 2.
+
+    The one helper behind every "± s.e." figure: mAP(L), planted recall and the counterfactual's ΔL.
+    """
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def cosine_matrix(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Cosine similarities float32 (Q, N) of raw feature rows."""
+    return unit_rows(queries) @ unit_rows(items).T
+
+
+def untuned_methods(
+    query_features: Features, item_features: Features, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Score matrices of the untuned baselines: one per spec part, the raw concatenation, and random."""
+    if query_features.spec != item_features.spec:
+        raise IncompatibleArtifactError(
+            f"query features {query_features.spec!r} vs item features {item_features.spec!r}: "
+            "embed the queries and the items with one spec"
+        )
+    methods = {}
+    for part in item_features.parts:
+        name = f"untuned {part['modality']} ({part['name']})"
+        methods[name] = cosine_matrix(
+            query_features.part(part["name"]), item_features.part(part["name"])
+        )
+    if len(item_features.parts) > 1:
+        methods[f"untuned concatenation ({item_features.spec})"] = cosine_matrix(
+            query_features.values, item_features.values
+        )
+    rng = np.random.default_rng(seed)
+    methods[RANDOM] = rng.random((len(query_features), len(item_features))).astype(np.float32)
+    return methods
+
+
+def teacher_scores(ground_truth, num_train: int) -> np.ndarray:
+    """The teacher's own rankings as a float32 (Q, N) score matrix (items it did not rank: -inf)."""
+    scores = np.full((len(ground_truth), num_train), -np.inf, dtype=np.float32)
+    np.put_along_axis(scores, ground_truth.ids.astype(np.int64), ground_truth.scores, axis=1)
+    return scores
+
+
+def map_table(
+    methods: dict[str, np.ndarray], teacher_ids: np.ndarray, num_train: int
+) -> dict[str, dict]:
+    """mAP(L) mean and standard error per method at the paper's L fractions of N."""
+    table = {}
+    for name, scores in methods.items():
+        table[name] = {}
+        for L in l_values(num_train):
+            mean, stderr = mean_and_stderr(map_at_l(scores, teacher_ids, L))
+            table[name][L] = {"mean": mean, "stderr": stderr}
+    return table
+
+
+def planted_recall(
+    methods: dict[str, np.ndarray], concepts: list[str | None], exemplars: dict[str, list[int]]
+):
+    """Mean recall@(number of exemplars) over queries naming a planted concept, per method: (mean, s.e.)."""
+    rows = [q for q, c in enumerate(concepts) if c]
+    out = {}
+    for name, scores in methods.items():
+        recalls = [
+            recall_at_k(np.argsort(-scores[q], kind="stable"), set(exemplars[concepts[q]]))
+            for q in rows
+        ]
+        out[name] = mean_and_stderr(recalls) if recalls else (float("nan"), float("nan"))
+    return out
+
+
+def format_map_table(table: dict[str, dict], num_train: int, recall: dict | None = None) -> str:
+    """A markdown table: one row per method, mAP(L) +- s.e. per L, optional planted recall."""
+    ls = l_values(num_train)
+    head = "| method | " + " | ".join(f"mAP(L={L}, {100 * L / num_train:.2g}% of N)" for L in ls)
+    head += " | planted recall |" if recall else " |"
+    lines = [head, "|---|" + "---:|" * (len(ls) + (1 if recall else 0))]
+    for name, row in table.items():
+        cells = [f"{row[L]['mean']:.3f} ± {row[L]['stderr']:.3f}" for L in ls]
+        if recall:
+            mean, stderr = recall[name]
+            cells.append(f"{mean:.2f} ± {stderr:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` measured: every method's mAP(L) (and planted recall) on Q test queries over N items."""
+
+    num_train: int
+    query_ids: np.ndarray  # int64 (Q,)
+    scores: dict[str, np.ndarray]  # method -> float32 (Q, N), higher = more influential
+    map: dict[str, dict[int, dict[str, float]]]  # method -> L -> {"mean", "stderr"}
+    planted_recall: dict[str, tuple[float, float]] | None = None
+    teacher_ids: np.ndarray = field(
+        default=None, repr=False
+    )  # int (Q, N) the full rankings scored against
+
+    @property
+    def ls(self) -> list[int]:
+        """The paper's three L for this N (0.42%, 0.85% and 3.4% of N)."""
+        return l_values(self.num_train)
+
+    def best_untuned(self, L: int | None = None) -> str:
+        """The untuned baseline with the highest mAP(L) (default L: the middle one, 0.85% of N)."""
+        L = self.ls[1] if L is None else L
+        untuned = [name for name in self.map if name.startswith("untuned")]
+        if not untuned:
+            raise ConfigError(
+                "this evaluation holds no untuned baselines; evaluate with baselines=True"
+            )
+        return max(untuned, key=lambda name: self.map[name][L]["mean"])
+
+    def ratio(self, method: str, L: int | None = None) -> float:
+        """``method``'s mAP(L) over the best untuned baseline's."""
+        L = self.ls[1] if L is None else L
+        return self.map[method][L]["mean"] / self.map[self.best_untuned(L)][L]["mean"]
+
+    def curve(self, method: str, fractions) -> list[tuple[int, float]]:
+        """(L, mean mAP(L)) for L at each fraction of N: the mAP(L) curve of one method."""
+        return [
+            (L, float(map_at_l(self.scores[method], self.teacher_ids, L).mean()))
+            for L in l_values(self.num_train, fractions)
+        ]
+
+    def to_json(self) -> dict:
+        recall = None if self.planted_recall is None else dict(self.planted_recall)
+        return {
+            "num_train": self.num_train,
+            "num_queries": len(self.query_ids),
+            "map": self.map,
+            "planted_recall": recall,
+        }
+
+    def __str__(self) -> str:
+        return format_map_table(self.map, self.num_train, self.planted_recall)
+
+
+def evaluate(
+    methods: dict,
+    queries: Features,
+    items: Features,
+    ground_truth,
+    *,
+    baselines: bool = True,
+    concepts: list[str | None] | None = None,
+    exemplars: dict[str, list[int]] | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """mAP(L) of each method against the teacher's full rankings of the test queries, beside the untuned baselines.
+
+    Args:
+        methods: name -> a ``Ranker`` (scored by its cosine), anything with a ``ranker`` (an ``Attributor``), or a
+            float (Q, N) score matrix in the ground truth's query order.
+        queries: features of the test queries; the rows of ``ground_truth.query_ids`` are used.
+        items: features of every training item (N rows, the ids the ground truth ranks).
+        ground_truth: the teacher's rankings of the test queries over all N items.
+        baselines: also score the untuned baselines (each part, the concatenation) and random.
+        concepts / exemplars: the planted concept each test query names (or None) and each concept's training
+            ids, for planted recall (the shapes world).
+
+    Raises:
+        IncompatibleArtifactError: the rankings are not full, or the features do not match.
+    """
+    if ground_truth.ids.shape[1] != len(items):
+        raise IncompatibleArtifactError(
+            f"mAP(L) needs full rankings: the ground truth ranks {ground_truth.ids.shape[1]} candidates of "
+            f"{len(items)} items; use the test queries' ground truth"
+        )
+    selected = queries.select(ground_truth.query_ids)
+    scores = {}
+    for name, method in methods.items():
+        ranker = getattr(method, "ranker", method)
+        scores[name] = (
+            ranker.score(selected.values, items.values)
+            if hasattr(ranker, "score")
+            else np.asarray(method, dtype=np.float32)
+        )
+    if baselines:
+        scores.update(untuned_methods(selected, items, seed=seed))
+    table = map_table(scores, ground_truth.ids, len(items))
+    recall = None
+    if concepts is not None and exemplars and any(concepts):
+        recall = planted_recall(
+            {**scores, "teacher": teacher_scores(ground_truth, len(items))}, concepts, exemplars
+        )
+    return Evaluation(len(items), selected.ids, scores, table, recall, ground_truth.ids)

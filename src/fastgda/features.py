@@ -58,6 +58,25 @@ class Features:
         """Widths of the parts, in column order."""
         return [int(p["dim"]) for p in sorted(self.parts, key=lambda p: p["offset"])]
 
+    def select(self, ids) -> Features:
+        """The rows whose ids are ``ids`` (int (q,)), in that order: e.g. a ground truth's ``query_ids``.
+
+        Raises:
+            IncompatibleArtifactError: some ids have no row here (features of another query set).
+        """
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        order = np.argsort(self.ids, kind="stable")
+        positions = order[
+            np.searchsorted(self.ids, wanted, sorter=order).clip(0, len(self.ids) - 1)
+        ]
+        missing = wanted[self.ids[positions] != wanted] if len(self.ids) else wanted
+        if len(missing):
+            raise IncompatibleArtifactError(
+                f"these {self.spec} features hold no rows for ids {missing[:5].tolist()} ({len(missing)} missing, "
+                f"{len(self)} rows held); embed the query set the ground truth ranks"
+            )
+        return Features(self.values[positions], wanted, self.spec, self.parts, dict(self.source))
+
     def part(self, name: str) -> np.ndarray:
         """The columns of one encoder: (n, dim_part)."""
         for p in self.parts:
@@ -66,9 +85,9 @@ class Features:
         raise KeyError(f"features {self.spec!r} have no part {name!r}")
 
     def save(
-        self, out_dir: str | os.PathLike, dtype: str = "float32", overwrite: bool = False
+        self, folder: str | os.PathLike, dtype: str = "float32", overwrite: bool = False
     ) -> None:
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "values.npy", self.values.astype(dtype))
             np.save(tmp / "ids.npy", self.ids.astype(np.int64))
             write_manifest(
@@ -81,30 +100,51 @@ class Features:
             )
 
     @classmethod
-    def load(cls, features_dir: str | os.PathLike, expect_spec: str | None = None) -> Features:
+    def load(cls, folder: str | os.PathLike, expect_spec: str | None = None) -> Features:
         """Load (checksums verified); with ``expect_spec``, refuse features made by other encoders."""
-        features_dir = Path(features_dir)
-        manifest = read_manifest(features_dir, FEATURES_KIND, FEATURES_FORMAT_VERSION)
-        verify_checksums(features_dir, manifest)
+        folder = Path(folder)
+        manifest = read_manifest(folder, FEATURES_KIND, FEATURES_FORMAT_VERSION)
+        verify_checksums(folder, manifest)
         spec = manifest["config"]["spec"]
         if expect_spec is not None and spec != str(FeatureSpec.parse(expect_spec)):
             raise IncompatibleArtifactError(
-                f"features at {features_dir} were made with spec {spec!r}, expected {expect_spec!r}; "
+                f"features at {folder} were made with spec {spec!r}, expected {expect_spec!r}; "
                 f"embed again with `fastgda embed --spec {expect_spec}`"
             )
-        values = np.load(features_dir / "values.npy", allow_pickle=False).astype(np.float32)
-        ids = np.load(features_dir / "ids.npy", allow_pickle=False)
+        values = np.load(folder / "values.npy", allow_pickle=False).astype(np.float32)
+        ids = np.load(folder / "ids.npy", allow_pickle=False)
         return cls(values, ids, spec, manifest["config"]["parts"], manifest.get("source", {}))
 
 
-class FeatureEmbedder:
-    """Builds the spec's encoders once; ``embed(dataset, rows)`` returns (len(rows), D) float32."""
+class FeatureExtractor:
+    """The frozen encoders of a spec (e.g. ``"effnet+minilm"``), built once.
+
+    ``extract(dataset)`` embeds a whole dataset in memory (``embed_dataset`` does it resumably into a folder);
+    ``embed_pairs(images, texts)`` embeds query images with their prompts.
+    """
 
     def __init__(self, spec: str | FeatureSpec):
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.parse(spec)
         self.encoders = [make_encoder(name) for name in self.spec.names]
         self.parts = encoder_layout(self.encoders)
         self.dim = sum(encoder.dim for encoder in self.encoders)
+
+    def extract(self, dataset, batch_size: int = 512, progress: bool = True) -> Features:
+        """``Features`` (N, D) of every row of a dataset or query set: its image and first caption (or prompt)."""
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(dataset), batch_size)
+        chunks = [
+            self.embed(dataset, range(start, min(start + batch_size, len(dataset))))
+            for start in tqdm(starts, desc=f"embedding ({self.spec})", disable=not progress)
+        ]
+        values = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+        _check_finite(values, getattr(dataset, "root", "the dataset"))
+        root = getattr(dataset, "root", None)
+        source = {"dataset": str(root) if root else None, "content_hash": dataset.content_hash}
+        return Features(
+            values, np.arange(len(dataset), dtype=np.int64), str(self.spec), self.parts, source
+        )
 
     def embed_pairs(self, images, texts: list[str]) -> np.ndarray:
         """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D)."""
@@ -147,7 +187,7 @@ class _ChunkTask:
     def __call__(self):
         from .data import open_dataset
 
-        dataset, embedder = open_dataset(self.dataset_dir), FeatureEmbedder(self.spec)
+        dataset, embedder = open_dataset(self.dataset_dir), FeatureExtractor(self.spec)
 
         def run(chunk: int) -> None:
             rows = range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(dataset)))
@@ -209,12 +249,7 @@ def embed_dataset(
     values = np.concatenate(
         [np.load(partial / f"chunk_{c:06d}.npy", allow_pickle=False) for c in range(num_chunks)]
     )
-    if not np.isfinite(values).all():
-        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
-        raise IncompatibleArtifactError(
-            f"encoders returned NaN or infinite features for rows {bad[:5].tolist()} of {dataset_dir}; "
-            "check those images"
-        )
+    _check_finite(values, dataset_dir)
     features = Features(
         values,
         np.arange(len(dataset), dtype=np.int64),
@@ -225,3 +260,12 @@ def embed_dataset(
     features.save(out_dir, dtype=dtype, overwrite=True)
     shutil.rmtree(partial)
     return features
+
+
+def _check_finite(values: np.ndarray, where) -> None:
+    if not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        raise IncompatibleArtifactError(
+            f"encoders returned NaN or infinite features for rows {bad[:5].tolist()} of {where}; "
+            "check those images"
+        )

@@ -107,8 +107,30 @@ class GroundTruth:
             dict(config or {}),
         )
 
+    def select(self, query_ids) -> GroundTruth:
+        """The rows of these query ids, in that order.
+
+        Raises:
+            FastGDAError: some ids are not ranked here (the message names them and the ids that are).
+        """
+        position = {int(q): row for row, q in enumerate(self.query_ids)}
+        wanted = [int(q) for q in query_ids]
+        missing = [q for q in wanted if q not in position]
+        if missing:
+            held = (
+                f"{int(self.query_ids.min())}..{int(self.query_ids.max())}" if len(self) else "none"
+            )
+            raise FastGDAError(
+                f"query ids {missing[:10]} are not in this ground truth; it ranks query ids {held} "
+                f"({len(self)} queries)"
+            )
+        rows = np.array([position[q] for q in wanted], dtype=np.int64)
+        return GroundTruth(
+            self.query_ids[rows], self.ids[rows], self.scores[rows], dict(self.config)
+        )
+
     def save(
-        self, out_dir: str | os.PathLike, overwrite: bool = False, compact: bool = False
+        self, folder: str | os.PathLike, overwrite: bool = False, compact: bool = False
     ) -> None:
         """Write ``ground_truth.safetensors`` and a manifest atomically.
 
@@ -127,7 +149,7 @@ class GroundTruth:
             tensors["score_scale"] = torch.from_numpy(scale)
         else:
             tensors["scores"] = torch.from_numpy(self.scores.astype(np.float32))
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             save_file(tensors, tmp / "ground_truth.safetensors")
             write_manifest(
                 tmp,
@@ -138,11 +160,11 @@ class GroundTruth:
             )
 
     @classmethod
-    def load(cls, gt_dir: str | os.PathLike) -> GroundTruth:
+    def load(cls, folder: str | os.PathLike) -> GroundTruth:
         """Load a merged ground truth (manifest and checksums checked)."""
-        manifest = read_manifest(gt_dir, GROUND_TRUTH_KIND, GROUND_TRUTH_FORMAT_VERSION)
-        verify_checksums(gt_dir, manifest)
-        tensors = load_file(Path(gt_dir) / "ground_truth.safetensors")
+        manifest = read_manifest(folder, GROUND_TRUTH_KIND, GROUND_TRUTH_FORMAT_VERSION)
+        verify_checksums(folder, manifest)
+        tensors = load_file(Path(folder) / "ground_truth.safetensors")
         scores = tensors["scores"].numpy().astype(np.float32)
         if "score_scale" in tensors:  # a compact (float16) artifact
             scores = scores * tensors["score_scale"].numpy()[:, None]

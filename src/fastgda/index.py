@@ -38,6 +38,12 @@ def _as_rows(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): inner products of unit rows are cosines."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def exact_top_k(
     queries: np.ndarray, vectors: np.ndarray, k: int, block_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +111,7 @@ class VectorIndex:
                 f"ids {sorted(clash)[:5] or 'repeated in the batch'} are already in the index or were removed; "
                 "give new training images new ids"
             )
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = unit_rows(vectors)
         self.ids = np.concatenate([self.ids, ids])
         self.vectors = np.concatenate([self.vectors, vectors])
         self._sorted = None
@@ -143,19 +149,17 @@ class VectorIndex:
                 raise FastGDAError(
                     f"IVF-PQ needs the dimension {self.dim} divisible by m={m}; pass m=..."
                 )
+            nbits = int(self.options.get("nbits", 8))
             quantizer = faiss.IndexFlatIP(self.dim)
             inner = faiss.IndexIVFPQ(
-                quantizer,
-                self.dim,
-                nlist,
-                m,
-                int(self.options.get("nbits", 8)),
-                faiss.METRIC_INNER_PRODUCT,
+                quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT
             )
-            if len(vectors) < max(nlist, 2 ** int(self.options.get("nbits", 8))):
+            # Both quantisers are trained on the vectors: nlist coarse centroids, 2^nbits codes per sub-vector.
+            needed = max(nlist, 2**nbits)
+            if len(vectors) < needed:
                 raise FastGDAError(
-                    f"IVF-PQ needs at least {max(nlist, 256)} training vectors, got {len(vectors)}; "
-                    "use the exact backend for small sets"
+                    f"IVF-PQ (nlist {nlist}, nbits {nbits}) needs at least {needed} training vectors, got "
+                    f"{len(vectors)}; use the exact backend for small sets"
                 )
             inner.train(vectors)
             inner.nprobe = int(self.options.get("nprobe", 16))
@@ -170,7 +174,7 @@ class VectorIndex:
         Rows are padded with id -1 and score -inf where fewer than k items remain.
         """
         queries = _as_rows(queries, self.dim)
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        queries = unit_rows(queries)
         if k < 1:
             raise FastGDAError(f"k must be at least 1, got {k}")
         if self.backend == "exact" or self._faiss_index is None:
@@ -222,10 +226,10 @@ class VectorIndex:
         return structure
 
     # -- persistence -------------------------------------------------------------------------------------
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """Vectors, ids and removed ids as npy (faiss structures are rebuilt on load, never unpickled)."""
         live = ~np.isin(self.ids, list(self.removed))
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "vectors.npy", self.vectors[live])
             np.save(tmp / "ids.npy", self.ids[live])
             np.save(tmp / "removed.npy", np.array(sorted(self.removed), dtype=np.int64))
@@ -238,19 +242,19 @@ class VectorIndex:
             )
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike) -> VectorIndex:
-        index_dir = Path(index_dir)
-        manifest = read_manifest(index_dir, INDEX_KIND, INDEX_FORMAT_VERSION)
-        verify_checksums(index_dir, manifest)
+    def load(cls, folder: str | os.PathLike) -> VectorIndex:
+        folder = Path(folder)
+        manifest = read_manifest(folder, INDEX_KIND, INDEX_FORMAT_VERSION)
+        verify_checksums(folder, manifest)
         config = manifest["config"]
         index = cls(config["dim"], config["backend"], **config["options"])
-        vectors = np.load(index_dir / "vectors.npy", allow_pickle=False)
-        ids = np.load(index_dir / "ids.npy", allow_pickle=False)
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        ids = np.load(folder / "ids.npy", allow_pickle=False)
         if len(vectors) != len(ids):
             raise IncompatibleArtifactError(
-                f"index {index_dir} holds {len(vectors)} vectors for {len(ids)} ids"
+                f"index {folder} holds {len(vectors)} vectors for {len(ids)} ids"
             )
-        index.removed = set(np.load(index_dir / "removed.npy", allow_pickle=False).tolist())
+        index.removed = set(np.load(folder / "removed.npy", allow_pickle=False).tolist())
         if len(ids):
             index.ids = ids
             index.vectors = vectors

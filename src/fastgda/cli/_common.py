@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -53,8 +54,6 @@ ITEM_ID = value_parser(int, NON_NEGATIVE)
 
 def id_list(text: str) -> list[int]:
     """Comma-separated ids, e.g. ``3,17,21``."""
-    import argparse
-
     try:
         ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -69,31 +68,71 @@ def id_list(text: str) -> list[int]:
 PORT = value_parser(int, Bounds(0, 65535))
 
 
-def add_setting(parser, flag: str, config_type: type, name: str, **kwargs) -> None:
-    """Add ``flag`` for the field ``name`` of ``config_type``, with the field's type, range, default and help.
+def add_config_flags(
+    parser,
+    config_type: type,
+    names: list[str] | None = None,
+    *,
+    prefix: str = "",
+    aliases: dict[str, str] | None = None,
+) -> None:
+    """One flag per field of ``config_type`` (or of ``names``): ``--<prefix><field-name>``, one to one.
 
-    A tuple field takes one or more values (``nargs="+"``); keyword arguments override what the field gives.
+    The field gives the flag its type, range, choices and help (with the default); a bool field becomes
+    ``--name/--no-name``, a tuple takes one or more values. A flag left out keeps the config's default (or its
+    preset's): ``config_from_args`` builds the config from the flags given. ``aliases``: field -> an older flag
+    spelling still accepted (e.g. ``{"outlier_prob": "--outliers"}``).
     """
-    field = {f.name: f for f in dataclasses.fields(config_type)}[name]
-    hint = typing.get_type_hints(config_type)[name]
-    parse = _scalar_type(hint)
-    if parse is None or parse is bool:
-        raise TypeError(f"{config_type.__name__}.{name} ({hint}) is not a typed value flag")
-    default = None if field.default is dataclasses.MISSING else field.default
-    is_sequence = typing.get_origin(hint) is tuple or any(
-        typing.get_origin(a) is tuple for a in typing.get_args(hint)
+    hints = typing.get_type_hints(config_type)
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    settings = dict(parser.get_default("settings") or {})
+    for name in names or list(fields):
+        field, hint = fields[name], hints[name]
+        dest = f"{prefix.replace('-', '_')}{name}"
+        flags = [f"--{prefix}{name.replace('_', '-')}"]
+        if aliases and name in aliases:
+            flags.append(aliases[name])
+        required = field.default is dataclasses.MISSING
+        default = None if required else field.default
+        help_text = field.metadata.get("help", "")
+        if default is not None and default != ():
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": dest, "help": help_text.replace("%", "%%")}
+        if required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = argparse.SUPPRESS
+        parse = _scalar_type(hint)
+        if parse is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = field_parser(config_type, name, parse)
+            if field.metadata.get("choices"):
+                kwargs["choices"] = field.metadata["choices"]
+            if _is_sequence(hint):
+                kwargs["nargs"] = "+"
+        parser.add_argument(*flags, **kwargs)
+        settings[dest] = (config_type.__name__, name)
+    parser.set_defaults(settings=settings)
+
+
+def config_from_args(args, config_type: type, base=None):
+    """``base`` (default: ``config_type()``) with the fields whose flags were given on the command line."""
+    given = {
+        field: tuple(value) if isinstance(value, list) else value
+        for dest, (type_name, field) in getattr(args, "settings", {}).items()
+        if type_name == config_type.__name__ and (value := getattr(args, dest, None)) is not None
+    }
+    if base is None:
+        return config_type(**given)
+    return dataclasses.replace(base, **given)
+
+
+def _is_sequence(hint) -> bool:
+    return typing.get_origin(hint) is tuple or any(
+        typing.get_origin(arg) is tuple for arg in typing.get_args(hint)
     )
-    choices = field.metadata.get("choices")
-    kwargs.setdefault("type", field_parser(config_type, name, parse))
-    kwargs.setdefault("default", list(default) if is_sequence and default is not None else default)
-    if choices:
-        kwargs.setdefault("choices", choices)
-    if is_sequence:
-        kwargs.setdefault("nargs", "+")
-    if "help" not in kwargs:
-        text = field.metadata.get("help", "")
-        kwargs["help"] = f"{text} (default: %(default)s)" if default is not None else text
-    parser.add_argument(flag, **kwargs)
 
 
 def _scalar_type(hint) -> type | None:

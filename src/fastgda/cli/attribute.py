@@ -30,34 +30,21 @@ def handle(args) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
-    from ..attributor import Attributor, _load_query_image
+    from ..app.visual import attribution_html
+    from ..attributor import Attributor, load_query_image
     from ..errors import FastGDAError
-    from ..visual import attribution_html
 
     set_threads(args.threads)
     if not args.prompt.strip():
         raise FastGDAError("--prompt is empty; pass the prompt that generated the image")
     attributor = Attributor.load(args.attributor)
-    image = _load_query_image(args.image)
+    image = load_query_image(args.image)
     began = time.perf_counter()
-    results = attributor.attribute(image, args.prompt, args.k)
+    results = attributor.attribute(image, args.prompt, args.k)[0]
     seconds = time.perf_counter() - began
     if args.html:
-        thumbs = []
-        for a in results:
-            try:
-                with Image.open(a.image) as im:
-                    thumbs.append(np.asarray(im.convert("RGB")))
-            except OSError:
-                thumbs.append(
-                    np.zeros((16, 16, 3), np.uint8)
-                )  # image moved: show a blank tile, keep the row
-        Path(args.html).write_text(
-            attribution_html(image, args.prompt, results, thumbs), encoding="utf-8"
-        )
+        page = attribution_html(image, args.prompt, results, attributor.thumbnails(results))
+        Path(args.html).write_text(page, encoding="utf-8")
     payload = {"prompt": args.prompt, "seconds": seconds, "results": [asdict(a) for a in results]}
     lines = [f"top {len(results)} training images for {args.prompt!r} ({1000 * seconds:.1f} ms):"]
     lines += [

@@ -47,9 +47,7 @@ def add_parser(sub) -> None:
 
 
 def handle_build(args) -> int:
-    import numpy as np
-
-    from ..attributor import Attributor, fit_share_temperature
+    from ..attributor import Attributor
     from ..data import open_dataset
     from ..features import Features
     from ..ground_truth import GroundTruth
@@ -57,28 +55,22 @@ def handle_build(args) -> int:
 
     set_threads(args.threads)
     items = Features.load(args.items)
-    temperature = 0.05
-    x = None  # the ranker's item embeddings, when computed here they are reused by the build
+    ranker = Ranker.load(args.ranker)
+    validation = None
     if args.val_queries and args.val_ground_truth:
-        ranker, _ = Ranker.load(args.ranker)
-        truth = GroundTruth.load(args.val_ground_truth)
-        q = ranker.embed_numpy(
-            Features.load(args.val_queries, expect_spec=items.spec).values[truth.query_ids]
+        validation = (
+            Features.load(args.val_queries, expect_spec=items.spec),
+            GroundTruth.load(args.val_ground_truth),
         )
-        x = ranker.embed_numpy(items.values)
-        predicted = np.einsum("qd,qkd->qk", q, x[truth.ids])
-        temperature = fit_share_temperature(predicted, truth.scores)
     attributor = Attributor.build(
-        args.out,
-        args.ranker,
-        items,
-        open_dataset(args.data),
-        args.backend,
-        temperature,
-        args.overwrite,
-        item_embeddings=x,
+        ranker, open_dataset(args.data), items, backend=args.backend, validation=validation
     )
-    result = {"out": args.out, "items": len(attributor.index), "share_temperature": temperature}
+    attributor.save(args.out, overwrite=args.overwrite)
+    result = {
+        "out": args.out,
+        "items": len(attributor.index),
+        "share_temperature": attributor.temperature,
+    }
     emit(
         args,
         result,

@@ -1,8 +1,8 @@
-"""``fastgda demo``: the main job on the embedded world (what ``make demo`` runs); see ``fastgda.demo``."""
+"""``fastgda demo``: the main job on the embedded world (what ``make demo`` runs); see ``fastgda.app.demo``."""
 
 from __future__ import annotations
 
-from ..demo import COUNTERFACTUAL_STEPS
+from ..counterfactual import CounterfactualConfig
 from ._common import (
     COUNT,
     SEED,
@@ -12,6 +12,8 @@ from ._common import (
     executor_from_args,
     set_threads,
 )
+
+DEMO_RETRAINS = CounterfactualConfig.demo(k=1)  # the demo's retrain recipe (K is set by the demo)
 
 
 def add_parser(sub) -> None:
@@ -47,8 +49,8 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--counterfactual-steps",
         type=COUNT,
-        default=COUNTERFACTUAL_STEPS,
-        help=f"training steps of each leave-K-out retrain (reduced recipe; default {COUNTERFACTUAL_STEPS})",
+        default=DEMO_RETRAINS.steps,
+        help=f"training steps of each leave-K-out retrain (reduced recipe; default {DEMO_RETRAINS.steps})",
     )
     add_executor_flags(parser)
     parser.add_argument("--threads", type=COUNT, help="torch threads")
@@ -60,7 +62,7 @@ def handle(args) -> int:
     set_threads(args.threads)
     executor = executor_from_args(args) if args.counterfactual or args.profile == "full" else None
     if args.profile == "full":
-        from ..full_profile import run_full_profile
+        from ..app.full_profile import run_full_profile
 
         summary = run_full_profile(
             args.out or "demo-full",
@@ -71,7 +73,7 @@ def handle(args) -> int:
             counterfactual_steps=args.counterfactual_steps,
         )
     else:
-        from ..demo import run_demo
+        from ..app.demo import run_demo
 
         summary = run_demo(
             args.out or "demo",

@@ -40,7 +40,7 @@ def collect() -> dict:
     """Everything ``fastgda env`` reports, as a dict."""
     import torch
 
-    from .. import pack
+    from ..app import pack
 
     versions = {}
     for name in PACKAGES:

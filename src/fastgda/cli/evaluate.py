@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ._common import (
     COUNT,
+    add_config_flags,
     add_executor_flags,
     add_json_flag,
-    add_setting,
+    config_from_args,
     emit,
     executor_from_args,
     id_list,
@@ -57,29 +58,19 @@ def add_parser(sub) -> None:
     c.add_argument("--queries", required=True, help="features of the test queries")
     c.add_argument("--ground-truth", required=True, help="the teacher's full rankings of them")
     c.add_argument("--ranker", action="append", default=[], help="ranker folder (repeatable)")
-    add_setting(c, "--k", CounterfactualConfig, "k", required=True)
     c.add_argument("--num-queries", type=COUNT, help="use the first Q queries of the ground truth")
     c.add_argument(
         "--query-ids",
         type=id_list,
         help="comma-separated query ids of the ground truth to use instead (e.g. a few of each kind)",
     )
-    add_setting(c, "--steps", CounterfactualConfig, "steps")
+    add_config_flags(c, CounterfactualConfig)
     c.add_argument(
         "--baselines",
         default="all",
         help="untuned baselines to retrain for: each feature part and the concatenation (all), the parts "
         "only (parts), none, or some part modalities such as 'text' or 'image,text' (random removal always "
         "runs)",
-    )
-    c.add_argument(
-        "--random-seeds", type=COUNT, default=3, help="random removals (shared by queries)"
-    )
-    c.add_argument(
-        "--coupled",
-        action="store_true",
-        help="retrains draw batches by item id, so they differ from the full-data run only where a removed "
-        "image was drawn (less retrain noise; cached apart from uncoupled retrains)",
     )
     c.add_argument("--out", required=True, help="job folder (resumable)")
     add_executor_flags(c)
@@ -92,8 +83,7 @@ def handle_map(args) -> int:
     import json
     from pathlib import Path
 
-    from ..comparison import format_map_table, map_table, planted_recall, untuned_methods
-    from ..errors import FastGDAError
+    from ..evaluation import evaluate
     from ..features import Features
     from ..ground_truth import GroundTruth
     from ..ranker import Ranker
@@ -102,85 +92,53 @@ def handle_map(args) -> int:
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
-    if truth.ids.shape[1] != len(items):
-        raise FastGDAError(
-            f"mAP(L) needs full rankings: {args.ground_truth} ranks {truth.ids.shape[1]} candidates of "
-            f"{len(items)} items; use the test queries' ground truth"
-        )
-    query_values = queries.values[truth.query_ids]
-    methods = {}
-    for path in args.ranker:
-        ranker, _ = Ranker.load(path)
-        methods[f"ranker ({Path(path).name})"] = (
-            ranker.embed_numpy(query_values) @ ranker.embed_numpy(items.values).T
-        )
-    test_queries = Features(query_values, truth.query_ids, queries.spec, queries.parts)
-    methods.update(untuned_methods(test_queries, items))
-    table = map_table(methods, truth.ids, len(items))
-    recall = None
-    if args.query_set and args.data:
-        from ..data import ImageCaptionFolder, open_dataset
-
-        records = ImageCaptionFolder(args.query_set).records
-        concepts = [records[int(q)].get("concept") for q in truth.query_ids]
-        dataset = open_dataset(args.data)
-        if any(concepts) and hasattr(dataset, "concepts"):
-            recall = planted_recall(methods, concepts, dataset.concepts)
-    result = {
-        "num_train": len(items),
-        "num_queries": len(truth),
-        "map": table,
-        "planted_recall": recall,
-    }
+    rankers = {f"ranker ({Path(path).name})": Ranker.load(path) for path in args.ranker}
+    concepts, exemplars = _planted_concepts(args.query_set, args.data, truth.query_ids)
+    evaluation = evaluate(rankers, queries, items, truth, concepts=concepts, exemplars=exemplars)
+    result = evaluation.to_json()
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    emit(args, result, format_map_table(table, len(items), recall))
+    emit(args, result, str(evaluation))
     return 0
 
 
-def handle_counterfactual(args) -> int:
-    import numpy as np
+def _planted_concepts(query_set, data, query_ids):
+    """(the planted concept each query names or None, each concept's training ids) of a shapes world, else
+    (None, None)."""
+    if not (query_set and data):
+        return None, None
+    from ..data import ImageCaptionFolder, open_dataset
 
+    records = ImageCaptionFolder(query_set).records
+    dataset = open_dataset(data)
+    if not hasattr(dataset, "concepts"):
+        return None, None
+    return [records[int(q)].get("concept") for q in query_ids], dataset.concepts
+
+
+def handle_counterfactual(args) -> int:
+    from pathlib import Path
+
+    from ..app.pack import resolve_model_dir
     from ..counterfactual import CounterfactualConfig, CounterfactualJob, method_rankings
-    from ..errors import FastGDAError
     from ..features import Features
     from ..ground_truth import GroundTruth
-    from ..pack import resolve_model_dir
     from ..ranker import Ranker
 
+    config = config_from_args(args, CounterfactualConfig)
     set_threads(args.threads)
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
-    positions = np.arange(len(truth.query_ids))
     if args.query_ids:
-        position_of = {int(q): i for i, q in enumerate(truth.query_ids)}
-        wanted = args.query_ids
-        missing = [q for q in wanted if q not in position_of]
-        if missing:
-            raise FastGDAError(
-                f"query ids {missing} are not in {args.ground_truth}; it holds ids "
-                f"{int(truth.query_ids.min())}..{int(truth.query_ids.max())}"
-            )
-        positions = np.array([position_of[q] for q in wanted])
+        truth = truth.select(args.query_ids)
     elif args.num_queries:
-        positions = positions[: args.num_queries]
-    rows = truth.query_ids[positions]
-    rankers = {}
-    for path in args.ranker:
-        ranker, _ = Ranker.load(path)
-        rankers[f"ranker ({path.rstrip('/').split('/')[-1]})"] = ranker
-    selected = Features(queries.values[rows], rows, queries.spec, queries.parts)
-    k = args.k
-    rankings = method_rankings(
-        selected, items, truth.ids[positions], rankers, k=k, baselines=args.baselines
-    )
-    config = CounterfactualConfig(
-        k=k,
-        steps=args.steps,
-        random_seeds=tuple(range(args.random_seeds)),
-        coupled=args.coupled,
-    )
+        truth = truth.select(truth.query_ids[: args.num_queries])
+    rows = truth.query_ids
+    rankers = {f"ranker ({Path(path).name})": Ranker.load(path) for path in args.ranker}
+    selected = queries.select(rows)
+    k = config.k
+    rankings = method_rankings(selected, items, truth.ids, rankers, k=k, baselines=args.baselines)
     job = CounterfactualJob(
         resolve_model_dir(args.model),
         args.data,

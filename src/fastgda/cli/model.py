@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import shlex
 
-from ._common import COUNT, SEED, add_json_flag, add_setting, emit, set_threads
+from ._common import (
+    COUNT,
+    SEED,
+    add_config_flags,
+    add_json_flag,
+    config_from_args,
+    emit,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
@@ -34,13 +42,7 @@ def add_parser(sub) -> None:
         choices=sorted(PRESETS),
         help="architecture preset (default tiny16)",
     )
-    add_setting(train, "--steps", DiffusionTrainConfig, "steps")
-    add_setting(train, "--stop-at", DiffusionTrainConfig, "stop_at_step")
-    add_setting(train, "--batch-size", DiffusionTrainConfig, "batch_size")
-    add_setting(train, "--lr", DiffusionTrainConfig, "lr")
-    add_setting(train, "--seed", DiffusionTrainConfig, "seed")
-    add_setting(train, "--checkpoint-every", DiffusionTrainConfig, "checkpoint_every")
-    add_setting(train, "--keep-checkpoints", DiffusionTrainConfig, "keep_checkpoints")
+    add_config_flags(train, DiffusionTrainConfig, aliases={"stop_at_step": "--stop-at"})
     train.add_argument(
         "--checkpoint-dir", help="checkpoint folder (default OUT.checkpoints); resumed if present"
     )
@@ -61,9 +63,7 @@ def add_parser(sub) -> None:
     )
     sample.add_argument("--out", required=True, help="query-set folder to create")
     sample.add_argument("--seed", type=SEED, default=0, help="query i uses seed + i (default 0)")
-    add_setting(sample, "--steps", SamplerConfig, "num_steps")
-    add_setting(sample, "--guidance-scale", SamplerConfig, "guidance_scale")
-    add_setting(sample, "--batch-size", SamplerConfig, "batch_size")
+    add_config_flags(sample, SamplerConfig, aliases={"num_steps": "--steps"})
     sample.add_argument("--threads", type=COUNT, help="torch threads")
     sample.add_argument("--overwrite", action="store_true")
     add_json_flag(sample)
@@ -74,18 +74,10 @@ def handle_train(args) -> int:
     from ..data import open_dataset
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
 
+    config = config_from_args(args, DiffusionTrainConfig)
     set_threads(args.threads)
     dataset = open_dataset(args.data, args.images)
-    config = DiffusionTrainConfig(
-        steps=args.steps,
-        stop_at_step=args.stop_at,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-    )
-    model = TextToImageModel.from_preset(args.preset, seed=args.seed)
+    model = TextToImageModel.from_preset(args.preset, seed=config.seed)
     command = "fastgda " + shlex.join(args.argv)
     train_diffusion(
         model,
@@ -101,17 +93,15 @@ def handle_train(args) -> int:
 
 
 def handle_sample(args) -> int:
+    from ..app.pack import resolve_model_dir
     from ..diffusion import TextToImageModel
     from ..diffusion.queries import SamplerConfig, read_prompts, write_query_set
-    from ..pack import resolve_model_dir
 
+    sampler = config_from_args(args, SamplerConfig)
     set_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
     prompts = read_prompts(args.prompts)
     model = TextToImageModel.from_pretrained(model_dir)
-    sampler = SamplerConfig(
-        num_steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size
-    )
     queries = write_query_set(
         model,
         prompts,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from ._common import COUNT, add_json_flag, add_setting, emit, set_threads
+from dataclasses import asdict
+
+from ._common import COUNT, add_config_flags, add_json_flag, config_from_args, emit, set_threads
 
 
 def add_parser(sub) -> None:
-    from ..ranker import RankerTrainConfig
+    from ..ranker.training import PRESETS, RankerTrainConfig
 
     parser = sub.add_parser(
         "ranker", help="the distilled ranker", description="Train the distilled ranker."
@@ -28,29 +30,14 @@ def add_parser(sub) -> None:
     train.add_argument("--val-queries", help="features of validation queries")
     train.add_argument("--val-ground-truth", help="the teacher's ground truth for them")
     train.add_argument("--out", required=True, help="ranker folder to create")
-    for flag, name in [
-        ("--epochs", "epochs"),
-        ("--batch-queries", "batch_queries"),
-        ("--pairs-per-query", "pairs_per_query"),
-        ("--lr", "lr"),
-        ("--hidden", "hidden"),
-        ("--out-dim", "out_dim"),
-        ("--loss", "loss"),
-        ("--target", "target"),
-        ("--outliers", "outlier_prob"),
-        ("--candidate-fraction", "candidate_fraction"),
-        ("--train-top", "train_top"),
-        ("--patience", "patience"),
-        ("--part-weights", "part_weights"),
-    ]:
-        add_setting(train, flag, RankerTrainConfig, name)
     train.add_argument(
-        "--no-balance-parts",
-        action="store_true",
-        help="standardise columns only (default: each part of the spec gets the same input variance)",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="starting settings, each flag below overriding one field: paper (method.md §5) or demo (the "
+        "embedded world's: image part weight 0.1, labels over the top 256, three members) (default: paper)",
     )
-    add_setting(train, "--members", RankerTrainConfig, "members")
-    add_setting(train, "--seed", RankerTrainConfig, "seed")
+    add_config_flags(train, RankerTrainConfig, aliases={"outlier_prob": "--outliers"})
     train.add_argument("--threads", type=COUNT)
     train.add_argument("--overwrite", action="store_true")
     add_json_flag(train)
@@ -58,64 +45,27 @@ def add_parser(sub) -> None:
 
 
 def handle_train(args) -> int:
-    from ..errors import FastGDAError
     from ..features import Features
     from ..ground_truth import GroundTruth
-    from ..ranker import RankerTrainConfig, summarise_history, train_ranker
+    from ..ranker import Ranker, RankerTrainConfig, summarise_history
+    from ..ranker.training import PRESETS
 
+    config = config_from_args(args, RankerTrainConfig, base=PRESETS[args.preset]())
     set_threads(args.threads)
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
-    if len(truth) != len(queries):
-        raise FastGDAError(
-            f"{args.ground_truth} ranks {len(truth)} queries but {args.queries} holds {len(queries)}; "
-            "pass the features of the query set the teacher ranked"
-        )
-    val = (None, None)
+    validation = None
     if args.val_queries and args.val_ground_truth:
-        val = (
-            Features.load(args.val_queries, expect_spec=items.spec).values,
-            GroundTruth.load(args.val_ground_truth).ids,
+        validation = (
+            Features.load(args.val_queries, expect_spec=items.spec),
+            GroundTruth.load(args.val_ground_truth),
         )
-    config = RankerTrainConfig(
-        hidden=tuple(args.hidden),
-        out_dim=args.out_dim,
-        epochs=args.epochs,
-        batch_queries=args.batch_queries,
-        pairs_per_query=args.pairs_per_query,
-        lr=args.lr,
-        loss=args.loss,
-        target=args.target,
-        outlier_prob=args.outliers,
-        candidate_fraction=args.candidate_fraction,
-        train_top=args.train_top,
-        patience=args.patience,
-        seed=args.seed,
-        members=args.members,
-        balance_parts=not args.no_balance_parts,
-        part_weights=tuple(args.part_weights) if args.part_weights else None,
-    )
-    ranker, history = train_ranker(
-        queries.values[truth.query_ids],
-        items.values,
-        truth.ids,
-        config,
-        *val,
-        train_scores=truth.scores,
-        part_dims=items.part_dims,
-    )
-    from dataclasses import asdict
-
-    ranker.save(
-        args.out,
-        items.spec,
-        extra={"training": asdict(config), "history": history},
-        overwrite=args.overwrite,
-    )
-    epochs, val_map = summarise_history(history)
-    result = {"out": args.out, "epochs": epochs, "members": args.members, "best_val_map": val_map}
-    what = "a ranker" if args.members == 1 else f"an ensemble of {args.members} rankers"
+    ranker = Ranker.distil(queries, items, truth, config, validation=validation)
+    ranker.save(args.out, extra={"training": asdict(config)}, overwrite=args.overwrite)
+    epochs, val_map = summarise_history(ranker.history)
+    result = {"out": args.out, "epochs": epochs, "members": config.members, "best_val_map": val_map}
+    what = "a ranker" if config.members == 1 else f"an ensemble of {config.members} rankers"
     emit(
         args,
         result,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
-from ._common import COUNT, PORT, add_setting
+from ._common import COUNT, PORT, add_config_flags, config_from_args
 
 
 def add_parser(sub) -> None:
@@ -27,11 +28,21 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--token", help=f"bearer token required for everything but /healthz (or set {TOKEN_ENV})"
     )
-    add_setting(parser, "--max-body-bytes", ServiceConfig, "max_body_bytes")
-    add_setting(parser, "--max-image-pixels", ServiceConfig, "max_image_pixels")
-    add_setting(parser, "--max-k", ServiceConfig, "max_k")
-    add_setting(parser, "--threads", ServiceConfig, "threads")
-    add_setting(parser, "--pool-size", ServiceConfig, "pool_size")
+    add_config_flags(
+        parser,
+        ServiceConfig,
+        [
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_prompt_chars",
+            "max_k",
+            "max_batch",
+            "threads",
+            "pool_size",
+            "generate_steps",
+            "guidance_scale",
+        ],
+    )
     parser.set_defaults(handler=handle_serve)
 
 
@@ -43,15 +54,11 @@ def handle_serve(args) -> int:
 
     from ..service.config import CONFIG_ENV, TOKEN_ENV, ServiceConfig, config_to_environment
 
-    config = ServiceConfig(
+    config = replace(
+        config_from_args(args, ServiceConfig, base=ServiceConfig(attributor="")),
         attributor=os.path.abspath(args.attributor),
         model=args.model if args.model in (None, "shipped") else os.path.abspath(args.model),
         token=args.token or os.environ.get(TOKEN_ENV) or None,
-        max_body_bytes=args.max_body_bytes,
-        max_image_pixels=args.max_image_pixels,
-        max_k=args.max_k,
-        threads=args.threads,
-        pool_size=args.pool_size,
     )
     # Worker processes rebuild the app from this variable; the token travels with it, never on a command line.
     os.environ[CONFIG_ENV] = config_to_environment(config)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ._common import (
     COUNT,
-    SEED,
+    add_config_flags,
     add_executor_flags,
     add_json_flag,
-    add_setting,
+    config_from_args,
     emit,
     executor_from_args,
     set_threads,
@@ -35,12 +37,7 @@ def add_parser(sub) -> None:
         "--data", required=True, help="the training dataset the model was trained on"
     )
     fisher.add_argument("--out", required=True, help="Fisher folder to create")
-    add_setting(fisher, "--kind", FisherConfig, "kind")
-    add_setting(fisher, "--layers", FisherConfig, "layers")
-    add_setting(fisher, "--samples", FisherConfig, "num_samples")
-    add_setting(fisher, "--batch-size", FisherConfig, "batch_size")
-    add_setting(fisher, "--damping", FisherConfig, "damping")
-    add_setting(fisher, "--seed", FisherConfig, "seed")
+    add_config_flags(fisher, FisherConfig, aliases={"num_samples": "--samples"})
     fisher.add_argument("--threads", type=COUNT)
     fisher.add_argument("--overwrite", action="store_true")
     fisher.set_defaults(handler=handle_fisher)
@@ -58,22 +55,23 @@ def add_parser(sub) -> None:
     run.add_argument(
         "--out", required=True, help="run folder (results/, before_losses/, ground_truth/)"
     )
-    add_setting(run, "--candidates", TeacherConfig, "num_candidates")
-    add_setting(run, "--candidate-feature", TeacherConfig, "candidate_feature")
-    add_setting(run, "--pairs", UnlearnConfig, "num_pairs")
-    add_setting(run, "--alpha", UnlearnConfig, "alpha")
-    add_setting(run, "--newton-steps", UnlearnConfig, "num_steps")
-    add_setting(run, "--timesteps", ScoringConfig, "timesteps")
-    run.add_argument(
-        "--flips",
-        action="store_true",
-        help="score mirrored images too, tau = max of the two (only for data trained with flips)",
+    add_config_flags(
+        run,
+        TeacherConfig,
+        ["num_candidates", "candidate_feature", "damping"],
+        aliases={"num_candidates": "--candidates"},
     )
-    run.add_argument(
-        "--seed", type=SEED, default=0, help="seeds the query pairs and the scoring noise"
+    add_config_flags(
+        run,
+        UnlearnConfig,
+        aliases={"num_pairs": "--pairs", "num_steps": "--newton-steps"},
     )
+    add_config_flags(run, ScoringConfig, ["timesteps", "noise_seed", "flips"])
+    add_config_flags(run, ScoringConfig, ["batch_size"], prefix="scoring-")
     run.add_argument(
-        "--cache", help="before-loss cache folder to share between runs (default OUT/before_losses)"
+        "--cache-dir",
+        "--cache",
+        help="before-loss cache folder to share between runs (default OUT/before_losses)",
     )
     run.add_argument(
         "--reuse",
@@ -98,45 +96,32 @@ def add_parser(sub) -> None:
 
 
 def handle_fisher(args) -> int:
+    from ..app.pack import resolve_model_dir
     from ..data import open_dataset
     from ..diffusion import TextToImageModel
     from ..diffusion.training import prepare_training_data
-    from ..pack import resolve_model_dir
     from ..unlearning import FisherConfig, fit_fisher
 
+    config = config_from_args(args, FisherConfig)
     set_threads(args.threads)
     model = TextToImageModel.from_pretrained(resolve_model_dir(args.model))
     data = prepare_training_data(model, open_dataset(args.data))
-    config = FisherConfig(
-        kind=args.kind,
-        layers=args.layers,
-        num_samples=args.samples,
-        batch_size=args.batch_size,
-        damping=args.damping,
-        seed=args.seed,
-    )
     fit_fisher(model, data, config).save(args.out, overwrite=args.overwrite)
-    print(f"wrote {args.kind} Fisher over {args.layers!r} layers to {args.out}")
+    print(f"wrote {config.kind} Fisher over {config.layers!r} layers to {args.out}")
     return 0
 
 
 def handle_run(args) -> int:
-    from ..pack import resolve_model_dir
+    from ..app.pack import resolve_model_dir
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
 
+    config = replace(
+        config_from_args(args, TeacherConfig),
+        unlearn=config_from_args(args, UnlearnConfig),
+        scoring=config_from_args(args, ScoringConfig),
+    )
     set_threads(args.threads)
-    unlearn = UnlearnConfig(
-        num_pairs=args.pairs, alpha=args.alpha, num_steps=args.newton_steps, seed=args.seed
-    )
-    config = TeacherConfig(
-        unlearn=unlearn,
-        scoring=ScoringConfig(
-            timesteps=tuple(args.timesteps), noise_seed=args.seed, flips=args.flips
-        ),
-        num_candidates=args.candidates,
-        candidate_feature=args.candidate_feature,
-    )
     model_dir = str(resolve_model_dir(args.model))
     spec = TeacherSpec(
         model_dir,
@@ -145,7 +130,7 @@ def handle_run(args) -> int:
         args.fisher,
         args.out,
         config,
-        args.cache,
+        args.cache_dir,
         tuple(args.reuse),
     )
     ground_truth = run_teacher(spec, executor_from_args(args))

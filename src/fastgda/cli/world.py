@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._common import COUNT, SEED, add_json_flag, add_setting, emit, set_threads
+from ._common import (
+    COUNT,
+    SEED,
+    add_config_flags,
+    add_json_flag,
+    config_from_args,
+    emit,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
-    from ..world.shapes import WorldSpec
+    from ..app.world.shapes import WorldSpec
 
     parser = sub.add_parser(
         "world", help="the embedded shapes world", description="The embedded shapes world."
@@ -22,9 +30,7 @@ def add_parser(sub) -> None:
         description="Generate 16x16 captioned images with planted rare concepts.",
     )
     shapes.add_argument("--out", required=True, help="folder to create")
-    add_setting(shapes, "--size", WorldSpec, "size")
-    add_setting(shapes, "--seed", WorldSpec, "seed")
-    add_setting(shapes, "--per-concept", WorldSpec, "num_per_concept")
+    add_config_flags(shapes, WorldSpec, aliases={"num_per_concept": "--per-concept"})
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     add_json_flag(shapes)
     shapes.set_defaults(handler=handle_shapes)
@@ -59,12 +65,12 @@ def add_parser(sub) -> None:
 
 
 def handle_shapes(args) -> int:
+    from ..app.world import WorldSpec, build_world
     from ..errors import FastGDAError
-    from ..world import WorldSpec, build_world
 
     try:
         world = build_world(
-            WorldSpec(size=args.size, seed=args.seed, num_per_concept=args.per_concept),
+            config_from_args(args, WorldSpec),
             args.out,
             overwrite=args.overwrite,
         )
@@ -88,8 +94,8 @@ def handle_shapes(args) -> int:
 
 
 def handle_prompts(args) -> int:
+    from ..app.world import held_out_prompts
     from ..data import ShapesWorld
-    from ..world import held_out_prompts
 
     ShapesWorld(args.world)  # validates the folder
     records = held_out_prompts(args.world)
@@ -99,8 +105,8 @@ def handle_prompts(args) -> int:
 
 
 def handle_probe(args) -> int:
+    from ..app.world.probe import probe_accuracy, train_probe
     from ..data import ShapesWorld
-    from ..world.probe import probe_accuracy, train_probe
 
     set_threads(args.threads)
     probe = train_probe(args.num_images, args.epochs, args.seed)

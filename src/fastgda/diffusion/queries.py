@@ -148,3 +148,51 @@ def load_query_tensors(query_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a query set's x0 (Q, C, h, w), text_states (Q, S, D) and, if present, text_mask (Q, S)."""
     read_manifest(query_dir, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
     return load_file(Path(query_dir) / "tensors.safetensors")
+
+
+class QuerySet(ImageCaptionFolder):
+    """A loaded query set: the folder's images and prompts (an ``ImageCaptionFolder``) and its tensors.
+
+    Attributes:
+        tensors: x0 float32 (Q, C, h, w), text_states (Q, S, D), and text_mask (Q, S) for models that mask.
+        manifest: the query set's manifest (sampler, the digest of the model that made it).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.manifest = read_manifest(root, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
+        super().__init__(root)
+        self.tensors = load_file(Path(root) / "tensors.safetensors")
+        bad = [
+            name
+            for name, value in self.tensors.items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ]
+        if bad:
+            raise FastGDAError(
+                f"query set {root} has NaN or infinite values in {bad}; sample the queries again"
+            )
+
+    @classmethod
+    def generate(
+        cls,
+        model: TextToImageModel,
+        prompts: list[dict] | list[str],
+        out_dir: str | os.PathLike,
+        seed: int = 0,
+        sampler: SamplerConfig = SamplerConfig(),
+        model_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> QuerySet:
+        """Generate one image per prompt with ``model`` into ``out_dir`` (``write_query_set``) and load it."""
+        write_query_set(model, prompts, out_dir, seed, sampler, model_dir, progress, overwrite)
+        return cls(out_dir)
+
+    def query(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Query ``q``'s x0 (C, h, w), prompt states (S, D) and mask (S,) or None."""
+        mask = self.tensors.get("text_mask")
+        return (
+            self.tensors["x0"][q],
+            self.tensors["text_states"][q],
+            None if mask is None else mask[q],
+        )

@@ -12,6 +12,7 @@ cosine with another is the mean of the members' cosines, so the index and every 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -25,8 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
-from ..errors import ConfigError, IncompatibleArtifactError
+from ..errors import ConfigError, IncompatibleArtifactError, NotFittedError
 
+logger = logging.getLogger(__name__)
 RANKER_KIND = "ranker"
 RANKER_FORMAT_VERSION = 1
 
@@ -43,20 +45,33 @@ class RankerShape:
 
 
 class Ranker(nn.Module):
-    """Shared MLP g with input standardisation, L2-normalised output, and a learnable logit scale and bias."""
+    """Shared MLP g with input standardisation, L2-normalised output, and a learnable logit scale and bias.
 
-    def __init__(self, shape: RankerShape):
+    Lifecycle: ``Ranker.distil(queries, items, ground_truth, config)`` learns from the teacher (or ``Ranker.load``;
+    the verb is not ``train``, which ``nn.Module`` uses for its training-mode switch);
+    ``embed`` / ``score`` use it; ``save(dir)`` stores it with the feature spec it reads and its history.
+
+    Attributes:
+        spec: the feature spec of the inputs it was trained on (e.g. ``"effnet+minilm"``), or None if unknown.
+        history: per-epoch training records (``summarise_history`` reads them).
+        manifest: the stored manifest, for a loaded ranker.
+    """
+
+    def __init__(self, shape: RankerShape, spec: str | None = None):
         super().__init__()
         self.shape = shape
+        self.spec = spec
+        self.history: list[dict] = []
+        self.manifest: dict = {}
         self.register_buffer("feature_mean", torch.zeros(shape.in_dim))
         self.register_buffer("feature_std", torch.ones(shape.in_dim))
         if shape.members < 1:
             raise ConfigError(f"a ranker needs at least one member, got {shape.members}")
-        # Member 0 keeps the name ``mlp``, so a one-member ranker's weights are stored as before ensembles.
+        # Member 0 is named ``mlp``: a one-member ranker stores the weight names of every ranker folder.
         self.mlp = _mlp(shape)
         for member in range(1, shape.members):
             self.add_module(f"mlp_{member}", _mlp(shape))
-        # One scale and bias per member: scalars for a single ranker (as stored before ensembles).
+        # One scale and bias per member: scalars for a one-member ranker.
         per_member = () if shape.members == 1 else (shape.members,)
         self.logit_scale = nn.Parameter(torch.full(per_member, 5.0))
         self.logit_bias = nn.Parameter(torch.zeros(per_member))
@@ -84,7 +99,7 @@ class Ranker(nn.Module):
             raise IncompatibleArtifactError(
                 "the members of an ensemble must share one input standardisation"
             )
-        combined = cls(RankerShape(**{**asdict(first), "members": len(rankers)}))
+        combined = cls(RankerShape(**{**asdict(first), "members": len(rankers)}), rankers[0].spec)
         combined.feature_mean.copy_(rankers[0].feature_mean)
         combined.feature_std.copy_(rankers[0].feature_std)
         with torch.no_grad():
@@ -131,8 +146,60 @@ class Ranker(nn.Module):
         self.feature_mean.copy_(x.mean(dim=0))
         self.feature_std.copy_(std)
 
+    @classmethod
+    def distil(
+        cls,
+        queries,
+        items,
+        ground_truth,
+        config=None,
+        *,
+        validation: tuple | None = None,
+        progress: bool = True,
+    ) -> Ranker:
+        """Learn a ranker from the teacher's rankings (method.md §5).
+
+        Args:
+            queries: ``Features`` of the training queries; the rows of ``ground_truth.query_ids`` are used, so the
+                ground truth may cover only some of them.
+            items: ``Features`` of every training item.
+            ground_truth: the teacher's ``GroundTruth`` of those queries (candidate pools or full rankings).
+            config: a ``RankerTrainConfig`` (default: the paper's settings).
+            validation: (query ``Features``, ``GroundTruth``) for validation mAP and early stopping.
+
+        Returns:
+            the ranker (the best weights on validation), with ``spec`` and ``history`` set.
+        """
+        from .training import RankerTrainConfig, train_ranker
+
+        for features in (queries, *(validation[:1] if validation else ())):
+            if features.spec != items.spec:
+                raise IncompatibleArtifactError(
+                    f"query features {features.spec!r} vs item features {items.spec!r}: embed the queries "
+                    "and the items with one spec"
+                )
+        val = {}
+        if validation:
+            val_queries, val_truth = validation
+            val = {
+                "val_query_features": val_queries.select(val_truth.query_ids).values,
+                "val_ranked_ids": val_truth.ids,
+            }
+        ranker = train_ranker(
+            queries.select(ground_truth.query_ids).values,
+            items.values,
+            ground_truth.ids,
+            config or RankerTrainConfig(),
+            train_scores=ground_truth.scores,
+            part_dims=items.part_dims,
+            progress=progress,
+            **val,
+        )
+        ranker.spec = items.spec
+        return ranker
+
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) raw features -> (B, out_dim) unit vectors."""
+        """(B, in_dim) raw features -> (B, embedding_dim) unit vectors (embedding_dim = members x out_dim)."""
         if features.shape[-1] != self.shape.in_dim:
             raise IncompatibleArtifactError(
                 f"the ranker takes {self.shape.in_dim}-d features, got {features.shape[-1]}-d; embed with the "
@@ -170,30 +237,44 @@ class Ranker(nn.Module):
         self.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
 
+    def score(self, query_features: np.ndarray, item_features: np.ndarray) -> np.ndarray:
+        """Cosines float32 (Q, N) between queries (Q, in_dim) and items (N, in_dim): higher = more influential."""
+        return self.embed_numpy(query_features) @ self.embed_numpy(item_features).T
+
     def save(
-        self, out_dir: str | os.PathLike, spec: str, extra: dict | None = None, overwrite=False
+        self, folder: str | os.PathLike, extra: dict | None = None, overwrite: bool = False
     ) -> None:
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        """Write ``ranker.safetensors`` and a manifest (shape, spec, history, ``extra`` fields) atomically."""
+        if self.spec is None:
+            raise NotFittedError(
+                "this ranker does not know the feature spec it reads; set ranker.spec (e.g. 'effnet+minilm') "
+                "or make it with Ranker.distil"
+            )
+        extra = {"history": self.history, **(extra or {})}
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
             save_file(state, tmp / "ranker.safetensors")
             write_manifest(
                 tmp,
                 RANKER_KIND,
                 RANKER_FORMAT_VERSION,
-                config={"shape": asdict(self.shape), "spec": spec},
+                config={"shape": asdict(self.shape), "spec": self.spec},
                 shapes={k: list(v.shape) for k, v in state.items()},
                 extra=extra,
             )
 
     @classmethod
-    def load(cls, ranker_dir: str | os.PathLike) -> tuple[Ranker, dict]:
-        """Load weights and return (ranker in eval mode, manifest)."""
-        manifest = read_manifest(ranker_dir, RANKER_KIND, RANKER_FORMAT_VERSION)
-        verify_checksums(ranker_dir, manifest)
+    def load(cls, folder: str | os.PathLike) -> Ranker:
+        """Load a saved ranker in eval mode (checksums verified), with its spec, history and manifest."""
+        manifest = read_manifest(folder, RANKER_KIND, RANKER_FORMAT_VERSION)
+        verify_checksums(folder, manifest)
         shape = manifest["config"]["shape"]
-        ranker = cls(RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}))
-        ranker.load_state_dict(load_file(Path(ranker_dir) / "ranker.safetensors"))
-        return ranker.eval(), manifest
+        ranker = cls(
+            RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}), manifest["config"]["spec"]
+        )
+        ranker.load_state_dict(load_file(Path(folder) / "ranker.safetensors"))
+        ranker.history, ranker.manifest = list(manifest.get("history", [])), manifest
+        return ranker.eval()
 
 
 def _mlp(shape: RankerShape) -> nn.Sequential:
@@ -213,8 +294,8 @@ def reusable_ranker(
     provenance: dict,
     dependents: Sequence[os.PathLike] = (),
     progress: bool = True,
-):
-    """(ranker, history) left in ``ranker_dir`` by a run with the same ``provenance``, else None.
+) -> Ranker | None:
+    """The ranker left in ``ranker_dir`` by a run with the same ``provenance``, else None.
 
     A ranker with other provenance is stale: it is removed, with the ``dependents`` built from it.
     """
@@ -227,12 +308,9 @@ def reusable_ranker(
         read_manifest(ranker_dir, RANKER_KIND, RANKER_FORMAT_VERSION).get("provenance")
         == provenance
     ):
-        ranker, manifest = Ranker.load(ranker_dir)
-        return ranker, manifest["history"]
+        return Ranker.load(ranker_dir)
     if progress:
-        print(
-            f"  {ranker_dir} was distilled from another reference or with other settings: retraining"
-        )
+        logger.info("%s was distilled from other data or settings: retraining", ranker_dir)
     for folder in (ranker_dir, *dependents):
         shutil.rmtree(folder, ignore_errors=True)
     return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -102,6 +102,27 @@ class RankerTrainConfig:
     def __post_init__(self):
         check_settings(self)
 
+    @classmethod
+    def paper(cls) -> RankerTrainConfig:
+        """The paper's settings (method.md §5): the defaults."""
+        return cls()
+
+    @classmethod
+    def demo(cls) -> RankerTrainConfig:
+        """The embedded world's settings for an ``effnet+minilm`` ranker, each chosen on validation queries
+        (BENCHMARKS.md, "Attribution quality" and "Seed spread"):
+
+        - ``part_weights=(0.1, 1.0)``: the image part gets a tenth of the text part's input variance, since this
+          world's teacher follows the prompt;
+        - ``train_top=256``: rank labels over the teacher's top 256 of each 512-candidate pool;
+        - ``members=3``: three rankers with averaged cosines, steadier than one distilled from 400 queries.
+        """
+        return cls(part_weights=(0.1, 1.0), train_top=256, members=3)
+
+
+# Named starting points for ``fastgda ranker train --preset``.
+PRESETS = {"paper": RankerTrainConfig.paper, "demo": RankerTrainConfig.demo}
+
 
 def _loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if kind == "bce":
@@ -161,13 +182,17 @@ def train_ranker(
     item_features: np.ndarray,
     train_ranked_ids: np.ndarray,
     config: RankerTrainConfig = RankerTrainConfig(),
+    *,
     val_query_features: np.ndarray | None = None,
     val_ranked_ids: np.ndarray | None = None,
     train_scores: np.ndarray | None = None,
-    progress: bool = True,
     part_dims: list[int] | None = None,
-) -> tuple[Ranker, list[dict]]:
-    """Fit a ranker; returns the best-on-validation weights (or the last, without validation) and history.
+    progress: bool = True,
+) -> Ranker:
+    """Fit a ranker on arrays (``Ranker.distil`` does it from ``Features`` and a ``GroundTruth``).
+
+    Returns the best-on-validation weights (or the last, without validation); ``ranker.history`` holds the
+    per-epoch records.
 
     With ``config.members`` > 1 each member is trained on its own (seed ``config.seed + m``, its own early
     stopping) and the members are joined by ``Ranker.ensemble``. The history then holds every member's epochs
@@ -195,11 +220,9 @@ def train_ranker(
         return train_one(config=config)
     rankers, history = [], []
     for member in range(config.members):
-        ranker, member_history = train_one(
-            config=replace(config, members=1, seed=config.seed + member)
-        )
+        ranker = train_one(config=replace(config, members=1, seed=config.seed + member))
         rankers.append(ranker)
-        history += [{"member": member, **record} for record in member_history]
+        history += [{"member": member, **record} for record in ranker.history]
     ensemble = Ranker.ensemble(rankers)
     if val_query_features is not None and val_ranked_ids is not None:
         val_loss, val_map = validate(
@@ -211,7 +234,8 @@ def train_ranker(
             config.loss,
         )
         history.append({"member": "ensemble", "val_loss": val_loss, "val_map": val_map})
-    return ensemble, history
+    ensemble.history = history
+    return ensemble
 
 
 def summarise_history(history: list[dict]) -> tuple[int, float]:
@@ -236,7 +260,7 @@ def _train_one(
     train_scores: np.ndarray | None,
     progress: bool,
     part_dims: list[int] | None,
-) -> tuple[Ranker, list[dict]]:
+) -> Ranker:
     """One member: the training loop with validation each epoch and early stopping."""
     if config.train_top is not None:
         train_ranked_ids = train_ranked_ids[:, : config.train_top]
@@ -262,8 +286,15 @@ def _train_one(
         ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     steps_per_epoch = math.ceil(len(train_ranked_ids) / config.batch_queries)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.05
+    total_steps = config.epochs * steps_per_epoch
+    # Warm up for 5% of the steps; a short run (few queries, few epochs) warms up for at least two steps, which
+    # OneCycleLR needs, and a run too short for any schedule keeps the learning rate constant.
+    schedule = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, config.lr, total_steps=total_steps, pct_start=max(0.05, 2.5 / total_steps)
+        )
+        if total_steps >= 6
+        else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
     )
     q_train = torch.as_tensor(train_query_features, dtype=torch.float32)
     items = torch.as_tensor(item_features, dtype=torch.float32)
@@ -305,8 +336,5 @@ def _train_one(
             break
     if best_state is not None:
         ranker.load_state_dict(best_state)
-    return ranker.eval(), history
-
-
-def config_to_json(config: RankerTrainConfig) -> dict:
-    return asdict(config)
+    ranker.history = history
+    return ranker.eval()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -83,11 +84,10 @@ class Service:
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.model = None
         if config.model:
+            from ..app.pack import resolve_model_dir
             from ..diffusion import TextToImageModel
-            from ..pack import model_dir
 
-            folder = model_dir() if config.model == "shipped" else config.model
-            self.model = TextToImageModel.from_pretrained(folder).eval()
+            self.model = TextToImageModel.from_pretrained(resolve_model_dir(config.model)).eval()
         self.baseline_part = (
             self.attributor.baseline_part() if self.attributor.has_features else None
         )
@@ -214,6 +214,24 @@ def _serve_offline_docs(app: FastAPI, assets: Path) -> None:
         )
 
 
+class _Timings(dict):
+    """Milliseconds of each named stage of one request, and its total."""
+
+    def __init__(self):
+        super().__init__()
+        self.began = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str):
+        tick = time.perf_counter()
+        yield
+        self[name] = (time.perf_counter() - tick) * 1000
+
+    def done(self) -> dict:
+        self["total_ms"] = (time.perf_counter() - self.began) * 1000
+        return dict(self)
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """Load the attributor (and model) once and return the application."""
     _ensure_log_handler()
@@ -226,21 +244,41 @@ def create_app(config: ServiceConfig) -> FastAPI:
         docs_url="/docs" if docs_assets is None else None,
     )
     app.state.service = service
+    guarded = [Depends(_bearer_token_check(config.token))]
+    _add_error_handlers(app)
+    _add_operation_routes(app, service, guarded)
+    _add_attribution_routes(app, service, guarded)
+    _add_training_item_routes(app, service, guarded)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if docs_assets is not None:
+        _serve_offline_docs(app, docs_assets)
+    app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    return app
+
+
+def _bearer_token_check(token: str | None):
+    """A dependency that refuses requests without ``Authorization: Bearer <token>`` (a no-op without a token)."""
 
     def authorised(request: Request) -> None:
-        if not config.token:
+        if not token:
             return
         header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), config.token.encode()
-        ):
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    guarded = [Depends(authorised)]
+    return authorised
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FastGDAError)
     async def library_error(request: Request, exc: FastGDAError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -249,6 +287,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def internal_error(request: Request, exc: Exception):
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+
+def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None:
+    """``/healthz`` (always open), ``/metrics`` and ``/v1/info``."""
+    config = service.config
 
     @app.get("/healthz", tags=["operations"])
     async def health():
@@ -279,79 +322,79 @@ def create_app(config: ServiceConfig) -> FastAPI:
             },
         }
 
-    @app.post(
-        "/v1/attribute",
-        dependencies=guarded,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/AttributeRequest"}
+
+# The multipart form of POST /v1/attribute, declared by hand: FastAPI documents only the JSON body it parses.
+_ATTRIBUTE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/AttributeRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "prompt": {"type": "string"},
+                        "k": {"type": "integer", "default": 10},
+                        "baseline": {"type": "boolean", "default": False},
                     },
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["image", "prompt"],
-                            "properties": {
-                                "image": {"type": "string", "format": "binary"},
-                                "prompt": {"type": "string"},
-                                "k": {"type": "integer", "default": 10},
-                                "baseline": {"type": "boolean", "default": False},
-                            },
-                        }
-                    },
-                },
-            }
+                }
+            },
         },
-    )
+    }
+}
+
+
+async def _read_attribute_request(request: Request, service: Service):
+    """(the request's fields, its image bytes or base64 text or None), from multipart or JSON."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=8) as form:  # closes spooled files
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, "the form needs an image file field named 'image'")
+            body = AttributeRequest(
+                prompt=form.get("prompt"),
+                k=service.check_k(form.get("k", 10)),
+                baseline=str(form.get("baseline", "false")).lower() in ("1", "true", "on", "yes"),
+            )
+            return body, await upload.read()
+    if content_type.startswith("application/json"):
+        body = _parse_json(await request.body(), AttributeRequest)
+        return body, body.image
+    raise HTTPException(415, "send multipart/form-data (image + prompt) or application/json")
+
+
+def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> None:
+    """``/v1/attribute``, ``/v1/attribute/batch`` and ``/v1/generate-and-attribute``."""
+    config = service.config
+
+    @app.post("/v1/attribute", dependencies=guarded, openapi_extra=_ATTRIBUTE_REQUEST_BODY)
     async def attribute(request: Request):
         """Top-k training images for a generated image and its prompt (multipart or JSON), or for features."""
-        began = time.perf_counter()
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=8) as form:  # closes spooled files
-                upload = form.get("image")
-                if not isinstance(upload, UploadFile):
-                    raise HTTPException(422, "the form needs an image file field named 'image'")
-                body = AttributeRequest(
-                    prompt=form.get("prompt"),
-                    k=service.check_k(form.get("k", 10)),
-                    baseline=str(form.get("baseline", "false")).lower()
-                    in ("1", "true", "on", "yes"),
-                )
-                image_bytes: bytes | str | None = await upload.read()
-        elif content_type.startswith("application/json"):
-            body = _parse_json(await request.body(), AttributeRequest)
-            image_bytes = body.image
-        else:
-            raise HTTPException(
-                415, "send multipart/form-data (image + prompt) or application/json"
-            )
+        timings = _Timings()
+        body, image_bytes = await _read_attribute_request(request, service)
         k = service.check_k(body.k)
-        timings: dict[str, float] = {}
         if body.features is not None:
             features = service.check_features(body.features)[None]
         else:
             if image_bytes is None:
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
-            tick = time.perf_counter()
-            image = service.decode(image_bytes)
-            timings["decode_ms"] = (time.perf_counter() - tick) * 1000
-            tick = time.perf_counter()
-            features = await service.run(service.features_of, [image], [prompt])
-            timings["features_ms"] = (time.perf_counter() - tick) * 1000
+            with timings.stage("decode_ms"):
+                image = service.decode(image_bytes)
+            with timings.stage("features_ms"):
+                features = await service.run(service.features_of, [image], [prompt])
         answer = await service.run(service.answer, features, k, body.baseline)
         timings["search_ms"] = answer.pop("search_ms")
-        timings["total_ms"] = (time.perf_counter() - began) * 1000
-        out = {"k": k, "results": answer["results"][0], "timings": timings}
+        out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
         return {**out, **_first_baseline(answer)}
 
     @app.post("/v1/attribute/batch", dependencies=guarded)
     async def attribute_batch(body: BatchRequest):
         """Top-k for many queries at once (JSON): each an image + prompt, or features."""
-        began = time.perf_counter()
+        timings = _Timings()
         k = service.check_k(body.k)
         if not 1 <= len(body.queries) <= config.max_batch:
             raise HTTPException(
@@ -373,14 +416,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
             for n, features in zip(pending_rows, computed, strict=True):
                 rows[n] = features
         answer = await service.run(service.answer, np.stack(rows), k, False)
-        return {
-            "k": k,
-            "results": answer["results"],
-            "timings": {
-                "search_ms": answer["search_ms"],
-                "total_ms": (time.perf_counter() - began) * 1000,
-            },
-        }
+        timings["search_ms"] = answer["search_ms"]
+        return {"k": k, "results": answer["results"], "timings": timings.done()}
 
     @app.post("/v1/generate-and-attribute", dependencies=guarded)
     async def generate_and_attribute(body: GenerateRequest):
@@ -389,29 +426,27 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise HTTPException(
                 501, "no text-to-image model is attached; start the server with --model"
             )
-        began = time.perf_counter()
+        timings = _Timings()
         prompt, k = service.check_prompt(body.prompt), service.check_k(body.k)
-        tick = time.perf_counter()
-        image = await service.run(service.generate, prompt, body.seed)
-        generate_ms = (time.perf_counter() - tick) * 1000
-        tick = time.perf_counter()
-        features = await service.run(service.features_of, [image], [prompt])
-        features_ms = (time.perf_counter() - tick) * 1000
+        with timings.stage("generate_ms"):
+            image = await service.run(service.generate, prompt, body.seed)
+        with timings.stage("features_ms"):
+            features = await service.run(service.features_of, [image], [prompt])
         answer = await service.run(service.answer, features, k, body.baseline)
+        timings["search_ms"] = answer["search_ms"]
         out = {
             "k": k,
             "prompt": prompt,
             "seed": body.seed,
             "image": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode(),
             "results": answer["results"][0],
-            "timings": {
-                "generate_ms": generate_ms,
-                "features_ms": features_ms,
-                "search_ms": answer["search_ms"],
-                "total_ms": (time.perf_counter() - began) * 1000,
-            },
+            "timings": timings.done(),
         }
         return {**out, **_first_baseline(answer)}
+
+
+def _add_training_item_routes(app: FastAPI, service: Service, guarded: list) -> None:
+    """``/v1/train/{id}`` and its image: training items by id, never by path."""
 
     @app.get("/v1/train/{item_id}", dependencies=guarded)
     async def train_item(item_id: int):
@@ -429,22 +464,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         service.item(item_id)
         if not 16 <= size <= 512:
             raise HTTPException(422, f"size must be between 16 and 512, got {size}")
-        path = service.attributor._path(item_id)
+        path = service.attributor.image_path(item_id)
         if not path or not Path(path).is_file():
             raise HTTPException(404, f"the image of training item {item_id} is not on this server")
         png = await service.run(thumbnail_png, path, size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if docs_assets is not None:
-        _serve_offline_docs(app, docs_assets)
-    app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    return app
 
 
 def _first_baseline(answer: dict) -> dict:

@@ -10,6 +10,7 @@ from .scoring import (
     mean_item_loss,
     rank,
 )
+from .teacher import Teacher, TeacherConfig
 from .unlearner import UnlearnConfig, newton_step, query_gradient, unlearn, weights_shifted
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "Fisher",
     "FisherConfig",
     "ScoringConfig",
+    "Teacher",
+    "TeacherConfig",
     "UnlearnConfig",
     "fit_fisher",
     "influence_scores",

@@ -11,6 +11,7 @@ mean of the diagonal for AbU), so ``alpha / N * precondition(g)`` is the damped 
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
-from ..errors import FastGDAError, IncompatibleArtifactError
+from ..errors import IncompatibleArtifactError
 from .layers import select_linear_layers
 
 FISHER_KIND = "fisher"
@@ -112,9 +113,9 @@ class Fisher:
         """Return (F + lambda I)^-1 g for each layer's gradient (d_out, d_in)."""
         raise NotImplementedError
 
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """Write ``fisher.safetensors`` and a manifest atomically."""
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             save_file(
                 {k: v.contiguous() for k, v in self.tensors.items()}, tmp / "fisher.safetensors"
             )
@@ -129,12 +130,21 @@ class Fisher:
             )
 
     @staticmethod
-    def load(fisher_dir: str | os.PathLike) -> Fisher:
+    def fit(model, data, config: FisherConfig | None = None, progress: bool = True) -> Fisher:
+        """Estimate a Fisher of the model over its training set (a dataset, or its encoded ``TrainingData``)."""
+        from ..diffusion.training import TrainingData, prepare_training_data
+
+        if not isinstance(data, TrainingData):
+            data = prepare_training_data(model, data, progress=progress)
+        return fit_fisher(model, data, config or FisherConfig(), progress=progress)
+
+    @staticmethod
+    def load(folder: str | os.PathLike) -> Fisher:
         """Load a saved Fisher of either kind."""
-        manifest = read_manifest(fisher_dir, FISHER_KIND, FISHER_FORMAT_VERSION)
-        verify_checksums(fisher_dir, manifest)
+        manifest = read_manifest(folder, FISHER_KIND, FISHER_FORMAT_VERSION)
+        verify_checksums(folder, manifest)
         config = FisherConfig(**manifest["config"])
-        tensors = load_file(Path(fisher_dir) / "fisher.safetensors")
+        tensors = load_file(Path(folder) / "fisher.safetensors")
         extra = {
             k: v
             for k, v in manifest.items()
@@ -190,90 +200,19 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
         model: a ``TextToImageModel``.
         data: ``TrainingData`` (``fastgda.diffusion.training.prepare_training_data``).
     """
-    from ..diffusion.training import DiffusionTrainConfig, draw_batch
-
-    if config.kind not in ("diagonal", "ekfac"):
-        raise FastGDAError(
-            f"unknown Fisher kind {config.kind!r}; choose 'diagonal' (AbU) or 'ekfac' (AbU+)"
-        )
     layers = select_linear_layers(model.unet, config.layers)
-    num_batches = -(-config.num_samples // config.batch_size)
-    sampler = DiffusionTrainConfig(
-        batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
-    )
-    num_timesteps = model.scheduler.config.num_train_timesteps
     params = list(model.unet.parameters())
     required = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
     for layer in layers.values():
         layer.weight.requires_grad_(True)
-
-    def batches(desc):
-        for b in tqdm(range(num_batches), desc=desc, disable=not progress):
-            x0, states, mask, noise, t = draw_batch(data, b, sampler, num_timesteps)
-            take = min(config.batch_size, config.num_samples - b * config.batch_size)
-            with record_linear_io(layers) as (inputs, grads):
-                loss = model.loss(
-                    x0[:take],
-                    states[:take],
-                    None if mask is None else mask[:take],
-                    noise[:take],
-                    t[:take],
-                )
-                loss.sum().backward()  # summed, so each sample's output gradient is its own
-            yield {name: (inputs[name], grads[name]) for name in layers}
-
     was_training = model.unet.training
     model.unet.eval()
     try:
-        tensors: dict[str, torch.Tensor] = {}
-        if config.kind == "diagonal":
-            sums = {
-                name: torch.zeros_like(layer.weight, dtype=torch.float64)
-                for name, layer in layers.items()
-            }
-            for io in batches("diagonal Fisher"):
-                for name, (a, g) in io.items():
-                    sums[name] += per_sample_gradients(a, g).pow(2).sum(0)
-            tensors = {f"{name}.diag": (s / config.num_samples).float() for name, s in sums.items()}
-        else:
-            cov_a = {
-                n: torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
-                for n, layer in layers.items()
-            }
-            cov_b = {
-                n: torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64)
-                for n, layer in layers.items()
-            }
-            tokens = dict.fromkeys(layers, 0)
-            for io in batches("EK-FAC covariances"):
-                for name, (a, g) in io.items():
-                    a2, g2 = (
-                        a.reshape(-1, a.shape[-1]).double(),
-                        g.reshape(-1, g.shape[-1]).double(),
-                    )
-                    cov_a[name] += a2.T @ a2
-                    cov_b[name] += g2.T @ g2
-                    tokens[name] += a2.shape[0]
-            bases = {}
-            for name in layers:
-                _, u_a = torch.linalg.eigh(cov_a[name] / tokens[name])
-                _, u_b = torch.linalg.eigh(cov_b[name] / tokens[name])
-                bases[name] = (u_a, u_b)
-            sums = {
-                n: torch.zeros_like(layer.weight, dtype=torch.float64)
-                for n, layer in layers.items()
-            }
-            for io in batches("EK-FAC eigenvalues"):
-                for name, (a, g) in io.items():
-                    u_a, u_b = bases[name]
-                    rotated = u_b.T @ per_sample_gradients(a, g) @ u_a  # (B, d_out, d_in)
-                    sums[name] += rotated.pow(2).sum(0)
-            for name in layers:
-                tensors[f"{name}.eigvecs_a"] = bases[name][0].float()
-                tensors[f"{name}.eigvecs_b"] = bases[name][1].float()
-                tensors[f"{name}.scales"] = (sums[name] / config.num_samples).float()
+        batches = functools.partial(_layer_io_batches, model, data, layers, config, progress)
+        fit = _fit_diagonal if config.kind == "diagonal" else _fit_ekfac
+        tensors = fit(layers, batches, config.num_samples)
     finally:
         model.unet.zero_grad(set_to_none=True)
         for p, req in zip(params, required, strict=True):
@@ -281,3 +220,81 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
         model.unet.train(was_training)
     cls = DiagonalFisher if config.kind == "diagonal" else EKFAC
     return cls(config, tensors, {"model": model.config.get("preset", {}).get("name")})
+
+
+def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool, desc: str):
+    """Per batch of training samples: layer name -> (inputs (B, S, d_in), output gradients (B, S, d_out)).
+
+    Samples are drawn as the training loop draws them (random item, caption, t, noise; no caption dropout), and
+    the same ``config.seed`` gives the same samples on every pass.
+    """
+    from ..diffusion.training import DiffusionTrainConfig, draw_batch
+
+    num_batches = -(-config.num_samples // config.batch_size)
+    sampler = DiffusionTrainConfig(
+        batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
+    )
+    num_timesteps = model.scheduler.config.num_train_timesteps
+    for b in tqdm(range(num_batches), desc=desc, disable=not progress):
+        x0, states, mask, noise, t = draw_batch(data, b, sampler, num_timesteps)
+        take = min(config.batch_size, config.num_samples - b * config.batch_size)
+        with record_linear_io(layers) as (inputs, grads):
+            loss = model.loss(
+                x0[:take],
+                states[:take],
+                None if mask is None else mask[:take],
+                noise[:take],
+                t[:take],
+            )
+            loss.sum().backward()  # summed, so each sample's output gradient is its own
+        yield {name: (inputs[name], grads[name]) for name in layers}
+
+
+def _fit_diagonal(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
+    """F_diag = mean over samples of G_s^2 (method.md §3.4): ``<layer>.diag`` (d_out, d_in)."""
+    sums = {n: torch.zeros_like(layer.weight, dtype=torch.float64) for n, layer in layers.items()}
+    for io in batches("diagonal Fisher"):
+        for name, (a, g) in io.items():
+            sums[name] += per_sample_gradients(a, g).pow(2).sum(0)
+    return {f"{name}.diag": (s / num_samples).float() for name, s in sums.items()}
+
+
+def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
+    """EK-FAC (method.md §3.5): one pass for the Kronecker factors' eigenbases, one for the corrected eigenvalues.
+
+    Returns ``<layer>.eigvecs_a`` (d_in, d_in), ``.eigvecs_b`` (d_out, d_out) and ``.scales`` (d_out, d_in).
+    """
+    cov_a = {
+        n: torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
+        for n, layer in layers.items()
+    }
+    cov_b = {
+        n: torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64)
+        for n, layer in layers.items()
+    }
+    tokens = dict.fromkeys(layers, 0)
+    for io in batches("EK-FAC covariances"):
+        for name, (a, g) in io.items():
+            a2, g2 = a.reshape(-1, a.shape[-1]).double(), g.reshape(-1, g.shape[-1]).double()
+            cov_a[name] += a2.T @ a2
+            cov_b[name] += g2.T @ g2
+            tokens[name] += a2.shape[0]
+    bases = {
+        name: (
+            torch.linalg.eigh(cov_a[name] / tokens[name])[1],
+            torch.linalg.eigh(cov_b[name] / tokens[name])[1],
+        )
+        for name in layers
+    }
+    sums = {n: torch.zeros_like(layer.weight, dtype=torch.float64) for n, layer in layers.items()}
+    for io in batches("EK-FAC eigenvalues"):
+        for name, (a, g) in io.items():
+            u_a, u_b = bases[name]
+            rotated = u_b.T @ per_sample_gradients(a, g) @ u_a  # (B, d_out, d_in)
+            sums[name] += rotated.pow(2).sum(0)
+    tensors = {}
+    for name in layers:
+        tensors[f"{name}.eigvecs_a"] = bases[name][0].float()
+        tensors[f"{name}.eigvecs_b"] = bases[name][1].float()
+        tensors[f"{name}.scales"] = (sums[name] / num_samples).float()
+    return tensors

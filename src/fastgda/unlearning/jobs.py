@@ -1,9 +1,9 @@
-"""Teacher jobs: rank training items for many queries, one idempotent result file per query.
+"""Teacher jobs: a ``Teacher`` run over a query-set folder, one idempotent result file per query.
 
-``TeacherJob`` loads the model, training data, Fisher and query set once, checks they belong together, caches
-the query-independent before losses, and then answers ``run_query(q)`` for any pending query. A run killed at any
-moment and started again finishes only what is missing; every unit's result depends only on (config, query), so
-a resumed run equals an uninterrupted one.
+``TeacherJob.open`` loads the model, training data, Fisher and query set; ``prepare`` checks they belong together
+(``run.json`` records their digests, and a resumed run must match it) and loads or computes the before-loss
+cache; ``run_query(q)`` then answers any pending query. A run killed at any moment and started again finishes only
+what is missing; every unit's result depends only on (config, query), so a resumed run equals an uninterrupted one.
 
 The same property lets a run with larger candidate pools (a larger M, another candidate feature) copy the scores an
 earlier run already computed for the same queries with the same unlearning and scoring settings (``reuse_runs``):
@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .._artifacts import MANIFEST_NAME, read_manifest, sha256_file, write_json_atomic
-from ..config import NON_NEGATIVE, Bounds, check_settings, setting
-from ..data import open_dataset
+from .._artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import (
     GroundTruth,
@@ -34,127 +31,122 @@ from ..ground_truth import (
     read_query_result,
     write_query_result,
 )
-from .fisher import Fisher
-from .layers import select_linear_layers
-from .scoring import BeforeLosses, ScoringConfig, influence_scores, rank
-from .unlearner import UnlearnConfig, unlearn, weights_shifted
+from .scoring import BeforeLosses
+from .teacher import Teacher, TeacherConfig, teacher_config_from_json, teacher_config_to_json
+
+__all__ = [
+    "TeacherConfig",
+    "TeacherJob",
+    "TeacherSpec",
+    "merge_run",
+    "run_teacher",
+    "teacher_config_from_json",
+]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Everything that determines a query's ranking besides the model, data, Fisher and query."""
-
-    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    num_candidates: int | None = setting(
-        None,
-        "rank only each query's top-M neighbours in the candidate_feature space (default: all N, for test queries)",
-        bounds=Bounds(2),
-    )
-    candidate_feature: str = setting(
-        "pixels", "pixels, or a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm"
-    )
-    damping: float | None = setting(
-        None, "EK-FAC damping (default: the Fisher's own)", bounds=NON_NEGATIVE
-    )
-
-    def __post_init__(self):
-        check_settings(self)
-
-
-def _config_to_json(config: TeacherConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
-
-
-def teacher_config_from_json(obj: dict) -> TeacherConfig:
-    """Inverse of the ``config`` stored in ``run.json`` and in ground-truth artifacts."""
-    scoring = {**obj["scoring"], "timesteps": tuple(obj["scoring"]["timesteps"])}
-    return TeacherConfig(
-        unlearn=UnlearnConfig(**obj["unlearn"]),
-        scoring=ScoringConfig(**scoring),
-        **{k: v for k, v in obj.items() if k not in ("unlearn", "scoring")},
-    )
-
-
 class TeacherJob:
-    """One teacher run over a query set, resumable, executor-agnostic (``run_query`` is the unit of work)."""
+    """A teacher run over one query set, resumable and executor-agnostic (``run_query`` is the unit of work).
+
+    Args:
+        teacher: the loaded ``Teacher``.
+        queries: the ``QuerySet`` to rank.
+        out_dir: the run folder (``run.json``, ``results/q_*.npz``, ``before_losses/``, ``ground_truth/``).
+        provenance: what the run's inputs are (digests of the model, Fisher and query manifests, the data's
+            content hash); ``open`` computes it from the folders.
+        cache_dir: the before-loss cache to use or fill (default ``out_dir/before_losses``).
+        reuse_runs: earlier run folders over the same inputs and unlearning/scoring settings (any candidate
+            pools) whose per-query scores are copied for candidates they share; only the rest are scored.
+    """
 
     def __init__(
         self,
+        teacher: Teacher,
+        queries,
+        out_dir: str | os.PathLike,
+        provenance: dict,
+        cache_dir: str | os.PathLike | None = None,
+        reuse_runs=(),
+    ):
+        self.teacher, self.queries = teacher, queries
+        self.out_dir = Path(out_dir)
+        self.results_dir = self.out_dir / "results"
+        self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "before_losses"
+        self.reuse_runs = [Path(run) for run in reuse_runs]
+        self.run_info = {
+            "config": teacher_config_to_json(teacher.config),
+            **provenance,
+            "num_train": teacher.num_train,
+            "num_queries": len(queries),
+        }
+        self._prepared = False
+
+    @classmethod
+    def open(
+        cls,
         model_dir,
         data_dir,
         queries_dir,
         fisher_dir,
         out_dir,
-        config: TeacherConfig = TeacherConfig(),
+        config: TeacherConfig | None = None,
         cache_dir=None,
         progress: bool = True,
         reuse_runs=(),
-    ):
-        """``reuse_runs``: earlier run folders over the same inputs and unlearning/scoring settings (any candidate
-        pools) whose per-query scores are copied for candidates they share; only the rest are scored."""
-        from ..diffusion import TextToImageModel
-        from ..diffusion.queries import QUERY_SET_FORMAT_VERSION, QUERY_SET_KIND, load_query_tensors
-        from ..diffusion.training import prepare_training_data
+    ) -> TeacherJob:
+        """Load the inputs from their folders and check the query set was generated by this model."""
+        from ..diffusion.queries import QuerySet
 
-        self.out_dir = Path(out_dir)
-        self.results_dir = self.out_dir / "results"
-        self.config = config
-        self.progress = progress
-        self.model = TextToImageModel.from_pretrained(model_dir)
         model_digest = sha256_file(Path(model_dir) / MANIFEST_NAME)
-        query_manifest = read_manifest(queries_dir, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
-        if query_manifest.get("model_manifest_sha256") not in (None, model_digest):
+        queries = QuerySet(queries_dir)
+        if queries.manifest.get("model_manifest_sha256") not in (None, model_digest):
             raise IncompatibleArtifactError(
                 f"query set {queries_dir} was generated by another model than {model_dir} (model manifest digests "
                 "differ); sample the queries with this model, or pass the model that made them"
             )
-        self.dataset = open_dataset(data_dir)
-        self.fisher = Fisher.load(fisher_dir)
-        self.layers = select_linear_layers(self.model.unet, self.fisher.config.layers)
-        self.fisher.check_layers(list(self.layers))
-        self.queries = load_query_tensors(queries_dir)
-        self.queries_dir = Path(queries_dir)
-        if tuple(self.queries["x0"].shape[1:]) != self.model.sample_shape:
-            raise IncompatibleArtifactError(
-                f"query samples have shape {tuple(self.queries['x0'].shape[1:])}, the model denoises "
-                f"{self.model.sample_shape}; sample the queries with this model"
-            )
-        bad = [
-            k
-            for k, v in self.queries.items()
-            if v.is_floating_point() and not torch.isfinite(v).all()
-        ]
-        if bad:
-            raise IncompatibleArtifactError(
-                f"query set {queries_dir} has NaN or infinite values in {bad}; sample the queries again"
-            )
-        self.data = prepare_training_data(self.model, self.dataset, progress=progress)
-        self.num_train = len(self.dataset)
-        self.run_info = {
-            "config": _config_to_json(config),
+        teacher = Teacher.from_folders(
+            model_dir, data_dir, fisher_dir, config or TeacherConfig(), progress=progress
+        )
+        teacher.check_queries(queries)
+        provenance = {
             "model_manifest_sha256": model_digest,
-            "data_content_hash": self.dataset.content_hash,
+            "data_content_hash": teacher.dataset.content_hash,
             "fisher_manifest_sha256": sha256_file(Path(fisher_dir) / MANIFEST_NAME),
             "queries_manifest_sha256": sha256_file(Path(queries_dir) / MANIFEST_NAME),
-            "num_train": self.num_train,
-            "num_queries": int(self.queries["x0"].shape[0]),
         }
+        return cls(teacher, queries, out_dir, provenance, cache_dir, reuse_runs)
+
+    @property
+    def config(self) -> TeacherConfig:
+        return self.teacher.config
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.queries)
+
+    # -- preparing -----------------------------------------------------------------------------------------
+    def prepare(self) -> TeacherJob:
+        """Check or write ``run.json``, check the reused runs, and load or compute the before-loss cache (once)."""
+        if self._prepared:
+            return self
         self._check_or_write_run_info()
-        self.reuse_runs = [Path(run) for run in reuse_runs]
         for run in self.reuse_runs:
             self._check_reusable(run)
-        key = {"model": model_digest, "data": self.dataset.content_hash}
-        cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "before_losses"
-        if (cache_dir / MANIFEST_NAME).is_file():
-            self.before = BeforeLosses.load(cache_dir, config.scoring, key)
+        key = {
+            "model": self.run_info["model_manifest_sha256"],
+            "data": self.run_info["data_content_hash"],
+        }
+        scoring = self.config.scoring
+        if (self.cache_dir / MANIFEST_NAME).is_file():
+            before = BeforeLosses.load(self.cache_dir, scoring, key)
         else:
-            self.before = BeforeLosses.compute(
-                self.model, self.data, config.scoring, key, progress=progress
-            )
-            self.before.save(cache_dir)
+            t = self.teacher
+            before = BeforeLosses.compute(t.model, t.data, scoring, key, progress=t.progress)
+            before.save(self.cache_dir)
+        self.teacher.before_losses = before
+        self._prepared = True
+        return self
 
     def _check_or_write_run_info(self) -> None:
         path = self.out_dir / "run.json"
@@ -202,89 +194,25 @@ class TeacherJob:
                 known.update(zip(ids.tolist(), scores.tolist(), strict=True))
         return known
 
-    @property
-    def num_queries(self) -> int:
-        return int(self.queries["x0"].shape[0])
-
+    # -- running -------------------------------------------------------------------------------------------
     def pending(self) -> list[int]:
         """Queries without a result file yet."""
         done = finished_queries(self.results_dir)
         return [q for q in range(self.num_queries) if q not in done]
 
-    @cached_property
-    def _candidate_space(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidate features of training items (N, D) and queries (Q, D), computed once.
-
-        ``pixels`` uses the clean samples the model denoises (x0, pixels or latents). Anything else is a feature
-        spec from ``fastgda.encoders`` (``effnet``, ``effnet+minilm``, ...): training items are embedded with
-        their image and first caption, queries with their image and prompt. Each part is L2-normalised and
-        scaled by 1/sqrt(parts), so the cosine is the mean of the parts' cosines and no encoder dominates by
-        its width.
-        """
-        name = self.config.candidate_feature
-        normalize = torch.nn.functional.normalize
-        if name == "pixels":
-            train, queries = self.data.x0.flatten(1), self.queries["x0"].flatten(1)
-            return normalize(train.float(), dim=1), normalize(queries.float(), dim=1)
-        from ..data import ImageCaptionFolder
-        from ..encoders import FeatureSpec, make_encoder
-
-        encoders = [make_encoder(part) for part in FeatureSpec.parse(name).names]
-        query_folder = ImageCaptionFolder(self.queries_dir)
-        train_images, query_images = self.dataset.load_images(), query_folder.load_images()
-        train_texts = [self.dataset.captions(i)[0] for i in range(len(self.dataset))]
-        query_texts = [query_folder.captions(i)[0] for i in range(len(query_folder))]
-
-        def encode(encoder, images, texts) -> torch.Tensor:
-            values = encoder.encode(images if encoder.modality == "image" else texts)
-            return normalize(torch.from_numpy(values).float(), dim=1) / len(encoders) ** 0.5
-
-        train = torch.cat([encode(e, train_images, train_texts) for e in encoders], dim=1)
-        queries = torch.cat([encode(e, query_images, query_texts) for e in encoders], dim=1)
-        return train, queries
-
-    def candidates(self, q: int) -> np.ndarray:
-        """All training ids, or the query's top-M neighbours by cosine in the candidate feature space."""
-        m = self.config.num_candidates
-        if m is None or m >= self.num_train:
-            return np.arange(self.num_train)
-        train, queries = self._candidate_space
-        return torch.topk(train @ queries[q], m).indices.numpy()
-
     def run_query(self, q: int) -> None:
         """Unlearn query ``q``, score its candidates and write ``results/q_<q>.npz`` atomically."""
-        candidates = self.candidates(q)
-        known = self._reused_scores(q) if self.reuse_runs else {}
-        missing = np.array([c for c in candidates.tolist() if c not in known], dtype=np.int64)
-        if len(missing):
-            known.update(zip(missing.tolist(), self._score(q, missing).tolist(), strict=True))
-        scores = np.array([known[c] for c in candidates.tolist()], dtype=np.float64)
-        ids, sorted_scores = rank(candidates, scores)
-        write_query_result(self.results_dir, q, ids, sorted_scores)
-
-    def _score(self, q: int, candidates: np.ndarray) -> np.ndarray:
-        """Influence scores float64 (n,) of ``candidates`` for query ``q`` (one Newton step, then losses)."""
-        mask = self.queries.get("text_mask")
-        delta = unlearn(
-            self.model,
-            self.layers,
-            self.fisher,
-            self.queries["x0"][q],
-            self.queries["text_states"][q],
-            None if mask is None else mask[q],
-            self.config.unlearn,
-            self.num_train,
-            query_key=q,
-            damping=self.config.damping,
-        )
-        with weights_shifted(self.layers, delta):
-            return influence_scores(self.model, self.data, candidates, self.before)
+        self.prepare()
+        known = self._reused_scores(q) if self.reuse_runs else None
+        ids, scores = self.teacher.rank_query(self.queries, q, known)
+        write_query_result(self.results_dir, q, ids, scores)
 
     def run(self, query_ids: list[int] | None = None) -> None:
-        """Run every pending query in this process, with a progress bar."""
+        """Run every pending query (or the pending ones of ``query_ids``) in this process, with a progress bar."""
         pending = self.pending()
         todo = pending if query_ids is None else sorted(set(query_ids) & set(pending))
-        for q in tqdm(todo, desc="teacher queries", disable=not self.progress):
+        self.prepare()
+        for q in tqdm(todo, desc="teacher queries", disable=not self.teacher.progress):
             self.run_query(q)
 
     def merge(self, overwrite: bool = True) -> GroundTruth:
@@ -307,7 +235,7 @@ def merge_run(out_dir, overwrite: bool = True) -> GroundTruth:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """Everything a worker process needs to rebuild a ``TeacherJob`` (picklable, for Ray actors)."""
+    """Everything a worker process needs to open a ``TeacherJob`` (picklable, for Ray actors)."""
 
     model_dir: str
     data_dir: str
@@ -319,7 +247,7 @@ class TeacherSpec:
     reuse_runs: tuple[str, ...] = ()
 
     def job(self, progress: bool = False) -> TeacherJob:
-        return TeacherJob(
+        return TeacherJob.open(
             self.model_dir,
             self.data_dir,
             self.queries_dir,
@@ -333,7 +261,7 @@ class TeacherSpec:
 
     def __call__(self):
         """Build a worker: ``worker(query_id)`` ranks one query and writes its result file."""
-        return self.job().run_query
+        return self.job().prepare().run_query
 
 
 def run_teacher(
@@ -341,14 +269,14 @@ def run_teacher(
 ) -> GroundTruth:
     """Run every pending query of ``spec`` on ``executor`` (default: this process), then merge.
 
-    The driver builds the job first, so inputs are validated, ``run.json`` is written and the before-loss cache
-    is computed exactly once before any worker starts. ``shuffle_seed``: run the queries in a seeded random
-    order, so that an interrupted run's finished queries mix every kind of prompt.
+    The driver opens and prepares the job first, so inputs are validated, ``run.json`` is written and the
+    before-loss cache is computed exactly once before any worker starts. ``shuffle_seed``: run the queries in a
+    seeded random order, so that an interrupted run's finished queries mix every kind of prompt.
     """
     from ..executors import LocalExecutor
 
     executor = executor or LocalExecutor(progress=progress)
-    job = spec.job(progress=progress)
+    job = spec.job(progress=progress).prepare()
     pending = job.pending()
     if shuffle_seed is not None:
         pending = [

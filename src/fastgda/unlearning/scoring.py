@@ -142,8 +142,8 @@ class BeforeLosses:
         losses[np.asarray(item_ids)] = part
         return cls(losses, config, key)
 
-    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "losses.npy", self.losses)
             write_manifest(
                 tmp,
@@ -155,13 +155,13 @@ class BeforeLosses:
             )
 
     @classmethod
-    def load(cls, cache_dir: str | os.PathLike, config: ScoringConfig, key: dict) -> BeforeLosses:
+    def load(cls, folder: str | os.PathLike, config: ScoringConfig, key: dict) -> BeforeLosses:
         """Load a cache, refusing one made for another model, dataset, noise seed or flip setting.
 
         A cache computed at more timesteps serves any subset of them: noise is keyed by (item, caption, t, flip),
         so the columns of the kept timesteps are exactly what a recomputation would give.
         """
-        manifest = read_manifest(cache_dir, BEFORE_KIND, BEFORE_FORMAT_VERSION)
+        manifest = read_manifest(folder, BEFORE_KIND, BEFORE_FORMAT_VERSION)
         saved = ScoringConfig(
             **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
         )
@@ -172,10 +172,10 @@ class BeforeLosses:
             or manifest["key"] != key
         ):
             raise IncompatibleArtifactError(
-                f"before-loss cache {cache_dir} was computed for {manifest['key']} with {asdict(saved)}, this run "
+                f"before-loss cache {folder} was computed for {manifest['key']} with {asdict(saved)}, this run "
                 f"needs {key} with {asdict(config)}; delete the cache to recompute it"
             )
-        losses = np.load(Path(cache_dir) / "losses.npy", allow_pickle=False)
+        losses = np.load(Path(folder) / "losses.npy", allow_pickle=False)
         columns = [saved.timesteps.index(t) for t in config.timesteps]
         if columns != list(range(len(saved.timesteps))):
             losses = np.ascontiguousarray(losses[..., columns])

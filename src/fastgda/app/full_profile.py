@@ -19,17 +19,16 @@ import json
 import time
 from pathlib import Path
 
-from ._artifacts import MANIFEST_NAME, write_text_atomic
-from .demo import COUNTERFACTUAL_STEPS
-from .errors import FastGDAError
+from .._artifacts import MANIFEST_NAME, write_text_atomic
+from ..errors import FastGDAError
 
 
 def retrain_world_model(
     world, out_dir: Path, steps: int | None = None, progress: bool = True
 ) -> Path:
     """Train the world model with the pack's recipe (``steps`` overrides its length) into ``out_dir``."""
+    from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
     from . import pack
-    from .diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
 
     if (out_dir / MANIFEST_NAME).is_file():
         return out_dir
@@ -54,9 +53,9 @@ def score_model_adherence(
     model_dir: Path, world, out: Path, num_prompts: int = 24, progress: bool = True
 ) -> dict:
     """Sample held-out prompts with the model, score them with the pack's probe, and save a grid."""
+    from ..diffusion import TextToImageModel
+    from ..diffusion.queries import SamplerConfig, write_query_set
     from . import pack
-    from .diffusion import TextToImageModel
-    from .diffusion.queries import SamplerConfig, write_query_set
     from .visual import image_grid
     from .world import held_out_prompts
     from .world.adherence import score_adherence
@@ -83,10 +82,10 @@ def score_model_adherence(
 
 def build_fisher(model_dir: Path, world, out_dir: Path, progress: bool = True) -> Path:
     """Fit the EK-FAC Fisher with the shipped reference's settings."""
-    from .diffusion import TextToImageModel
-    from .diffusion.training import prepare_training_data
+    from ..diffusion import TextToImageModel
+    from ..diffusion.training import prepare_training_data
+    from ..unlearning import FisherConfig, fit_fisher
     from .reference import reference_dir
-    from .unlearning import FisherConfig, fit_fisher
 
     if (out_dir / MANIFEST_NAME).is_file():
         return out_dir
@@ -107,9 +106,9 @@ def build_reference(
     progress=True,
 ) -> Path:
     """Sample and rank the reference query splits with the shipped reference's teacher settings, then pack."""
-    from .diffusion.queries import SamplerConfig
+    from ..diffusion.queries import SamplerConfig
+    from ..unlearning.jobs import teacher_config_from_json
     from .reference import compute_reference_runs, pack_reference, reference_info
-    from .unlearning.jobs import teacher_config_from_json
 
     if (out_dir / MANIFEST_NAME).is_file():
         return out_dir
@@ -143,7 +142,7 @@ def run_full_profile(
     progress: bool = True,
     executor=None,
     model_steps: int | None = None,
-    counterfactual_steps: int = COUNTERFACTUAL_STEPS,
+    counterfactual_steps: int | None = None,
 ) -> dict:
     """Run every step above into ``out``; returns the demo's summary with the model's adherence added."""
     from . import pack

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from ..._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from .shapes import (
     ALL_COLOURS,
     ALL_SHAPES,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ._artifacts import (
+from .._artifacts import (
     MANIFEST_NAME,
     atomic_dir,
     read_manifest,
@@ -30,8 +30,8 @@ from ._artifacts import (
     verify_checksums,
     write_manifest,
 )
-from .errors import IncompatibleArtifactError
-from .ground_truth import GroundTruth
+from ..errors import IncompatibleArtifactError
+from ..ground_truth import GroundTruth
 
 REFERENCE_KIND = "reference_ground_truth"
 REFERENCE_FORMAT_VERSION = 1
@@ -57,8 +57,8 @@ def pack_reference(
     With ``allow_partial`` a split may ship only its finished queries: all its query records are kept, and the
     ground truth's ``query_ids`` say which ones have a ranking.
     """
-    from .diffusion.queries import load_query_tensors
-    from .ground_truth import finished_queries
+    from ..diffusion.queries import load_query_tensors
+    from ..ground_truth import finished_queries
 
     splits: dict[str, dict] = {}
     with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -125,11 +125,11 @@ def compute_reference_runs(
     """
     import time
 
-    from .data import ShapesWorld
-    from .diffusion import TextToImageModel
-    from .diffusion.queries import SamplerConfig, write_query_set
-    from .ground_truth import finished_queries
-    from .unlearning.jobs import TeacherSpec, run_teacher
+    from ..data import ShapesWorld
+    from ..diffusion import TextToImageModel
+    from ..diffusion.queries import SamplerConfig, write_query_set
+    from ..ground_truth import finished_queries
+    from ..unlearning.jobs import TeacherSpec, run_teacher
     from .world.query_prompts import reference_query_prompts
 
     work = Path(work)
@@ -216,7 +216,7 @@ def reference_query_set(
 
     Reuses ``out_dir`` when it already holds this split for this model. Returns ``out_dir``.
     """
-    from .diffusion.queries import QUERY_SET_FORMAT_VERSION, QUERY_SET_KIND
+    from ..diffusion.queries import QUERY_SET_FORMAT_VERSION, QUERY_SET_KIND
 
     root = Path(root) if root else reference_dir()
     manifest = _manifest(root)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, Bounds, check_settings, setting
+from ...config import AT_LEAST_ONE, NON_NEGATIVE, PROBABILITY, Bounds, check_settings, setting
 
 IMAGE_SIZE = 16
 SUPERSAMPLE = (

@@ -1,0 +1,263 @@
+"""``Teacher``: attribution by unlearning in memory (AbU with a diagonal Fisher, AbU+ with EK-FAC).
+
+For a query, one Fisher-preconditioned Newton step raises the model's loss on it, moving only the selected layers
+(the cross-attention keys and values); a training item's score is how much its own loss rises (method.md §3). The
+teacher holds the model, the training data encoded once, the Fisher and the query-independent before losses, so
+ranking many queries costs one step and one scoring pass each. ``TeacherJob`` (jobs.py) runs it over a query-set
+folder resumably, one result file per query.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import NON_NEGATIVE, Bounds, check_settings, setting
+from ..errors import IncompatibleArtifactError
+from ..ground_truth import GroundTruth
+from .fisher import Fisher
+from .layers import select_linear_layers
+from .scoring import BeforeLosses, ScoringConfig, influence_scores, rank
+from .unlearner import UnlearnConfig, unlearn, weights_shifted
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Everything that determines a query's ranking besides the model, data, Fisher and query."""
+
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    num_candidates: int | None = setting(
+        None,
+        "rank only each query's top-M neighbours in the candidate_feature space (default: all N, for test queries)",
+        bounds=Bounds(2),
+    )
+    candidate_feature: str = setting(
+        "pixels", "pixels, or a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm"
+    )
+    damping: float | None = setting(
+        None, "EK-FAC damping (default: the Fisher's own)", bounds=NON_NEGATIVE
+    )
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+class Teacher:
+    """Ranks training items for generated queries by unlearning each query (method.md §3).
+
+    Args:
+        model: the ``TextToImageModel`` that generated the queries.
+        dataset: the training set it was trained on.
+        fisher: a ``Fisher`` fitted on that model and data (``Fisher.fit`` or ``Fisher.load``).
+        config: the step and scoring settings.
+        data: the dataset's ``TrainingData`` when already encoded (default: encoded here, once).
+        before_losses: ``BeforeLosses`` of this model, data and scoring config (default: computed on first use).
+    """
+
+    def __init__(
+        self,
+        model,
+        dataset,
+        fisher: Fisher,
+        config: TeacherConfig = TeacherConfig(),
+        *,
+        data=None,
+        before_losses: BeforeLosses | None = None,
+        progress: bool = True,
+    ):
+        from ..diffusion.training import prepare_training_data
+
+        self.model, self.dataset, self.fisher, self.config = model, dataset, fisher, config
+        self.progress = progress
+        self.layers = select_linear_layers(model.unet, fisher.config.layers)
+        fisher.check_layers(list(self.layers))
+        self.data = (
+            data if data is not None else prepare_training_data(model, dataset, progress=progress)
+        )
+        # Shared with the teachers ``with_candidates`` makes, so the before losses are computed once for all.
+        self._shared = {"before_losses": before_losses}
+        self._candidate_spaces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_folders(
+        cls,
+        model_dir: str | os.PathLike,
+        data_dir: str | os.PathLike,
+        fisher_dir: str | os.PathLike,
+        config: TeacherConfig = TeacherConfig(),
+        progress: bool = True,
+    ) -> Teacher:
+        """Load the model, the dataset and the Fisher from their folders."""
+        from ..data import open_dataset
+        from ..diffusion import TextToImageModel
+
+        model = TextToImageModel.from_pretrained(model_dir)
+        return cls(
+            model, open_dataset(data_dir), Fisher.load(fisher_dir), config, progress=progress
+        )
+
+    def with_candidates(
+        self, num_candidates: int | None, candidate_feature: str | None = None
+    ) -> Teacher:
+        """The same teacher (model, data, Fisher, before losses shared) ranking other candidate pools: the top-M
+        neighbours of each query (training queries), or all N items with ``None`` (test queries)."""
+        config = replace(
+            self.config,
+            num_candidates=num_candidates,
+            candidate_feature=candidate_feature or self.config.candidate_feature,
+        )
+        other = copy.copy(self)
+        other.config, other._candidate_spaces = config, {}
+        return other
+
+    @property
+    def num_train(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def before_losses(self) -> BeforeLosses:
+        """L(z, θ₀) of every training item under the scoring config, computed once."""
+        if self._shared["before_losses"] is None:
+            self._shared["before_losses"] = BeforeLosses.compute(
+                self.model, self.data, self.config.scoring, {}, progress=self.progress
+            )
+        return self._shared["before_losses"]
+
+    @before_losses.setter
+    def before_losses(self, value: BeforeLosses) -> None:
+        self._shared["before_losses"] = value
+
+    # -- candidates --------------------------------------------------------------------------------------
+    def check_queries(self, queries) -> None:
+        """Refuse a query set whose samples this model does not denoise."""
+        shape = tuple(queries.tensors["x0"].shape[1:])
+        if shape != self.model.sample_shape:
+            raise IncompatibleArtifactError(
+                f"query samples have shape {shape}, the model denoises {self.model.sample_shape}; sample the "
+                "queries with this model"
+            )
+
+    def candidate_space(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate features of training items (N, D) and queries (Q, D), computed once per query set.
+
+        ``pixels`` uses the clean samples the model denoises (x0, pixels or latents). Anything else is a feature
+        spec from ``fastgda.encoders`` (``effnet``, ``effnet+minilm``, ...): training items are embedded with
+        their image and first caption, queries with their image and prompt. Each part is L2-normalised and
+        scaled by 1/sqrt(parts), so the cosine is the mean of the parts' cosines and no encoder dominates by
+        its width.
+        """
+        key = str(queries.root)
+        if key in self._candidate_spaces:
+            return self._candidate_spaces[key]
+        name = self.config.candidate_feature
+        normalize = torch.nn.functional.normalize
+        if name == "pixels":
+            train, query = self.data.x0.flatten(1), queries.tensors["x0"].flatten(1)
+            space = normalize(train.float(), dim=1), normalize(query.float(), dim=1)
+        else:
+            from ..encoders import FeatureSpec, make_encoder
+
+            encoders = [make_encoder(part) for part in FeatureSpec.parse(name).names]
+            train_images, query_images = self.dataset.load_images(), queries.load_images()
+            train_texts = [self.dataset.captions(i)[0] for i in range(len(self.dataset))]
+            query_texts = [queries.captions(i)[0] for i in range(len(queries))]
+
+            def encode(encoder, images, texts) -> torch.Tensor:
+                values = encoder.encode(images if encoder.modality == "image" else texts)
+                return normalize(torch.from_numpy(values).float(), dim=1) / len(encoders) ** 0.5
+
+            space = (
+                torch.cat([encode(e, train_images, train_texts) for e in encoders], dim=1),
+                torch.cat([encode(e, query_images, query_texts) for e in encoders], dim=1),
+            )
+        self._candidate_spaces[key] = space
+        return space
+
+    def candidates(self, queries, q: int) -> np.ndarray:
+        """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space."""
+        m = self.config.num_candidates
+        if m is None or m >= self.num_train:
+            return np.arange(self.num_train)
+        train, query = self.candidate_space(queries)
+        return torch.topk(train @ query[q], m).indices.numpy()
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    def scores(self, queries, q: int, candidates: np.ndarray) -> np.ndarray:
+        """Influence scores float64 (n,) of ``candidates`` for query ``q``: one Newton step, then loss rises."""
+        before = self.before_losses  # under θ₀: computed (on first use) before the weights move
+        x0, states, mask = queries.query(q)
+        delta = unlearn(
+            self.model,
+            self.layers,
+            self.fisher,
+            x0,
+            states,
+            mask,
+            self.config.unlearn,
+            self.num_train,
+            query_key=q,
+            damping=self.config.damping,
+        )
+        with weights_shifted(self.layers, delta):
+            return influence_scores(self.model, self.data, candidates, before)
+
+    def rank_query(self, queries, q: int, known: dict[int, float] | None = None):
+        """Query ``q``'s candidates, most influential first: (ids int64 (K,), scores float64 (K,)).
+
+        ``known``: candidate id -> a score already computed with these settings (copied, not recomputed).
+        """
+        candidates = self.candidates(queries, q)
+        known = dict(known or {})
+        missing = np.array([c for c in candidates.tolist() if c not in known], dtype=np.int64)
+        if len(missing):
+            known.update(
+                zip(missing.tolist(), self.scores(queries, q, missing).tolist(), strict=True)
+            )
+        return rank(candidates, np.array([known[c] for c in candidates.tolist()], dtype=np.float64))
+
+    def rank(self, queries, query_ids=None) -> GroundTruth:
+        """The teacher's rankings of the query set (all queries, or ``query_ids``) as a ``GroundTruth``.
+
+        Args:
+            queries: a ``QuerySet`` (or its folder) generated by this model.
+        """
+        from ..diffusion.queries import QuerySet
+
+        if not isinstance(queries, QuerySet):
+            queries = QuerySet(queries)
+        self.check_queries(queries)
+        query_ids = list(range(len(queries))) if query_ids is None else [int(q) for q in query_ids]
+        rows = [
+            self.rank_query(queries, q)
+            for q in tqdm(query_ids, desc="teacher queries", disable=not self.progress)
+        ]
+        return GroundTruth(
+            np.asarray(query_ids, dtype=np.int64),
+            np.stack([ids for ids, _ in rows]).astype(np.int32),
+            np.stack([scores for _, scores in rows]).astype(np.float32),
+            {"config": teacher_config_to_json(self.config)},
+        )
+
+
+def teacher_config_to_json(config: TeacherConfig) -> dict:
+    """The config as stored in ``run.json`` and in ground-truth artifacts (JSON values: lists, not tuples)."""
+    import json
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(config)))
+
+
+def teacher_config_from_json(obj: dict) -> TeacherConfig:
+    """Inverse of ``teacher_config_to_json``."""
+    scoring = {**obj["scoring"], "timesteps": tuple(obj["scoring"]["timesteps"])}
+    return TeacherConfig(
+        unlearn=UnlearnConfig(**obj["unlearn"]),
+        scoring=ScoringConfig(**scoring),
+        **{k: v for k, v in obj.items() if k not in ("unlearn", "scoring")},
+    )

@@ -1,0 +1,141 @@
+"""The front objects a user reaches from ``import fastgda as fg``: in memory, then saved and loaded as folders."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import fastgda as fg
+from fastgda.cli import build_parser
+
+
+def test_the_teacher_ranks_in_memory_what_a_resumable_job_writes(teacher_inputs, tmp_path):
+    config = fg.TeacherConfig(
+        unlearn=fg.UnlearnConfig(num_pairs=16, batch_size=16),
+        scoring=fg.ScoringConfig(timesteps=(500,)),
+    )
+    teacher = fg.Teacher.from_folders(
+        teacher_inputs["model_dir"], teacher_inputs["data_dir"], teacher_inputs["fisher_dir"],
+        config, progress=False,
+    )  # fmt: skip
+    pools = teacher.with_candidates(12)
+    in_memory = pools.rank(teacher_inputs["queries_dir"], query_ids=[2, 0])
+    assert in_memory.ids.shape == (2, 12) and in_memory.query_ids.tolist() == [2, 0]
+    assert pools.before_losses is teacher.before_losses  # computed once, shared
+
+    job = fg.TeacherJob.open(
+        out_dir=tmp_path / "run", config=pools.config, progress=False, **teacher_inputs
+    )
+    job.run([0, 2])
+    on_disk = fg.GroundTruth.merge(tmp_path / "run" / "results", [2, 0])
+    np.testing.assert_array_equal(in_memory.ids, on_disk.ids)
+    np.testing.assert_allclose(in_memory.scores, on_disk.scores, rtol=1e-5, atol=1e-8)
+
+
+def test_ranker_attributor_and_evaluation_work_in_memory_and_round_trip(fast_path, tmp_path):
+    root, inputs = fast_path
+    items, queries = fg.Features.load(root / "items"), fg.Features.load(root / "q")
+    train = fg.GroundTruth.load(root / "train" / "ground_truth")
+    test = fg.GroundTruth.load(root / "test" / "ground_truth")
+    config = fg.RankerTrainConfig(hidden=(32,), out_dim=16, epochs=2, batch_queries=2)
+
+    # The ground truth may rank only some of the query features: rows are picked by query id.
+    partial = train.select([2, 0])
+    ranker = fg.Ranker.distil(
+        queries, items, partial, config, validation=(queries, train), progress=False
+    )
+    assert ranker.spec == items.spec and len(ranker.history) == 2
+    with pytest.raises(fg.IncompatibleArtifactError, match="hold no rows for ids"):
+        fg.Ranker.distil(queries.select([0, 1]), items, partial, config, progress=False)
+
+    ranker.save(tmp_path / "ranker")
+    loaded = fg.Ranker.load(tmp_path / "ranker")
+    assert loaded.spec == items.spec and loaded.history == ranker.history
+    np.testing.assert_allclose(
+        loaded.score(queries.values, items.values),
+        ranker.score(queries.values, items.values),
+        atol=1e-6,
+    )
+    unnamed = fg.Ranker(ranker.shape)
+    with pytest.raises(fg.NotFittedError, match="feature spec"):
+        unnamed.save(tmp_path / "unnamed")
+
+    dataset = fg.open_dataset(inputs["data_dir"])
+    attributor = fg.Attributor.build(ranker, dataset, items, validation=(queries, train))
+    assert (
+        attributor.root is None and attributor.temperature != 0.05
+    )  # fitted to the teacher's shares
+    answer = attributor.attribute_features(queries.values, k=4)
+    assert answer.ids.shape == answer.scores.shape == answer.shares.shape == (3, 4)
+    np.testing.assert_allclose(answer.shares.sum(axis=1), 1.0, rtol=1e-5)
+    expected = np.argsort(-ranker.score(queries.values, items.values), axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(answer.ids, items.ids[expected])
+    assert [a.id for a in answer[1]] == answer.ids[1].tolist() and answer[1][0].captions
+
+    attributor.save(tmp_path / "attributor")
+    again = fg.Attributor.load(tmp_path / "attributor")
+    reloaded = again.attribute_features(queries.values, k=4)
+    np.testing.assert_array_equal(reloaded.ids, answer.ids)
+    assert again.temperature == attributor.temperature and again.has_features
+
+    evaluation = fg.evaluate({"mine": ranker}, queries, items, test)
+    by_hand = fg.evaluate(
+        {"mine": ranker.score(queries.select(test.query_ids).values, items.values)},
+        queries,
+        items,
+        test,
+    )
+    assert evaluation.map == by_hand.map
+    assert {"mine", "untuned image (pixels)", "untuned text (minilm)", "random"} <= set(
+        evaluation.map
+    )
+    assert evaluation.best_untuned().startswith("untuned") and "mAP(L=" in str(evaluation)
+    with pytest.raises(fg.IncompatibleArtifactError, match="full rankings"):
+        fg.evaluate({"mine": ranker}, queries, items, train)
+
+
+def test_ground_truth_and_features_select_rows_by_id(fast_path):
+    root, _ = fast_path
+    truth = fg.GroundTruth.load(root / "train" / "ground_truth")
+    picked = truth.select([2, 1])
+    assert picked.query_ids.tolist() == [2, 1]
+    np.testing.assert_array_equal(picked.ids[0], truth.ids[2])
+    with pytest.raises(fg.FastGDAError, match=r"query ids \[7\] are not in this ground truth"):
+        truth.select([1, 7])
+    queries = fg.Features.load(root / "q")
+    np.testing.assert_array_equal(queries.select([2, 0]).values, queries.values[[2, 0]])
+
+
+@pytest.mark.parametrize(
+    ("verb", "config_type"),
+    [
+        (("ranker", "train"), fg.RankerTrainConfig),
+        (("teacher", "fisher"), fg.FisherConfig),
+        (("teacher", "run"), fg.UnlearnConfig),
+        (("model", "sample"), fg.SamplerConfig),
+        (("eval", "counterfactual"), fg.CounterfactualConfig),
+    ],
+)
+def test_every_config_field_is_a_flag_of_the_same_name_with_its_help(verb, config_type):
+    parser = build_parser()
+    for name in verb:
+        parser = next(
+            a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"
+        ).choices[name]
+    flags = {option: action for action in parser._actions for option in action.option_strings}
+    for field in dataclasses.fields(config_type):
+        action = flags[f"--{field.name.replace('_', '-')}"]
+        assert action.dest == field.name and field.metadata["help"] in action.help
+
+
+def test_a_preset_is_the_start_and_flags_override_its_fields():
+    from fastgda.cli._common import config_from_args
+
+    args = build_parser().parse_args(
+        ["ranker", "train", "--items", "i", "--queries", "q", "--ground-truth", "g", "--out", "o",
+         "--preset", "demo", "--members", "2", "--no-balance-parts"]
+    )  # fmt: skip
+    config = config_from_args(args, fg.RankerTrainConfig, base=fg.RankerTrainConfig.demo())
+    assert config == dataclasses.replace(
+        fg.RankerTrainConfig.demo(), members=2, balance_parts=False
+    )
