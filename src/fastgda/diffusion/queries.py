@@ -83,11 +83,11 @@ def write_query_set(
     model_dir: str | os.PathLike | None = None,
     progress: bool = True,
     overwrite: bool = False,
-) -> ImageCaptionFolder:
+) -> QuerySet:
     """Generate one image per prompt (query ``i`` uses seed ``seed + i`` unless its record names one).
 
     Returns:
-        The written query set, opened as an ``ImageCaptionFolder``.
+        The written query set, loaded (a ``QuerySet``, which is an ``ImageCaptionFolder``).
     """
     records = [{"prompt": p} if isinstance(p, str) else dict(p) for p in prompts]
     for i, record in enumerate(records):
@@ -141,7 +141,7 @@ def write_query_set(
             shapes={k: list(v.shape) for k, v in tensors.items()},
             extra={"model_manifest_sha256": model_digest, "num_queries": len(records)},
         )
-    return ImageCaptionFolder(out_dir)
+    return QuerySet(out_dir)
 
 
 def load_query_tensors(query_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -172,21 +172,8 @@ class QuerySet(ImageCaptionFolder):
                 f"query set {root} has NaN or infinite values in {bad}; sample the queries again"
             )
 
-    @classmethod
-    def generate(
-        cls,
-        model: TextToImageModel,
-        prompts: list[dict] | list[str],
-        out_dir: str | os.PathLike,
-        seed: int = 0,
-        sampler: SamplerConfig = SamplerConfig(),
-        model_dir: str | os.PathLike | None = None,
-        progress: bool = True,
-        overwrite: bool = False,
-    ) -> QuerySet:
-        """Generate one image per prompt with ``model`` into ``out_dir`` (``write_query_set``) and load it."""
-        write_query_set(model, prompts, out_dir, seed, sampler, model_dir, progress, overwrite)
-        return cls(out_dir)
+    # Generate one image per prompt with a model into a folder and load it (``write_query_set``).
+    generate = staticmethod(write_query_set)
 
     def query(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Query ``q``'s x0 (C, h, w), prompt states (S, D) and mask (S,) or None."""
