@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _RUN_DIR = tempfile.mkdtemp(prefix="fastgda-tests-")
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(_RUN_DIR, "inductor")
 os.environ["RAY_TMPDIR"] = os.path.join(_RUN_DIR, "ray")
+os.environ["FASTGDA_CACHE"] = os.path.join(
+    _RUN_DIR, "cache"
+)  # encoded training sets (``cache_dir``)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

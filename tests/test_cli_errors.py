@@ -23,6 +23,10 @@ def leaf_verbs(parser, prefix=()):
 # instead of the value. (verb, arguments, what the one line must say)
 BAD = [
     (("env",), ["--json", "extra"], "unrecognized arguments: extra"),
+    (("build",), ["--data", "{tmp}/d", "--out", "{tmp}/b", "--model", "m", "--num-train-queries", "1"],
+     "--num-train-queries: must be at least 2, got 1"),
+    (("build",), ["--data", "{tmp}/d", "--out", "{tmp}/b", "--budget-hours", "0"],
+     "--budget-hours: must be greater than 0, got 0"),
     (("world", "shapes"), ["--out", "{tmp}/w", "--size", "0"], "--size: must be at least 1, got 0"),
     (("world", "prompts"), ["--world", "{tmp}/none", "--out", "{tmp}/p.jsonl"], "none"),
     (("world", "probe"), ["--out", "{tmp}/p", "--epochs", "0"], "--epochs: must be at least 1"),

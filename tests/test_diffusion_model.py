@@ -180,3 +180,23 @@ def test_tampered_or_foreign_folders_are_refused(tiny_model, small_world, tmp_pa
         IncompatibleArtifactError, match="kind 'dataset', expected 'text_to_image_model'"
     ):
         TextToImageModel.from_pretrained(small_world.root)
+
+
+def test_a_training_set_is_encoded_once_per_text_encoder_and_image_size(
+    tiny_model, test_preset, small_world, tmp_path, monkeypatch
+):
+    from fastgda.diffusion import training
+
+    first = prepare_training_data(tiny_model, small_world, progress=False, cache=tmp_path)
+    encoded = []
+    real = training._encode
+    monkeypatch.setattr(training, "_encode", lambda *args: encoded.append(args) or real(*args))
+    # Another UNet with the same text encoder and image size reads the stored encoding, bit for bit.
+    other = TextToImageModel.from_preset(test_preset, seed=5)
+    again = prepare_training_data(other, small_world, progress=False, cache=tmp_path)
+    assert encoded == []
+    for name, tensor in first.tensors().items():
+        assert torch.equal(again.tensors()[name], tensor), name
+    # Another dataset is encoded anew, beside the first.
+    prepare_training_data(other, small_world.without([0, 1]), progress=False, cache=tmp_path)
+    assert len(encoded) == 1 and len(list((tmp_path / "encoded").iterdir())) == 2

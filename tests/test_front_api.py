@@ -139,3 +139,40 @@ def test_a_preset_is_the_start_and_flags_override_its_fields():
     assert config == dataclasses.replace(
         fg.RankerTrainConfig.demo(), members=2, balance_parts=False
     )
+
+
+def test_a_ranker_that_loses_to_a_plain_cosine_on_validation_is_not_served(fast_path, tmp_path):
+    from fastgda.evaluation import candidate_map
+    from fastgda.ranker import UntunedScorer, best_scorer, load_scorer, validation_maps
+
+    root, inputs = fast_path
+    items, queries = fg.Features.load(root / "items"), fg.Features.load(root / "q")
+    truth = fg.GroundTruth.load(root / "train" / "ground_truth")
+    config = fg.RankerTrainConfig(hidden=(32,), out_dim=16, epochs=1, batch_queries=2)
+    ranker = fg.Ranker.distil(
+        queries, items, truth, config, validation=(queries, truth), progress=False
+    )
+    assert set(ranker.validation) == {"ranker", "untuned image (pixels)", "untuned text (minilm)"}
+
+    # Each part's figure is the mAP of its plain cosine within the teacher's pools, computed by hand.
+    prompts, captions = queries.select(truth.query_ids).part("minilm"), items.part("minilm")
+    q = prompts / np.linalg.norm(prompts, axis=1, keepdims=True)
+    x = captions / np.linalg.norm(captions, axis=1, keepdims=True)
+    pooled = np.einsum("qd,qkd->qk", q, x[truth.ids])
+    by_hand = candidate_map(pooled, truth.ids, max(1, round(0.1 * truth.ids.shape[1]))).mean()
+    assert validation_maps(None, queries, items, truth)["untuned text (minilm)"] == pytest.approx(
+        by_hand
+    )
+
+    # A baseline that beats the ranker is served in its place, through the same attributor.
+    assert best_scorer(ranker, items, {"ranker": 0.9, "untuned text (minilm)": 0.5}) is ranker
+    scorer = best_scorer(ranker, items, {"ranker": 0.2, "untuned text (minilm)": 0.5})
+    assert isinstance(scorer, UntunedScorer) and scorer.part == "minilm"
+    attributor = fg.Attributor.build(scorer, fg.open_dataset(inputs["data_dir"]), items)
+    answer = attributor.attribute_features(queries.values, k=5)
+    np.testing.assert_array_equal(answer.ids, attributor.untuned(queries.values, 5, "minilm").ids)
+    attributor.save(tmp_path / "a")
+    assert isinstance(load_scorer(tmp_path / "a" / "ranker"), UntunedScorer)
+    np.testing.assert_array_equal(
+        fg.Attributor.load(tmp_path / "a").attribute_features(queries.values, k=5).ids, answer.ids
+    )

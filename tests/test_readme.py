@@ -20,3 +20,21 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch, capsys):
     assert "mAP(L=" in printed and (tmp_path / "runs/readme/attributor/manifest.json").is_file()
     answer = namespace["answer"]
     assert answer.ids.shape == (2, 5) and (answer.ids >= 0).all()
+
+
+@pytest.mark.slow
+def test_the_your_own_data_commands_run(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from fastgda.cli import main
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Your own data") :]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [" ".join(c.split()) for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        argv = shlex.split(command.split("#")[0])
+        assert argv[0] == "fastgda" and main(argv[1:]) == 0, command
+    out = capsys.readouterr().out
+    assert "top 5 training images" in out and (tmp_path / "runs/mybuild/report.html").is_file()

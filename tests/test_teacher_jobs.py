@@ -85,19 +85,30 @@ def test_mismatched_inputs_are_refused(teacher_inputs, test_preset, tmp_path):
         GroundTruth.merge(tmp_path / "run2" / "results", [0, 1, 2])
 
 
-def test_teacher_cli_runs_and_merges(teacher_inputs, tmp_path, capsys):
+def test_teacher_cli_runs_part_of_a_query_set_and_merges_what_finished(
+    teacher_inputs, tmp_path, capsys
+):
     t = teacher_inputs
-    assert (
-        main(
-            f"teacher run --model {t['model_dir']} --data {t['data_dir']} --queries {t['queries_dir']} "
-            f"--fisher {t['fisher_dir']} --out {tmp_path / 'run'} --pairs 16 --timesteps 500 "
-            "--candidates 8 --json".split()
-        )
-        == 0
-    )
+    run = (
+        f"teacher run --model {t['model_dir']} --data {t['data_dir']} --queries {t['queries_dir']} "
+        f"--fisher {t['fisher_dir']} --out {tmp_path / 'run'} --num-pairs 16 --timesteps 500 "
+        "--num-candidates 8 --json"
+    ).split()
+    assert main([*run, "--query-ids", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["shape"] == [3, 8]
+    assert result["shape"] == [1, 8] and result["num_queries"] == 3
+    assert GroundTruth.load(tmp_path / "run" / "ground_truth").query_ids.tolist() == [2]
+    assert main(["teacher", "merge", "--run", str(tmp_path / "run")]) == 2
+    assert "lacks results" in capsys.readouterr().err
+    assert main(["teacher", "merge", "--run", str(tmp_path / "run"), "--partial"]) == 0
+    assert "merged 1 of 3 queries" in capsys.readouterr().out
+    assert main([*run, "--limit", "1"]) == 0  # the first pending query: 0
+    assert json.loads(capsys.readouterr().out)["shape"] == [2, 8]
+    assert main(run) == 0
+    assert json.loads(capsys.readouterr().out)["shape"] == [3, 8]
     assert main(["teacher", "merge", "--run", str(tmp_path / "run")]) == 0
+    assert main([*run, "--query-ids", "5"]) == 2
+    assert "query ids [5] are not in the query set" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -192,3 +192,13 @@ def describe_difference(stored: Any, wanted: Any, limit: int = 6) -> str:
     if len(differences) > limit:
         shown.append(f"and {len(differences) - limit} more")
     return "; ".join(shown) or "no field differs"
+
+
+def cache_dir() -> Path:
+    """fastgda's cache of derived data (encoded training sets): ``$FASTGDA_CACHE``, else ``$XDG_CACHE_HOME/fastgda``
+    or ``~/.cache/fastgda``. Everything in it can be deleted; it is recomputed when needed."""
+    chosen = os.environ.get("FASTGDA_CACHE")
+    if chosen:
+        return Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastgda"

@@ -29,6 +29,7 @@ from .errors import FastGDAError, IncompatibleArtifactError, NotFittedError
 from .features import FeatureExtractor, Features
 from .index import VectorIndex, exact_top_k, unit_rows
 from .ranker import Ranker
+from .ranker.untuned import load_scorer
 
 ATTRIBUTOR_KIND = "attributor"
 ATTRIBUTOR_FORMAT_VERSION = 1
@@ -242,7 +243,7 @@ class Attributor:
     def load(cls, folder: str | os.PathLike) -> Attributor:
         folder = Path(folder)
         manifest = read_manifest(folder, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
-        ranker = Ranker.load(folder / "ranker")
+        ranker = load_scorer(folder / "ranker")
         index = VectorIndex.load(folder / "index")
         lines = (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()
         items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}

@@ -352,3 +352,88 @@ def open_dataset(
         f"{path} is not a dataset: expected a folder with {CAPTIONS_FILE} (or a shapes world), "
         "or a COCO captions_*.json file"
     )
+
+
+SHARD_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def convert_shards(
+    source: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True
+) -> ImageCaptionFolder:
+    """Turn webdataset / img2dataset tar shards into an image folder with ``captions.jsonl`` (done once).
+
+    A shard holds samples as ``<key>.<ext>`` files: an image (jpg, png or webp) with its caption in ``<key>.txt``
+    or in ``<key>.json`` (``"caption"`` or ``"captions"``), as img2dataset writes them. ``source`` is a ``.tar``
+    file or a folder of them (read in name order). Members are read, never extracted, so no path in a shard can
+    write outside ``out_dir``; samples without an image or a non-empty caption are skipped and counted.
+
+    Raises:
+        DatasetError: no shards, or no usable sample in them.
+    """
+    import tarfile
+
+    from tqdm.auto import tqdm
+
+    from ._artifacts import atomic_dir
+
+    source = Path(source)
+    shards = sorted(source.glob("*.tar")) if source.is_dir() else [source]
+    if not shards or not all(s.is_file() for s in shards):
+        raise DatasetError(
+            f"{source} holds no .tar shards; pass a shard or a folder of webdataset shards"
+        )
+    skipped = 0
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        lines = []
+        for shard in tqdm(shards, desc="reading shards", disable=not progress):
+            try:
+                archive = tarfile.open(shard)
+            except (tarfile.TarError, OSError) as exc:
+                raise DatasetError(f"{shard} is not a readable tar file ({exc})") from exc
+            with archive:
+                samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for member in archive.getmembers():
+                    if member.isfile():
+                        key, _, ext = member.name.rpartition(".")
+                        samples.setdefault(key, {})[f".{ext.lower()}"] = member
+                for key, files in samples.items():
+                    image = next((files[e] for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
+                    captions = _shard_captions(archive, files)
+                    if image is None or not captions:
+                        skipped += 1
+                        continue
+                    name = f"images/{len(lines):08d}{Path(image.name).suffix.lower()}"
+                    (tmp / name).write_bytes(archive.extractfile(image).read())
+                    record = {
+                        "file": name,
+                        "captions": captions,
+                        "id": f"{shard.stem}/{Path(key).name}",
+                    }
+                    lines.append(json.dumps(record))
+        if not lines:
+            raise DatasetError(f"no sample in {source} has both an image and a caption")
+        (tmp / CAPTIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if skipped:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%d samples without an image or a caption were skipped", skipped
+        )
+    return ImageCaptionFolder(out_dir)
+
+
+def _shard_captions(archive, files: dict) -> list[str]:
+    """A sample's non-empty captions, from its .txt or .json member."""
+    if ".txt" in files:
+        text = archive.extractfile(files[".txt"]).read().decode("utf-8", errors="replace").strip()
+        return [text] if text else []
+    if ".json" in files:
+        try:
+            meta = json.loads(archive.extractfile(files[".json"]).read())
+        except (ValueError, UnicodeDecodeError):
+            return []
+        found = meta.get("captions", meta.get("caption")) if isinstance(meta, dict) else None
+        found = [found] if isinstance(found, str) else found or []
+        return [c.strip() for c in found if isinstance(c, str) and c.strip()]
+    return []

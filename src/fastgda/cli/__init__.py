@@ -16,6 +16,7 @@ from ..errors import FastGDAError
 from . import (
     attribute,
     attributor,
+    build,
     demo,
     embed,
     env,
@@ -27,7 +28,20 @@ from . import (
     world,
 )
 
-COMMANDS = (env, world, model, teacher, embed, ranker, attributor, attribute, evaluate, serve, demo)
+COMMANDS = (
+    env,
+    build,
+    world,
+    model,
+    teacher,
+    embed,
+    ranker,
+    attributor,
+    attribute,
+    evaluate,
+    serve,
+    demo,
+)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -25,6 +25,13 @@ def add_parser(sub) -> None:
     build.add_argument("--out", required=True, help="attributor folder to create")
     build.add_argument("--backend", choices=["exact", "hnsw", "ivfpq"], default="exact")
     build.add_argument(
+        "--scorer",
+        choices=["auto", "ranker"],
+        default="auto",
+        help="auto (default): the ranker, or the untuned part that beat it on validation mAP (recorded by "
+        "`ranker train` with validation queries); ranker: the ranker whatever its validation",
+    )
+    build.add_argument(
         "--val-queries", help="validation query features (to fit the share temperature)"
     )
     build.add_argument("--val-ground-truth", help="the teacher's ground truth for them")
@@ -51,11 +58,13 @@ def handle_build(args) -> int:
     from ..data import open_dataset
     from ..features import Features
     from ..ground_truth import GroundTruth
-    from ..ranker import Ranker
+    from ..ranker import Ranker, best_scorer
 
     set_threads(args.threads)
     items = Features.load(args.items)
     ranker = Ranker.load(args.ranker)
+    if args.scorer == "auto":
+        ranker = best_scorer(ranker, items, ranker.validation)
     validation = None
     if args.val_queries and args.val_ground_truth:
         validation = (
@@ -66,15 +75,17 @@ def handle_build(args) -> int:
         ranker, open_dataset(args.data), items, backend=args.backend, validation=validation
     )
     attributor.save(args.out, overwrite=args.overwrite)
+    scorer = getattr(ranker, "name", "ranker")
     result = {
         "out": args.out,
         "items": len(attributor.index),
         "share_temperature": attributor.temperature,
+        "scorer": scorer,
     }
     emit(
         args,
         result,
-        f"indexed {len(attributor.index)} training items ({args.backend}) -> {args.out}",
+        f"indexed {len(attributor.index)} training items ({args.backend}, scored by {scorer}) -> {args.out}",
     )
     return 0
 

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     m = verbs.add_parser(
         "map",
         help="mAP(L) against the teacher's full rankings",
-        description="mAP(L) at 0.42%%, 0.85%% and 3.4%% of N for rankers and untuned baselines, with standard "
+        description="mAP(L) at 0.42%, 0.85% and 3.4% of N for rankers and untuned baselines, with standard "
         "errors; planted-concept recall where the queries name planted concepts of a shapes world.",
     )
     m.add_argument("--items", required=True, help="features of the training set")

@@ -71,8 +71,10 @@ def add_parser(sub) -> None:
 
 
 def handle_train(args) -> int:
+    from .._artifacts import cache_dir
     from ..data import open_dataset
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+    from ..diffusion.training import prepare_training_data
 
     config = config_from_args(args, DiffusionTrainConfig)
     set_threads(args.threads)
@@ -87,6 +89,7 @@ def handle_train(args) -> int:
         checkpoint_dir=args.checkpoint_dir,
         command=command,
         overwrite=args.overwrite,
+        data=prepare_training_data(model, dataset, cache=cache_dir()),
     )
     print(f"wrote model to {args.out}")
     return 0

@@ -64,11 +64,26 @@ def handle_train(args) -> int:
     ranker = Ranker.distil(queries, items, truth, config, validation=validation)
     ranker.save(args.out, extra={"training": asdict(config)}, overwrite=args.overwrite)
     epochs, val_map = summarise_history(ranker.history)
-    result = {"out": args.out, "epochs": epochs, "members": config.members, "best_val_map": val_map}
+    result = {
+        "out": args.out,
+        "epochs": epochs,
+        "members": config.members,
+        "best_val_map": val_map,
+        "validation_map": ranker.validation,
+    }
     what = "a ranker" if config.members == 1 else f"an ensemble of {config.members} rankers"
-    emit(
-        args,
-        result,
-        f"trained {what} for {epochs} epochs (validation mAP {val_map:.3f}) -> {args.out}",
-    )
+    lines = [f"trained {what} for {epochs} epochs (validation mAP {val_map:.3f}) -> {args.out}"]
+    if ranker.validation:
+        lines.append(
+            "validation mAP within the teacher's pools, the ranker beside its untuned parts:"
+        )
+        lines += [f"  {name:<40} {value:.3f}" for name, value in ranker.validation.items()]
+        best = max(ranker.validation, key=ranker.validation.get)
+        if best != "ranker":
+            lines.append(
+                f"WARNING: the ranker loses to {best} on validation: it would attribute worse than that plain "
+                "cosine (too few teacher queries?). `fastgda attributor build` serves the baseline instead "
+                "unless given --scorer ranker."
+            )
+    emit(args, result, "\n".join(lines))
     return 0

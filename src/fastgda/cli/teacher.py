@@ -12,6 +12,7 @@ from ._common import (
     config_from_args,
     emit,
     executor_from_args,
+    id_list,
     set_threads,
 )
 
@@ -69,6 +70,16 @@ def add_parser(sub) -> None:
     add_config_flags(run, ScoringConfig, ["timesteps", "noise_seed", "flips"])
     add_config_flags(run, ScoringConfig, ["batch_size"], prefix="scoring-")
     run.add_argument(
+        "--query-ids",
+        type=id_list,
+        help="rank only these queries (comma-separated ids), e.g. 0,3,7",
+    )
+    run.add_argument(
+        "--limit",
+        type=COUNT,
+        help="rank at most this many of the pending queries; the ground truth then holds every finished query",
+    )
+    run.add_argument(
         "--cache-dir",
         "--cache",
         help="before-loss cache folder to share between runs (default OUT/before_losses)",
@@ -92,10 +103,16 @@ def add_parser(sub) -> None:
         description="Merge OUT/results/q_*.npz into OUT/ground_truth.",
     )
     merge.add_argument("--run", required=True, help="teacher run folder")
+    merge.add_argument(
+        "--partial",
+        action="store_true",
+        help="merge the queries finished so far (a run cut short); their ids are kept with the rankings",
+    )
     merge.set_defaults(handler=handle_merge)
 
 
 def handle_fisher(args) -> int:
+    from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
     from ..data import open_dataset
     from ..diffusion import TextToImageModel
@@ -105,13 +122,14 @@ def handle_fisher(args) -> int:
     config = config_from_args(args, FisherConfig)
     set_threads(args.threads)
     model = TextToImageModel.from_pretrained(resolve_model_dir(args.model))
-    data = prepare_training_data(model, open_dataset(args.data))
+    data = prepare_training_data(model, open_dataset(args.data), cache=cache_dir())
     fit_fisher(model, data, config).save(args.out, overwrite=args.overwrite)
     print(f"wrote {config.kind} Fisher over {config.layers!r} layers to {args.out}")
     return 0
 
 
 def handle_run(args) -> int:
+    from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
@@ -132,11 +150,22 @@ def handle_run(args) -> int:
         config,
         args.cache_dir,
         tuple(args.reuse),
+        str(cache_dir()),
     )
-    ground_truth = run_teacher(spec, executor_from_args(args))
+    ground_truth = run_teacher(
+        spec, executor_from_args(args), query_ids=args.query_ids, limit=args.limit
+    )
     shape = list(ground_truth.ids.shape)
-    result = {"out": args.out, "ground_truth": f"{args.out}/ground_truth", "shape": shape}
+    total = ground_truth.config["num_queries"]
+    result = {
+        "out": args.out,
+        "ground_truth": f"{args.out}/ground_truth",
+        "shape": shape,
+        "num_queries": total,
+    }
     text = f"ranked {shape[0]} queries x {shape[1]} candidates; ground truth in {args.out}/ground_truth"
+    if shape[0] < total:
+        text += f" ({shape[0]} of {total} queries: run the command again to rank the rest)"
     emit(args, result, text)
     return 0
 
@@ -144,7 +173,9 @@ def handle_run(args) -> int:
 def handle_merge(args) -> int:
     from ..unlearning.jobs import merge_run
 
-    ground_truth = merge_run(args.run)
+    ground_truth = merge_run(args.run, partial=args.partial)
     shape = ground_truth.ids.shape
-    print(f"merged {shape[0]} queries x {shape[1]} candidates into {args.run}/ground_truth")
+    total = ground_truth.config["num_queries"]
+    of = f" of {total}" if shape[0] < total else ""
+    print(f"merged {shape[0]}{of} queries x {shape[1]} candidates into {args.run}/ground_truth")
     return 0

@@ -8,6 +8,7 @@ once. ``loss`` is the per-sample diffusion loss of method.md §2 (epsilon predic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -196,6 +197,22 @@ class TextToImageModel(torch.nn.Module):
                 extra=extra,
             )
 
+    def encoding_key(self) -> dict:
+        """What the encoding of training data depends on: the frozen text encoder, the VAE and the image size,
+        not the UNet's weights (so a model keeps its training set's encoding while it trains)."""
+        if self.vae is None:
+            preset = self.config.get("preset", {})
+            names = ("text_encoder", "max_tokens", "image_size", "channels")
+            return {"kind": "pixels", **{name: preset.get(name) for name in names}}
+        root = Path(self.config["path"])
+        return {
+            "kind": "latents",
+            "image_size": self.image_size,
+            "text_encoder": _folder_fingerprint(root / "text_encoder"),
+            "tokenizer": _folder_fingerprint(root / "tokenizer"),
+            "vae": _folder_fingerprint(root / "vae"),
+        }
+
     # ----------------------------------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
@@ -318,3 +335,13 @@ class TextToImageModel(torch.nn.Module):
         if return_states:
             return x, states, mask
         return x
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """A digest of a folder's file names and sizes and of its small (config) files' bytes: cheap for GB weights."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size}".encode())
+        if path.stat().st_size < 1 << 20:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -7,6 +7,7 @@ Checkpoints are single safetensors files written atomically; the final artifact 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .._artifacts import describe_difference
+from .._artifacts import (
+    MANIFEST_NAME,
+    atomic_dir,
+    describe_difference,
+    read_manifest,
+    verify_checksums,
+    write_manifest,
+)
 from ..config import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -109,6 +117,33 @@ class TrainingData:
     )
     num_full: int | None = None  # size of the full set a subset was taken from (None: N)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The encoding of a full set as named tensors (for safetensors); a subset is stored as its full set."""
+        if self.item_ids is not None:
+            raise FastGDAError("store the full set's encoding, not a subset's")
+        named = {
+            "x0": self.x0,
+            "states": self.states,
+            "caption_start": self.caption_start,
+            "caption_count": self.caption_count,
+            "null_states": self.null_states,
+            "mask": self.mask,
+            "null_mask": self.null_mask,
+        }
+        return {k: v.contiguous() for k, v in named.items() if v is not None}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TrainingData:
+        return cls(
+            x0=tensors["x0"],
+            states=tensors["states"],
+            mask=tensors.get("mask"),
+            caption_start=tensors["caption_start"],
+            caption_count=tensors["caption_count"],
+            null_states=tensors["null_states"],
+            null_mask=tensors.get("null_mask"),
+        )
+
     def subset(self, rows) -> TrainingData:
         """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set).
 
@@ -132,10 +167,46 @@ class TrainingData:
         )
 
 
+ENCODED_KIND = "encoded_training_data"
+ENCODED_FORMAT_VERSION = 1
+
+
 def prepare_training_data(
-    model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool = True
+    model: TextToImageModel,
+    dataset: ImageCaptionDataset,
+    progress: bool = True,
+    cache: str | os.PathLike | None = None,
 ) -> TrainingData:
-    """Encode every image and caption once (the text encoder and VAE are frozen)."""
+    """Encode every image and caption once (the text encoder and VAE are frozen).
+
+    ``cache``: a folder (e.g. ``fastgda._artifacts.cache_dir()``) that keeps one encoding per (dataset content,
+    ``model.encoding_key()``), so the Fisher, the teacher and training read it instead of encoding again.
+    """
+    if cache is None:
+        return _encode(model, dataset, progress)
+    key = {"content_hash": dataset.content_hash, "model": model.encoding_key()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    folder = Path(cache) / "encoded" / digest
+    if (folder / MANIFEST_NAME).is_file():
+        manifest = read_manifest(folder, ENCODED_KIND, ENCODED_FORMAT_VERSION)
+        if manifest["config"] == key:
+            verify_checksums(folder, manifest)
+            return TrainingData.from_tensors(load_file(folder / "encoded.safetensors"))
+    data = _encode(model, dataset, progress)
+    tensors = data.tensors()
+    with atomic_dir(folder, overwrite=True) as tmp:
+        save_file(tensors, tmp / "encoded.safetensors")
+        write_manifest(
+            tmp,
+            ENCODED_KIND,
+            ENCODED_FORMAT_VERSION,
+            config=key,
+            shapes={name: list(t.shape) for name, t in tensors.items()},
+        )
+    return data
+
+
+def _encode(model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool) -> TrainingData:
     size = model.image_size
     x0_parts, state_parts, mask_parts, counts = [], [], [], []
     chunk = 256

@@ -54,6 +54,8 @@ class Ranker(nn.Module):
     Attributes:
         spec: the feature spec of the inputs it was trained on (e.g. ``"effnet+minilm"``), or None if unknown.
         history: per-epoch training records (``summarise_history`` reads them).
+        validation: validation mAP of the ranker beside each untuned part's (``validation_maps``), when the
+            ranker was distilled with validation queries; ``best_scorer`` reads it.
         manifest: the stored manifest, for a loaded ranker.
     """
 
@@ -62,6 +64,9 @@ class Ranker(nn.Module):
         self.shape = shape
         self.spec = spec
         self.history: list[dict] = []
+        self.validation: dict[
+            str, float
+        ] = {}  # validation mAP of the ranker and of each untuned part
         self.manifest: dict = {}
         self.register_buffer("feature_mean", torch.zeros(shape.in_dim))
         self.register_buffer("feature_std", torch.ones(shape.in_dim))
@@ -79,6 +84,11 @@ class Ranker(nn.Module):
     @property
     def member_mlps(self) -> list[nn.Module]:
         return [self.mlp] + [getattr(self, f"mlp_{m}") for m in range(1, self.shape.members)]
+
+    @property
+    def in_dim(self) -> int:
+        """Width of the feature rows it reads (the spec's concatenated parts)."""
+        return self.shape.in_dim
 
     @property
     def embedding_dim(self) -> int:
@@ -185,17 +195,24 @@ class Ranker(nn.Module):
                 "val_query_features": val_queries.select(val_truth.query_ids).values,
                 "val_ranked_ids": val_truth.ids,
             }
+        ranker_config = config or RankerTrainConfig()
         ranker = train_ranker(
             queries.select(ground_truth.query_ids).values,
             items.values,
             ground_truth.ids,
-            config or RankerTrainConfig(),
+            ranker_config,
             train_scores=ground_truth.scores,
             part_dims=items.part_dims,
             progress=progress,
             **val,
         )
         ranker.spec = items.spec
+        if validation:
+            from .untuned import validation_maps
+
+            ranker.validation = validation_maps(
+                ranker, *validation[:1], items, validation[1], ranker_config.val_fraction_l
+            )
         return ranker
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
@@ -250,7 +267,7 @@ class Ranker(nn.Module):
                 "this ranker does not know the feature spec it reads; set ranker.spec (e.g. 'effnet+minilm') "
                 "or make it with Ranker.distil"
             )
-        extra = {"history": self.history, **(extra or {})}
+        extra = {"history": self.history, "validation": self.validation, **(extra or {})}
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
             save_file(state, tmp / "ranker.safetensors")
@@ -274,6 +291,7 @@ class Ranker(nn.Module):
         )
         ranker.load_state_dict(load_file(Path(folder) / "ranker.safetensors"))
         ranker.history, ranker.manifest = list(manifest.get("history", [])), manifest
+        ranker.validation = dict(manifest.get("validation", {}))
         return ranker.eval()
 
 

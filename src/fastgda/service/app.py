@@ -119,7 +119,7 @@ class Service:
 
     def check_features(self, values) -> np.ndarray:
         features = np.asarray(values, dtype=np.float32)
-        dim = self.attributor.ranker.shape.in_dim
+        dim = self.attributor.ranker.in_dim
         if features.shape != (dim,):
             raise HTTPException(
                 422,
@@ -310,7 +310,7 @@ def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None
         return {
             "spec": service.attributor.spec,
             "items": len(service.attributor.index),
-            "feature_dim": service.attributor.ranker.shape.in_dim,
+            "feature_dim": service.attributor.ranker.in_dim,
             "generate": service.model is not None,
             "baseline": f"untuned {service.baseline_part}" if service.baseline_part else None,
             "limits": {

@@ -130,12 +130,17 @@ class Fisher:
             )
 
     @staticmethod
-    def fit(model, data, config: FisherConfig | None = None, progress: bool = True) -> Fisher:
-        """Estimate a Fisher of the model over its training set (a dataset, or its encoded ``TrainingData``)."""
+    def fit(
+        model, data, config: FisherConfig | None = None, progress: bool = True, encoded_cache=None
+    ) -> Fisher:
+        """Estimate a Fisher of the model over its training set (a dataset, or its encoded ``TrainingData``).
+
+        ``encoded_cache``: where a dataset's encoding is kept (``prepare_training_data``'s ``cache``).
+        """
         from ..diffusion.training import TrainingData, prepare_training_data
 
         if not isinstance(data, TrainingData):
-            data = prepare_training_data(model, data, progress=progress)
+            data = prepare_training_data(model, data, progress=progress, cache=encoded_cache)
         return fit_fisher(model, data, config or FisherConfig(), progress=progress)
 
     @staticmethod

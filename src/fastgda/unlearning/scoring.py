@@ -85,7 +85,10 @@ def item_losses(
     shape = tuple(data.x0.shape[1:])
     with torch.no_grad():
         for start in tqdm(
-            range(0, len(rows), config.batch_size), desc="scoring", disable=not progress
+            range(0, len(rows), config.batch_size),
+            desc=f"scoring {len(item_ids)} items",
+            disable=not progress,
+            leave=False,
         ):
             batch = rows[start : start + config.batch_size]
             items = torch.tensor([r[1] for r in batch])
@@ -182,7 +185,9 @@ class BeforeLosses:
         return cls(losses, config, key)
 
 
-def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
+def influence_scores(
+    model, data, candidate_ids: np.ndarray, before: BeforeLosses, progress: bool = False
+) -> np.ndarray:
     """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now.
 
     With flips, tau is the larger of the original's and the mirror's rise (method.md §3.6).
@@ -195,7 +200,7 @@ def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosse
         raise ValueError(
             "some candidates have no before losses; compute them for every candidate first"
         )
-    after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
+    after = mean_item_loss(item_losses(model, data, candidate_ids, before.config, progress))
     return (after - mean_item_loss(rows)).max(axis=1)
 
 

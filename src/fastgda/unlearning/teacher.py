@@ -22,7 +22,7 @@ from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
 from .fisher import Fisher
 from .layers import select_linear_layers
-from .scoring import BeforeLosses, ScoringConfig, influence_scores, rank
+from .scoring import BeforeLosses, ScoringConfig, influence_scores, item_losses, rank
 from .unlearner import UnlearnConfig, unlearn, weights_shifted
 
 
@@ -58,6 +58,7 @@ class Teacher:
         config: the step and scoring settings.
         data: the dataset's ``TrainingData`` when already encoded (default: encoded here, once).
         before_losses: ``BeforeLosses`` of this model, data and scoring config (default: computed on first use).
+        encoded_cache: where the training set's encoding is kept (``prepare_training_data``'s ``cache``).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class Teacher:
         data=None,
         before_losses: BeforeLosses | None = None,
         progress: bool = True,
+        encoded_cache: str | os.PathLike | None = None,
     ):
         from ..diffusion.training import prepare_training_data
 
@@ -77,9 +79,9 @@ class Teacher:
         self.progress = progress
         self.layers = select_linear_layers(model.unet, fisher.config.layers)
         fisher.check_layers(list(self.layers))
-        self.data = (
-            data if data is not None else prepare_training_data(model, dataset, progress=progress)
-        )
+        if data is None:
+            data = prepare_training_data(model, dataset, progress=progress, cache=encoded_cache)
+        self.data = data
         # Shared with the teachers ``with_candidates`` makes, so the before losses are computed once for all.
         self._shared = {"before_losses": before_losses}
         self._candidate_spaces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -92,15 +94,15 @@ class Teacher:
         fisher_dir: str | os.PathLike,
         config: TeacherConfig = TeacherConfig(),
         progress: bool = True,
+        encoded_cache: str | os.PathLike | None = None,
     ) -> Teacher:
         """Load the model, the dataset and the Fisher from their folders."""
         from ..data import open_dataset
         from ..diffusion import TextToImageModel
 
         model = TextToImageModel.from_pretrained(model_dir)
-        return cls(
-            model, open_dataset(data_dir), Fisher.load(fisher_dir), config, progress=progress
-        )
+        dataset, fisher = open_dataset(data_dir), Fisher.load(fisher_dir)
+        return cls(model, dataset, fisher, config, progress=progress, encoded_cache=encoded_cache)
 
     def with_candidates(
         self, num_candidates: int | None, candidate_feature: str | None = None
@@ -205,7 +207,34 @@ class Teacher:
             damping=self.config.damping,
         )
         with weights_shifted(self.layers, delta):
-            return influence_scores(self.model, self.data, candidates, before)
+            return influence_scores(self.model, self.data, candidates, before, self.progress)
+
+    def estimate_seconds_per_query(self, queries) -> float:
+        """The cost of one query, timed on one batch of the unlearning step and one of scoring.
+
+        Scales to ``num_pairs`` x ``num_steps`` gradient samples and the candidates' (caption, timestep) losses;
+        the before losses, computed once, are not part of it.
+        """
+        import time
+
+        from .unlearner import query_gradient
+
+        config, q = self.config, 0
+        x0, states, mask = queries.query(q)
+        pairs = min(config.unlearn.batch_size, config.unlearn.num_pairs)
+        began = time.perf_counter()
+        probe = replace(config.unlearn, num_pairs=pairs, num_steps=1)
+        query_gradient(self.model, self.layers, x0, states, mask, probe, query_key=q)
+        per_pair = (time.perf_counter() - began) / pairs
+        items = self.candidates(queries, q)[: max(1, config.scoring.batch_size // 8)]
+        began = time.perf_counter()
+        item_losses(self.model, self.data, items, config.scoring)
+        per_item = (time.perf_counter() - began) / len(items)
+        num_candidates = min(config.num_candidates or self.num_train, self.num_train)
+        return (
+            per_pair * config.unlearn.num_pairs * config.unlearn.num_steps
+            + per_item * num_candidates
+        )
 
     def rank_query(self, queries, q: int, known: dict[int, float] | None = None):
         """Query ``q``'s candidates, most influential first: (ids int64 (K,), scores float64 (K,)).

@@ -1,0 +1,88 @@
+"""Does the ranker ship worse than its own inputs when the teacher ranked few queries?
+
+On the standard world, rankers of the demo preset (effnet+minilm, ensemble of 3) are distilled from the first
+50, 100 and all 400 reference training queries (in a seeded random order), side by side in one run. For each:
+the validation mAP of the ranker beside each untuned part's (what ``best_scorer`` decides on), the scorer it
+chooses, and the test mAP(L) of the ranker, of the best untuned baseline and of the chosen scorer::
+
+    python benchmarks/few_queries.py --world runs/world --work runs/bench/few-queries
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastgda.app.reference import reference_ground_truth, reference_split_dir
+from fastgda.evaluation import evaluate, l_values
+from fastgda.features import load_or_embed
+from fastgda.ranker import Ranker, RankerTrainConfig, best_scorer
+
+SPEC = "effnet+minilm"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", required=True, help="the standard world (fastgda world shapes --size 2000)")
+    parser.add_argument("--work", required=True, help="features are embedded here once")
+    parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 400])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    truth = {s: reference_ground_truth(s) for s in ("train", "val", "test")}
+    items = load_or_embed(args.world, SPEC, work / "items", progress=False)
+    features = {
+        s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False) for s in truth
+    }
+    n = len(items)
+    mid = l_values(n)[1]
+    order = np.random.default_rng(args.seed).permutation(truth["train"].query_ids)
+    print(
+        f"standard world N = {n}; demo preset ({SPEC}, ensemble of 3); validation {len(truth['val'])} and test "
+        f"{len(truth['test'])} queries; mAP(L = {mid}, 0.85% of N) on the test queries\n"
+    )
+    rows = {}
+    for count in args.counts:
+        began = time.perf_counter()
+        train = truth["train"].select(sorted(order[:count].tolist()))
+        config = replace(RankerTrainConfig.demo(), seed=args.seed)
+        ranker = Ranker.distil(
+            features["train"], items, train, config, validation=(features["val"], truth["val"]), progress=False
+        )
+        minutes = (time.perf_counter() - began) / 60
+        chosen = best_scorer(ranker, items, ranker.validation)
+        evaluation = evaluate({"ranker": ranker, "chosen": chosen}, features["test"], items, truth["test"])
+        best = evaluation.best_untuned(mid)
+        rows[count] = {
+            "minutes": minutes,
+            "validation_map": ranker.validation,
+            "chosen": getattr(chosen, "name", "ranker"),
+            "test_map": {name: evaluation.map[name][mid]["mean"] for name in evaluation.map},
+            "best_untuned": best,
+        }
+    parts = [name for name in next(iter(rows.values()))["validation_map"] if name != "ranker"]
+    print("| training queries | val mAP ranker | " + " | ".join(f"val mAP {p}" for p in parts)
+          + f" | chosen scorer | test mAP ranker | test mAP best untuned | test mAP chosen | chosen / best untuned |")  # fmt: skip
+    print("|---:|---:|" + "---:|" * len(parts) + "---|---:|---:|---:|---:|")
+    for count, row in rows.items():
+        test, val = row["test_map"], row["validation_map"]
+        cells = [f"{val['ranker']:.3f}", *(f"{val[p]:.3f}" for p in parts), row["chosen"]]
+        cells += [f"{test['ranker']:.3f}", f"{test[row['best_untuned']]:.3f} ({row['best_untuned']})"]
+        cells += [f"{test['chosen']:.3f}", f"{test['chosen'] / test[row['best_untuned']]:.2f}x"]
+        print(f"| {count} | " + " | ".join(cells) + " |")
+    print("\ntraining minutes: " + ", ".join(f"{c} queries {r['minutes']:.1f}" for c, r in rows.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``fastgda build`` end to end on a tiny world with a tiny model: every step, resumption, budgets, tar shards."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastgda as fg
+from fastgda.cli import main
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--num-train-queries", "6", "--num-val-queries", "3", "--num-test-queries", "3", "--num-candidates", "12",
+         "--num-pairs", "16", "--timesteps", "500", "--fisher-samples", "32", "--sample-steps", "2",
+         "--ranker-members", "1", "--ranker-epochs", "3", "--spec", "pixels+minilm"]  # fmt: skip
+
+
+def test_a_build_runs_every_step_and_resumes_what_was_interrupted(teacher_inputs, tmp_path, capsys):
+    out = tmp_path / "build"
+    argv = ["build", "--data", str(teacher_inputs["data_dir"]), "--out", str(out)]
+    argv += ["--model", str(teacher_inputs["model_dir"]), *SMALL, "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == {"train": 6, "val": 3, "test": 3}
+    steps = json.loads((out / "build.json").read_text())["steps"]
+    assert len(steps) == 11 and all(s["status"] == "done" for s in steps.values())
+    prompts = json.loads((out / "prompts.json").read_text())["splits"]
+    sources = [{p["source_id"] for p in prompts[s]} for s in ("train", "val", "test")]
+    assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
+    assert fg.GroundTruth.load(out / "teacher-test" / "ground_truth").ids.shape == (3, 60)  # all N
+    assert fg.GroundTruth.load(out / "teacher-train" / "ground_truth").ids.shape == (6, 12)  # pools
+    attributor = fg.Attributor.load(out / "attributor")
+    answer = attributor.attribute(
+        str(out / "queries-test" / "images" / "q000000.png"), "a red circle", k=4
+    )
+    assert answer.ids.shape == (1, 4)
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    # Interrupted: a training query's result, the ranker and everything after it are lost; the next run redoes
+    # only those, and the other queries keep their rankings.
+    before = fg.GroundTruth.load(out / "teacher-train" / "ground_truth")
+    (out / "teacher-train" / "results" / "q_000001.npz").unlink()
+    for name in ("ranker", "attributor"):
+        import shutil
+
+        shutil.rmtree(out / name)
+    assert main(argv) == 0
+    again = fg.GroundTruth.load(out / "teacher-train" / "ground_truth")
+    np.testing.assert_array_equal(again.ids, before.ids)
+    assert json.loads(capsys.readouterr().out)["queries"]["train"] == 6
+
+
+def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
+    teacher_inputs, tmp_path, capsys
+):
+    out = tmp_path / "budget"
+    argv = ["build", "--data", str(teacher_inputs["data_dir"]), "--out", str(out)]
+    argv += [
+        "--model",
+        str(teacher_inputs["model_dir"]),
+        *SMALL,
+        "--budget-hours",
+        "1e-6",
+        "--json",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == {
+        "train": 2,
+        "val": 2,
+        "test": 2,
+    }  # the least each split can work with
+    train = fg.GroundTruth.load(out / "teacher-train" / "ground_truth")
+    assert train.config["finished"] == 2 and train.config["num_queries"] == 6
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_webdataset_shards_become_an_image_folder_and_nothing_escapes_it(tmp_path):
+    shard = tmp_path / "shards" / "000000.tar"
+    shard.parent.mkdir()
+    members = {
+        "a.png": _png("red"),
+        "a.txt": b"a red square",
+        "b.png": _png("blue"),
+        "b.json": json.dumps({"caption": "a blue square"}).encode(),
+        "c.png": _png("green"),  # no caption: skipped
+        "../escape.txt": b"a caption that names a path outside the shard",
+        "../escape.png": _png("black"),
+    }
+    with tarfile.open(shard, "w") as archive:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    folder = fg.data.convert_shards(shard.parent, tmp_path / "data", progress=False)
+    assert len(folder) == 3 and [folder.captions(i)[0] for i in range(2)] == [
+        "a red square",
+        "a blue square",
+    ]
+    assert np.asarray(folder.load_image(1))[0, 0].tolist() == [0, 0, 255]
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "escape.txt").exists()
+    assert all(
+        folder.image_path(i).parent == tmp_path / "data" / "images" for i in range(len(folder))
+    )
+    with pytest.raises(fg.DatasetError, match="no .tar shards"):
+        fg.data.convert_shards(tmp_path / "data", tmp_path / "nothing", progress=False)
