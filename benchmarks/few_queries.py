@@ -28,8 +28,12 @@ SPEC = "effnet+minilm"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", required=True, help="the standard world (fastgda world shapes --size 2000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--world", required=True, help="the standard world (fastgda world shapes --size 2000)"
+    )
     parser.add_argument("--work", required=True, help="features are embedded here once")
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 400])
     parser.add_argument("--seed", type=int, default=0)
@@ -41,7 +45,8 @@ def main() -> None:
     truth = {s: reference_ground_truth(s) for s in ("train", "val", "test")}
     items = load_or_embed(args.world, SPEC, work / "items", progress=False)
     features = {
-        s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False) for s in truth
+        s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False)
+        for s in truth
     }
     n = len(items)
     mid = l_values(n)[1]
@@ -56,11 +61,18 @@ def main() -> None:
         train = truth["train"].select(sorted(order[:count].tolist()))
         config = replace(RankerTrainConfig.demo(), seed=args.seed)
         ranker = Ranker.distil(
-            features["train"], items, train, config, validation=(features["val"], truth["val"]), progress=False
+            features["train"],
+            items,
+            train,
+            config,
+            validation=(features["val"], truth["val"]),
+            progress=False,
         )
         minutes = (time.perf_counter() - began) / 60
         chosen = best_scorer(ranker, items, ranker.validation)
-        evaluation = evaluate({"ranker": ranker, "chosen": chosen}, features["test"], items, truth["test"])
+        evaluation = evaluate(
+            {"ranker": ranker, "chosen": chosen}, features["test"], items, truth["test"]
+        )
         best = evaluation.best_untuned(mid)
         rows[count] = {
             "minutes": minutes,
@@ -70,16 +82,26 @@ def main() -> None:
             "best_untuned": best,
         }
     parts = [name for name in next(iter(rows.values()))["validation_map"] if name != "ranker"]
-    print("| training queries | val mAP ranker | " + " | ".join(f"val mAP {p}" for p in parts)
-          + f" | chosen scorer | test mAP ranker | test mAP best untuned | test mAP chosen | chosen / best untuned |")  # fmt: skip
+    tail = "chosen scorer | test mAP ranker | test mAP best untuned | test mAP chosen | chosen / best untuned"
+    print(
+        "| training queries | val mAP ranker | "
+        + " | ".join(f"val mAP {p}" for p in parts)
+        + f" | {tail} |"
+    )
     print("|---:|---:|" + "---:|" * len(parts) + "---|---:|---:|---:|---:|")
     for count, row in rows.items():
         test, val = row["test_map"], row["validation_map"]
         cells = [f"{val['ranker']:.3f}", *(f"{val[p]:.3f}" for p in parts), row["chosen"]]
-        cells += [f"{test['ranker']:.3f}", f"{test[row['best_untuned']]:.3f} ({row['best_untuned']})"]
+        cells += [
+            f"{test['ranker']:.3f}",
+            f"{test[row['best_untuned']]:.3f} ({row['best_untuned']})",
+        ]
         cells += [f"{test['chosen']:.3f}", f"{test['chosen'] / test[row['best_untuned']]:.2f}x"]
         print(f"| {count} | " + " | ".join(cells) + " |")
-    print("\ntraining minutes: " + ", ".join(f"{c} queries {r['minutes']:.1f}" for c, r in rows.items()))
+    print(
+        "\ntraining minutes: "
+        + ", ".join(f"{c} queries {r['minutes']:.1f}" for c, r in rows.items())
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
 

@@ -28,6 +28,8 @@ BAD = [
     (("build",), ["--data", "{tmp}/d", "--out", "{tmp}/b", "--budget-hours", "0"],
      "--budget-hours: must be greater than 0, got 0"),
     (("world", "shapes"), ["--out", "{tmp}/w", "--size", "0"], "--size: must be at least 1, got 0"),
+    (("world", "openmoji"), ["--out", "{tmp}/w", "--size", "0"], "--size: must be at least 1, got 0"),
+    (("import-release",), ["{tmp}/none", "--out", "{tmp}/r"], "holds no feats"),
     (("world", "prompts"), ["--world", "{tmp}/none", "--out", "{tmp}/p.jsonl"], "none"),
     (("world", "probe"), ["--out", "{tmp}/p", "--epochs", "0"], "--epochs: must be at least 1"),
     (("model", "train"), ["--data", "{tmp}/d", "--out", "{tmp}/m", "--lr", "-1"], "--lr: must be greater than 0"),

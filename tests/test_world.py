@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from fastgda.app.world import WorldSpec, build_world, generate_world, held_out_prompts
 from fastgda.app.world.shapes import ALL_COLOURS, ALL_SHAPES, RARE_CONCEPTS, Scene, render_scene
@@ -65,3 +66,51 @@ def test_rendered_objects_take_their_colour(rng):
             )
             centre = image[6:10, 6:10].reshape(-1, 3).mean(0)
             assert np.abs(centre - np.asarray(rgb)).max() < 40, (colour, shape, centre)
+
+
+def test_the_openmoji_world_renders_each_emoji_with_captions_from_its_annotations(tmp_path):
+    """A package in the npm tarball's layout, with two emojis, a skin-tone variant and a missing SVG."""
+    import io
+    import tarfile
+
+    from fastgda import DatasetError, open_dataset
+    from fastgda.app.world.openmoji import build_openmoji_world
+
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><circle cx="36" cy="36" r="30" fill="{}"/></svg>'
+    table = (
+        "emoji,hexcode,group,subgroups,annotation,tags,openmoji_tags,skintone\n"
+        'x,1F534,symbols,geometric,red circle,"circle, red",,\n'
+        'x,1F535,symbols,geometric,blue circle,"blue, circle",,\n'
+        "x,1F44B-1F3FB,people,hand,waving hand: light skin tone,wave,,1\n"
+        "x,1F4A9,smileys,face,pile of poo,poo,,\n"  # no SVG in the package: skipped
+    )
+    files = {
+        "package/data/openmoji.csv": table.encode(),
+        "package/color/svg/1F534.svg": svg.format("#ff0000").encode(),
+        "package/color/svg/1F535.svg": svg.format("#0000ff").encode(),
+        "package/color/svg/1F44B-1F3FB.svg": svg.format("#f0c0a0").encode(),
+    }
+    tarball = tmp_path / "openmoji-17.0.0.tgz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    world = build_openmoji_world(tmp_path / "world", tarball, size=16, progress=False)
+    assert len(world) == 2 and world.captions(0) == (
+        "red circle",
+        "circle, red",
+        "an emoji of red circle",
+    )
+    image = open_dataset(tmp_path / "world").load_image(1)
+    assert (
+        image.shape == (16, 16, 3)
+        and image[8, 8].tolist()[2] > 200
+        and image[0, 0].tolist() == [255] * 3
+    )
+    assert "CC BY-SA 4.0" in (tmp_path / "world" / "LICENSE.txt").read_text()
+    with pytest.raises(DatasetError, match="openmoji.csv"):
+        (tmp_path / "empty.tgz").write_bytes(b"")
+        with tarfile.open(tmp_path / "empty.tgz", "w:gz"):
+            pass
+        build_openmoji_world(tmp_path / "none", tmp_path / "empty.tgz", progress=False)

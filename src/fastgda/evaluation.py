@@ -125,13 +125,16 @@ def teacher_scores(ground_truth, num_train: int) -> np.ndarray:
 
 
 def map_table(
-    methods: dict[str, np.ndarray], teacher_ids: np.ndarray, num_train: int
+    methods: dict[str, np.ndarray],
+    teacher_ids: np.ndarray,
+    num_train: int,
+    ls: list[int] | None = None,
 ) -> dict[str, dict]:
-    """mAP(L) mean and standard error per method at the paper's L fractions of N."""
+    """mAP(L) mean and standard error per method at ``ls`` (default: the paper's L fractions of N)."""
     table = {}
     for name, scores in methods.items():
         table[name] = {}
-        for L in l_values(num_train):
+        for L in ls or l_values(num_train):
             mean, stderr = mean_and_stderr(map_at_l(scores, teacher_ids, L))
             table[name][L] = {"mean": mean, "stderr": stderr}
     return table
@@ -153,8 +156,8 @@ def planted_recall(
 
 
 def format_map_table(table: dict[str, dict], num_train: int, recall: dict | None = None) -> str:
-    """A markdown table: one row per method, mAP(L) +- s.e. per L, optional planted recall."""
-    ls = l_values(num_train)
+    """A markdown table: one row per method, mAP(L) +- s.e. per L (the table's), optional planted recall."""
+    ls = list(next(iter(table.values()))) if table else l_values(num_train)
     head = "| method | " + " | ".join(f"mAP(L={L}, {100 * L / num_train:.2g}% of N)" for L in ls)
     head += " | planted recall |" if recall else " |"
     lines = [head, "|---|" + "---:|" * (len(ls) + (1 if recall else 0))]
@@ -176,14 +179,13 @@ class Evaluation:
     scores: dict[str, np.ndarray]  # method -> float32 (Q, N), higher = more influential
     map: dict[str, dict[int, dict[str, float]]]  # method -> L -> {"mean", "stderr"}
     planted_recall: dict[str, tuple[float, float]] | None = None
-    teacher_ids: np.ndarray = field(
-        default=None, repr=False
-    )  # int (Q, N) the full rankings scored against
+    # int (Q, N): the full rankings scored against
+    teacher_ids: np.ndarray = field(default=None, repr=False)
 
     @property
     def ls(self) -> list[int]:
-        """The paper's three L for this N (0.42%, 0.85% and 3.4% of N)."""
-        return l_values(self.num_train)
+        """The L of the table: the paper's three for this N (0.42%, 0.85%, 3.4% of N) unless others were asked."""
+        return list(next(iter(self.map.values())))
 
     def best_untuned(self, L: int | None = None) -> str:
         """The untuned baseline with the highest mAP(L) (default L: the middle one, 0.85% of N)."""
@@ -230,6 +232,7 @@ def evaluate(
     concepts: list[str | None] | None = None,
     exemplars: dict[str, list[int]] | None = None,
     seed: int = 0,
+    ls: list[int] | None = None,
 ) -> Evaluation:
     """mAP(L) of each method against the teacher's full rankings of the test queries, beside the untuned baselines.
 
@@ -242,6 +245,7 @@ def evaluate(
         baselines: also score the untuned baselines (each part, the concatenation) and random.
         concepts / exemplars: the planted concept each test query names (or None) and each concept's training
             ids, for planted recall (the shapes world).
+        ls: the L of mAP(L) (default: 0.42%, 0.85% and 3.4% of N; the paper's MSCOCO figures use 500, 1000, 4000).
 
     Raises:
         IncompatibleArtifactError: the rankings are not full, or the features do not match.
@@ -262,7 +266,7 @@ def evaluate(
         )
     if baselines:
         scores.update(untuned_methods(selected, items, seed=seed))
-    table = map_table(scores, ground_truth.ids, len(items))
+    table = map_table(scores, ground_truth.ids, len(items), ls)
     recall = None
     if concepts is not None and exemplars and any(concepts):
         recall = planted_recall(

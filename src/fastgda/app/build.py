@@ -152,12 +152,18 @@ def run_build(
             ``config.train_model`` is trained.
         prompts_file: query prompts (text, one a line, or JSONL with ``prompt``) instead of drawn captions.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..diffusion.model import PRESETS
+
     if model is None and not config.train_model:
         raise FastGDAError(
             "pass --model (a model folder, or shipped) or --train-model PRESET (e.g. tiny16)"
         )
+    if model is None and config.train_model not in PRESETS:
+        raise FastGDAError(
+            f"unknown --train-model {config.train_model!r}; choose one of {sorted(PRESETS)}"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     names = ["data", "prompts", "model", "queries", "fisher", "teacher", "features", "ranker", "attributor",
              "evaluation", "report"]  # fmt: skip
     steps = _Steps(out, names, progress)

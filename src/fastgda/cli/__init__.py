@@ -23,6 +23,7 @@ from . import (
     evaluate,
     model,
     ranker,
+    release,
     serve,
     teacher,
     world,
@@ -39,6 +40,7 @@ COMMANDS = (
     attributor,
     attribute,
     evaluate,
+    release,
     serve,
     demo,
 )

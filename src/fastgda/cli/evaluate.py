@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
     )
     m.add_argument("--data", help="the training dataset (a shapes world, for planted recall)")
     m.add_argument("--out", help="write the table as JSON here")
+    m.add_argument(
+        "--l",
+        type=COUNT,
+        nargs="+",
+        help="the L of mAP(L) (default: 0.42%% 0.85%% 3.4%% of N; the paper's MSCOCO figures: 500 1000 4000)",
+    )
     m.add_argument("--threads", type=COUNT)
     add_json_flag(m)
     m.set_defaults(handler=handle_map)
@@ -94,7 +100,9 @@ def handle_map(args) -> int:
     truth = GroundTruth.load(args.ground_truth)
     rankers = {f"ranker ({Path(path).name})": Ranker.load(path) for path in args.ranker}
     concepts, exemplars = _planted_concepts(args.query_set, args.data, truth.query_ids)
-    evaluation = evaluate(rankers, queries, items, truth, concepts=concepts, exemplars=exemplars)
+    evaluation = evaluate(
+        rankers, queries, items, truth, concepts=concepts, exemplars=exemplars, ls=args.l
+    )
     result = evaluation.to_json()
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")

@@ -44,6 +44,23 @@ def add_parser(sub) -> None:
     prompts.add_argument("--out", required=True, help="JSONL file to write")
     prompts.set_defaults(handler=handle_prompts)
 
+    openmoji = verbs.add_parser(
+        "openmoji",
+        help="a real-image world: the OpenMoji emoji set (fetched with npm)",
+        description="Fetch the openmoji npm package (CC BY-SA 4.0, not shipped with fastgda), render each emoji "
+        "(skin-tone variants left out) as a small RGB image on white, and caption it from its annotation and "
+        "tags: an image folder with captions.jsonl, ready for `fastgda build`.",
+    )
+    openmoji.add_argument("--out", required=True, help="folder to create")
+    openmoji.add_argument(
+        "--tarball", help="an openmoji-*.tgz already downloaded (default: npm pack)"
+    )
+    openmoji.add_argument(
+        "--size", type=COUNT, default=16, help="image side in pixels (default 16)"
+    )
+    add_json_flag(openmoji)
+    openmoji.set_defaults(handler=handle_openmoji)
+
     probe = verbs.add_parser(
         "probe",
         help="train the attribute probe classifier",
@@ -127,4 +144,15 @@ def handle_probe(args) -> int:
         f"; accuracy on real images: {accuracy}" if accuracy else ""
     )
     emit(args, result, text)
+    return 0
+
+
+def handle_openmoji(args) -> int:
+    from ..app.world.openmoji import build_openmoji_world
+
+    world = build_openmoji_world(args.out, args.tarball, args.size)
+    result = {"out": str(args.out), "size": len(world), "content_hash": world.content_hash}
+    emit(
+        args, result, f"wrote {len(world)} OpenMoji images ({args.size}x{args.size}) to {args.out}"
+    )
     return 0
