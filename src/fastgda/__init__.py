@@ -11,6 +11,7 @@ One front object per stage, each usable in memory and saved or loaded as an arti
     attributor = fg.Attributor.build(ranker, dataset, item_features)
     answer = attributor.attribute(images, prompts, k=10)      # ids, scores, shares: (Q, k) arrays
     print(fg.evaluate({"ranker": ranker}, test_features, item_features, test_truth))
+    fg.run_build("my_data", "runs/my-build", fg.BuildConfig(budget_hours=2), model="my_model")  # all of it
 
 ``import fastgda`` stays light (numpy, torch, pillow): the front objects are imported on first use, and the
 diffusion layer, encoders, Ray, FastAPI and faiss only where they are needed. The embedded world's app (the
@@ -45,6 +46,7 @@ _FRONT = {
     "Attribution": "attributor",
     "Attributions": "attributor",
     "Attributor": "attributor",
+    "BuildConfig": "app.build",
     "CounterfactualConfig": "counterfactual",
     "CounterfactualJob": "counterfactual",
     "Evaluation": "evaluation",
@@ -64,6 +66,7 @@ _FRONT = {
     "TextToImageModel": "diffusion.model",
     "UnlearnConfig": "unlearning.unlearner",
     "embed_dataset": "features",
+    "run_build": "app.build",
     "evaluate": "evaluation",
 }
 
@@ -71,6 +74,7 @@ __all__ = [
     "Attribution",
     "Attributions",
     "Attributor",
+    "BuildConfig",
     "CocoCaptions",
     "ConfigError",
     "CounterfactualConfig",
@@ -103,6 +107,7 @@ __all__ = [
     "embed_dataset",
     "evaluate",
     "open_dataset",
+    "run_build",
 ]
 
 

@@ -189,10 +189,20 @@ def run_build(
     ranker, scorer = steps.run("ranker", _ranker, features, truth, out, config, progress)
     attributor = steps.run("attributor", _attributor, scorer, train_data, features, truth, out)
     evaluation = steps.run("evaluation", _evaluate, ranker, scorer, features, truth, out)
+    seconds = _seconds_per_query(attributor, queries, steps.state, truth)
     summary = steps.run(
-        "report", _report, train_data, queries, features, truth, evaluation, ranker, out, config
+        "report",
+        _report,
+        train_data,
+        queries,
+        features,
+        truth,
+        evaluation,
+        ranker,
+        seconds,
+        out,
+        config,
     )
-    summary["attributor_items"] = len(attributor.index)
     return summary
 
 
@@ -469,8 +479,30 @@ def _evaluate(ranker, scorer, features: dict, truth: dict, out: Path):
     return evaluation
 
 
+def _seconds_per_query(attributor, queries: dict, state: dict, truth: dict) -> dict[str, float]:
+    """The served attributor's time per query (image + prompt, median of 10, measured here) and the teacher's
+    (its step's wall time over the queries it ranked in this build)."""
+    from ..data import ImageCaptionFolder
+    from .demo import median_seconds
+
+    test = ImageCaptionFolder(queries["test"])
+    image, prompt = str(test.image_path(0)), test.captions(0)[0]
+    served = median_seconds(lambda: attributor.attribute(image, prompt, 10), 10)
+    ranked = sum(len(t) for t in truth.values())
+    teacher = state["steps"].get("teacher", {}).get("seconds", 0.0) / max(1, ranked)
+    return {"attributor": served, "teacher": teacher}
+
+
 def _report(
-    train_data, queries, features, truth, evaluation, ranker, out: Path, config: BuildConfig
+    train_data,
+    queries,
+    features,
+    truth,
+    evaluation,
+    ranker,
+    seconds,
+    out: Path,
+    config: BuildConfig,
 ) -> dict:
     from ..data import ImageCaptionFolder
     from ..evaluation import teacher_scores
@@ -478,13 +510,28 @@ def _report(
 
     ls, n = evaluation.ls, len(features["items"])
     mid = ls[1]
-    rows = [MethodRow("teacher (AbU+)", dict.fromkeys(ls, 1.0), dict.fromkeys(ls, 0.0))]
-    rows += [
-        MethodRow(name, {L: t[L]["mean"] for L in ls}, {L: t[L]["stderr"] for L in ls})
-        for name, t in evaluation.map.items()
-    ]
     best = evaluation.best_untuned(mid)
     served = next((m for m in evaluation.map if m.startswith("served")), "fastgda ranker")
+    timed = {"teacher (AbU+)": seconds["teacher"], served: seconds["attributor"]}
+    rows = [
+        MethodRow(
+            "teacher (AbU+)",
+            dict.fromkeys(ls, 1.0),
+            dict.fromkeys(ls, 0.0),
+            None,
+            timed["teacher (AbU+)"],
+        )
+    ]
+    rows += [
+        MethodRow(
+            name,
+            {L: t[L]["mean"] for L in ls},
+            {L: t[L]["stderr"] for L in ls},
+            None,
+            timed.get(name),
+        )
+        for name, t in evaluation.map.items()
+    ]
     test = truth["test"]
     teacher = teacher_scores(test, n)
     query_set = ImageCaptionFolder(queries["test"])
@@ -505,6 +552,9 @@ def _report(
         f"{len(truth['val'])} validation and {len(test)} test queries (test ranked over all N).",
         f"Served scorer: {served}, mAP(L={mid}) {evaluation.map[served][mid]['mean']:.3f} against the best untuned "
         f"baseline ({best}) {evaluation.map[best][mid]['mean']:.3f}: {ratio:.2f}x.",
+        f"Teacher {seconds['teacher']:.1f} s per query (this build's wall time over its queries); attributor "
+        f"{seconds['attributor'] * 1000:.1f} ms end to end (image + prompt): "
+        f"{seconds['teacher'] / seconds['attributor']:,.0f}x faster.",
         "Validation mAP (within the teacher's pools): "
         + ", ".join(f"{k} {v:.3f}" for k, v in ranker.validation.items()),
     ]
@@ -524,6 +574,7 @@ def _report(
         "queries": {s: len(truth[s]) for s in SPLITS},
         "served": served,
         "best_untuned": best,
+        "seconds_per_query": seconds,
         "ratio_vs_best_untuned": ratio,
         "map": evaluation.map,
         "config": asdict(config),

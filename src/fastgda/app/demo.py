@@ -44,7 +44,8 @@ class _Steps:
             self._name = None
 
 
-def _median_seconds(function, repeats: int) -> float:
+def median_seconds(function, repeats: int) -> float:
+    """Median wall seconds of ``function()`` over ``repeats`` calls, after one warm-up call."""
     function()  # warm-up: lazy initialisation is not what a query costs
     times = []
     for _ in range(repeats):
@@ -251,11 +252,11 @@ def _time_side_by_side(inputs: _Inputs, attributor, evaluation, progress: bool) 
     record = inputs.test_records[live_q]
     image_path = str(reference_split_dir("test", inputs.reference) / record["file"])
     prompt = record["prompt"]
-    attribute_seconds = _median_seconds(lambda: attributor.attribute(image_path, prompt, 10), 20)
+    attribute_seconds = median_seconds(lambda: attributor.attribute(image_path, prompt, 10), 20)
     query_features = attributor.query_features([image_path], [prompt])
-    search_seconds = _median_seconds(lambda: attributor.attribute_features(query_features, 10), 50)
+    search_seconds = median_seconds(lambda: attributor.attribute_features(query_features, 10), 50)
     baseline_part = attributor.baseline_part()
-    baseline_seconds = _median_seconds(
+    baseline_seconds = median_seconds(
         lambda: attributor.untuned(attributor.query_features([image_path], [prompt]), 10), 20
     )
     return {
