@@ -1,11 +1,13 @@
 """Does the ranker ship worse than its own inputs when the teacher ranked few queries?
 
-On the standard world, rankers of the demo preset (effnet+minilm, ensemble of 3) are distilled from the first
-50, 100 and all 400 reference training queries (in a seeded random order), side by side in one run. For each:
-the validation mAP of the ranker beside each untuned part's (what ``best_scorer`` decides on), the scorer it
-chooses, and the test mAP(L) of the ranker, of the best untuned baseline and of the chosen scorer::
+Rankers are distilled from the first 50, 100, ... training queries (in a seeded random order), side by side in one
+run: on the standard world (``--world``: the shipped reference, the demo preset) or on a ``fastgda build`` folder
+(``--build``: its teacher rankings and features, the build's ranker settings). For each: the validation mAP of the
+ranker beside each untuned part's (what ``best_scorer`` decides on), the scorer it chooses, and the test mAP(L) of
+the ranker, of the best untuned baseline and of the chosen scorer::
 
     python benchmarks/few_queries.py --world runs/world --work runs/bench/few-queries
+    python benchmarks/few_queries.py --build runs/openmoji-build --counts 50 100 200
 """
 
 from __future__ import annotations
@@ -21,45 +23,60 @@ import torch
 
 from fastgda.app.reference import reference_ground_truth, reference_split_dir
 from fastgda.evaluation import evaluate, l_values
-from fastgda.features import load_or_embed
+from fastgda.features import Features, load_or_embed
+from fastgda.ground_truth import GroundTruth
 from fastgda.ranker import Ranker, RankerTrainConfig, best_scorer
 
 SPEC = "effnet+minilm"
+SPLITS = ("train", "val", "test")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--world", required=True, help="the standard world (fastgda world shapes --size 2000)"
-    )
-    parser.add_argument("--work", required=True, help="features are embedded here once")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--world", help="the standard world (fastgda world shapes --size 2000)")
+    source.add_argument("--build", help="a `fastgda build` folder")
+    parser.add_argument("--work", help="with --world: features are embedded here once")
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 400])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    truth = {s: reference_ground_truth(s) for s in ("train", "val", "test")}
-    items = load_or_embed(args.world, SPEC, work / "items", progress=False)
-    features = {
-        s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False)
-        for s in truth
-    }
+    if args.build:
+        build = Path(args.build)
+        truth = {s: GroundTruth.load(build / f"teacher-{s}" / "ground_truth") for s in SPLITS}
+        features = {s: Features.load(build / "features" / f"q-{s}") for s in SPLITS}
+        items = Features.load(build / "features" / "items")
+        settings = json.loads((build / "summary.json").read_text())["config"]
+        base = RankerTrainConfig(
+            members=settings["ranker_members"], epochs=settings["ranker_epochs"]
+        )
+        what = f"{build.name} N = {len(items)}; the build's ranker settings ({items.spec}, {base.members} members)"
+    else:
+        work = Path(args.work or "runs/bench/few-queries")
+        truth = {s: reference_ground_truth(s) for s in SPLITS}
+        items = load_or_embed(args.world, SPEC, work / "items", progress=False)
+        features = {
+            s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False)
+            for s in truth
+        }
+        base = RankerTrainConfig.demo()
+        what = f"standard world N = {len(items)}; demo preset ({SPEC}, ensemble of 3)"
     n = len(items)
     mid = l_values(n)[1]
     order = np.random.default_rng(args.seed).permutation(truth["train"].query_ids)
     print(
-        f"standard world N = {n}; demo preset ({SPEC}, ensemble of 3); validation {len(truth['val'])} and test "
-        f"{len(truth['test'])} queries; mAP(L = {mid}, 0.85% of N) on the test queries\n"
+        f"{what}; validation {len(truth['val'])} and test {len(truth['test'])} queries; mAP(L = {mid}, 0.85% of "
+        "N) on the test queries\n"
     )
     rows = {}
-    for count in args.counts:
+    for count in [c for c in args.counts if c <= len(truth["train"])]:
         began = time.perf_counter()
         train = truth["train"].select(sorted(order[:count].tolist()))
-        config = replace(RankerTrainConfig.demo(), seed=args.seed)
+        config = replace(base, seed=args.seed)
         ranker = Ranker.distil(
             features["train"],
             items,
