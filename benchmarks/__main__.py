@@ -65,7 +65,7 @@ BENCHMARKS = (
               "{work}/quality/ranker_seeds.json"),
     Benchmark("few_queries", "standard",
               ("--world", "{world}", "--work", "{work}/quality/effnet_minilm", "--json",
-               "{results}/few_queries.data.json"), "15 min", "{results}/few_queries.data.json"),
+               "{results}/few_queries.data.json"), "30 min", "{results}/few_queries.data.json"),
     Benchmark("counterfactual", "standard",
               ("--demo", "{work}/demo-time/demo", "--world", "{world}", "--out", "{work}/counterfactual",
                "--json", "{results}/counterfactual.data.json"),

@@ -194,8 +194,9 @@ def trained_ranker(folder, spec, seed, weight, args, items, split_features, trut
     if reused is not None:
         return reused
     began = time.perf_counter()
+    # The plain MLP (residual="none"): these tables compare feature specs for the paper's ranker, as recorded.
     config = replace(
-        RankerTrainConfig(),
+        RankerTrainConfig.paper(),
         epochs=args.epochs,
         seed=seed,
         train_top=args.train_top,

@@ -2,9 +2,11 @@
 
 Rankers are distilled from the first 50, 100, ... training queries (in a seeded random order), side by side in one
 run: on the standard world (``--world``: the shipped reference, the demo preset) or on a ``fastgda build`` folder
-(``--build``: its teacher rankings and features, the build's ranker settings). For each: the validation mAP of the
-ranker beside each untuned part's (what ``best_scorer`` decides on), the scorer it chooses, and the test mAP(L) of
-the ranker, of the best untuned baseline and of the chosen scorer::
+(``--build``: its teacher rankings and features, the build's ranker settings). Each count is distilled twice, with
+the ranker started as the paper's plain MLP (``--residual none``) and as a residual on its best untuned part
+(``auto``, the default). For each: the validation mAP of the ranker beside each untuned part's (what
+``best_scorer`` decides on), the scorer it chooses, and the test mAP(L) of the ranker, of the best untuned
+baseline and of the chosen scorer::
 
     python benchmarks/few_queries.py --world runs/world --work runs/bench/few-queries
     python benchmarks/few_queries.py --build runs/openmoji-build --counts 50 100 200
@@ -40,6 +42,12 @@ def main() -> None:
     source.add_argument("--build", help="a `fastgda build` folder")
     parser.add_argument("--work", help="with --world: features are embedded here once")
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 400])
+    parser.add_argument(
+        "--residual",
+        nargs="+",
+        default=["auto", "none"],
+        help="ranker starts to compare (RankerTrainConfig.residual): auto (a residual on the best part), none",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
@@ -73,10 +81,12 @@ def main() -> None:
         "N) on the test queries\n"
     )
     rows = {}
-    for count in [c for c in args.counts if c <= len(truth["train"])]:
+    for count, residual in [
+        (c, r) for c in args.counts if c <= len(truth["train"]) for r in args.residual
+    ]:
         began = time.perf_counter()
         train = truth["train"].select(sorted(order[:count].tolist()))
-        config = replace(base, seed=args.seed)
+        config = replace(base, seed=args.seed, residual=residual)
         ranker = Ranker.distil(
             features["train"],
             items,
@@ -91,7 +101,9 @@ def main() -> None:
             {"ranker": ranker, "chosen": chosen}, features["test"], items, truth["test"]
         )
         best = evaluation.best_untuned(mid)
-        rows[count] = {
+        rows[f"{count} {residual}"] = {
+            "queries": count,
+            "residual": residual,
             "minutes": minutes,
             "validation_map": ranker.validation,
             "chosen": getattr(chosen, "name", "ranker"),
@@ -99,25 +111,25 @@ def main() -> None:
             "best_untuned": best,
         }
     parts = [name for name in next(iter(rows.values()))["validation_map"] if name != "ranker"]
-    tail = "chosen scorer | test mAP ranker | test mAP best untuned | test mAP chosen | chosen / best untuned"
+    tail = "start | chosen scorer | test mAP ranker | test mAP best untuned | test mAP chosen | chosen / best untuned"
     print(
         "| training queries | val mAP ranker | "
         + " | ".join(f"val mAP {p}" for p in parts)
         + f" | {tail} |"
     )
-    print("|---:|---:|" + "---:|" * len(parts) + "---|---:|---:|---:|---:|")
-    for count, row in rows.items():
+    print("|---:|---:|" + "---:|" * len(parts) + "---|---|---:|---:|---:|---:|")
+    for row in rows.values():
         test, val = row["test_map"], row["validation_map"]
-        cells = [f"{val['ranker']:.3f}", *(f"{val[p]:.3f}" for p in parts), row["chosen"]]
+        start = "residual on the best part" if row["residual"] == "auto" else row["residual"]
+        cells = [f"{val['ranker']:.3f}", *(f"{val[p]:.3f}" for p in parts), start, row["chosen"]]
         cells += [
             f"{test['ranker']:.3f}",
             f"{test[row['best_untuned']]:.3f} ({row['best_untuned']})",
         ]
         cells += [f"{test['chosen']:.3f}", f"{test['chosen'] / test[row['best_untuned']]:.2f}x"]
-        print(f"| {count} | " + " | ".join(cells) + " |")
+        print(f"| {row['queries']} | " + " | ".join(cells) + " |")
     print(
-        "\ntraining minutes: "
-        + ", ".join(f"{c} queries {r['minutes']:.1f}" for c, r in rows.items())
+        "\ntraining minutes: " + ", ".join(f"{key} {r['minutes']:.1f}" for key, r in rows.items())
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")

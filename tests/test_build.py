@@ -52,6 +52,17 @@ def test_a_build_runs_every_step_and_resumes_what_was_interrupted(teacher_inputs
     np.testing.assert_array_equal(again.ids, before.ids)
     assert json.loads(capsys.readouterr().out)["queries"]["train"] == 6
 
+    # Other ranker settings: the ranker is retrained and the attributor rebuilt on it; the teacher is not rerun.
+    assert fg.Ranker.load(out / "ranker").shape.residual_part is not None  # the default: auto
+    results = sorted((out / "teacher-train" / "results").iterdir())
+    stamps = [path.stat().st_mtime_ns for path in results]
+    attributor_stamp = (out / "attributor" / "manifest.json").stat().st_mtime_ns
+    assert main([*argv, "--ranker-residual", "none"]) == 0
+    capsys.readouterr()
+    assert fg.Ranker.load(out / "ranker").shape.residual_part is None
+    assert (out / "attributor" / "manifest.json").stat().st_mtime_ns != attributor_stamp
+    assert [path.stat().st_mtime_ns for path in results] == stamps
+
 
 def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
     teacher_inputs, tmp_path, capsys

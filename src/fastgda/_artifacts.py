@@ -117,9 +117,12 @@ def write_manifest(
 
 
 def read_manifest(
-    artifact_dir: str | os.PathLike, kind: str | tuple[str, ...], format_version: int
+    artifact_dir: str | os.PathLike,
+    kind: str | tuple[str, ...],
+    format_version: int | tuple[int, ...],
 ) -> dict[str, Any]:
-    """Read and check ``manifest.json``: the folder must hold an artifact of ``kind`` at ``format_version``.
+    """Read and check ``manifest.json``: the folder must hold an artifact of ``kind`` at ``format_version`` (or
+    at one of several versions this fastgda still reads).
 
     Raises:
         IncompatibleArtifactError: the manifest is missing, unreadable, or of another kind or version.
@@ -143,10 +146,11 @@ def read_manifest(
             f"{artifact_dir} holds an artifact of kind {manifest.get('kind')!r}, "
             f"expected {' or '.join(map(repr, kinds))}; pass the folder of the right artifact"
         )
-    if manifest.get("format_version") != format_version:
+    versions = (format_version,) if isinstance(format_version, int) else format_version
+    if manifest.get("format_version") not in versions:
         raise IncompatibleArtifactError(
             f"{artifact_dir} has format version {manifest.get('format_version')!r}, this fastgda reads version "
-            f"{format_version}; rebuild the artifact with this version of fastgda"
+            f"{' or '.join(map(str, versions))}; rebuild the artifact with this version of fastgda"
         )
     return manifest
 

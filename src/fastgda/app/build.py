@@ -81,6 +81,11 @@ class BuildConfig:
     ranker_epochs: int = setting(
         60, "ranker training epochs (early stopping may end sooner)", bounds=AT_LEAST_ONE
     )
+    ranker_residual: str = setting(
+        "auto",
+        "the ranker starts from an untuned part's cosine: auto (the best on validation), a part's name, or none "
+        "(the paper's plain MLP)",
+    )
     test_share_of_budget: float = setting(
         0.3,
         "share of the teacher budget for test queries (full rankings cost the most)",
@@ -438,21 +443,28 @@ def _features(train_data, queries: dict, out: Path, config: BuildConfig, progres
 
 def _ranker(features: dict, truth: dict, out: Path, config: BuildConfig, progress: bool):
     """The distilled ranker, and the scorer to serve: the ranker, or an untuned part that beat it on validation."""
-    from ..ranker import Ranker, RankerTrainConfig, best_scorer
+    from ..ranker import Ranker, RankerTrainConfig, best_scorer, reusable_ranker
 
     folder = out / "ranker"
-    if (folder / "manifest.json").is_file():
-        ranker = Ranker.load(folder)
-    else:
-        ranker_config = RankerTrainConfig(
-            members=config.ranker_members, epochs=config.ranker_epochs, seed=config.seed
-        )
+    ranker_config = RankerTrainConfig(
+        members=config.ranker_members,
+        epochs=config.ranker_epochs,
+        residual=config.ranker_residual,
+        seed=config.seed,
+    )
+    # A ranker from other settings or other teacher results is retrained, and the attributor built on it rebuilt.
+    provenance = {
+        "training": asdict(ranker_config),
+        "query_ids": {s: truth[s].query_ids.tolist() for s in ("train", "val")},
+    }
+    ranker = reusable_ranker(folder, provenance, dependents=[out / "attributor"], progress=progress)
+    if ranker is None:
         validation = (features["val"], truth["val"])
         ranker = Ranker.distil(
             features["train"], features["items"], truth["train"], ranker_config, validation=validation,
             progress=progress,
         )  # fmt: skip
-        ranker.save(folder, extra={"training": asdict(ranker_config)})
+        ranker.save(folder, extra={"training": asdict(ranker_config), "provenance": provenance})
     return ranker, best_scorer(ranker, features["items"], ranker.validation)
 
 

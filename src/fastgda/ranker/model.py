@@ -5,6 +5,11 @@ Method.md §5: g maps query and training-item features into one space; the logit
 rank. Higher cosine = more influential (the sign convention of the whole public API). Inputs are standardised
 with the training items' per-feature mean and standard deviation, stored with the weights.
 
+A residual ranker (``RankerShape.residual_part``; ``RankerTrainConfig.residual``, default ``"auto"``) adds one
+untuned input part to the MLP's output, with the MLP's last layer zero at the start: untrained, it ranks exactly
+as that part's plain cosine, and training (kept only where validation mAP improves) learns a residual on it. With
+few teacher queries a plain MLP can learn less than its text part already knows; this one starts from it.
+
 An ensemble (``RankerShape.members`` > 1) holds several independently trained MLPs over the same standardised
 input. Its embedding concatenates the members' unit outputs divided by sqrt(members): still a unit vector, whose
 cosine with another is the mean of the members' cosines, so the index and every caller treat it like one ranker.
@@ -30,7 +35,10 @@ from ..errors import ConfigError, IncompatibleArtifactError, NotFittedError
 
 logger = logging.getLogger(__name__)
 RANKER_KIND = "ranker"
-RANKER_FORMAT_VERSION = 1
+RANKER_FORMAT_VERSION = (
+    2  # 2: the shape may hold a residual part (version 1 rankers read unchanged)
+)
+RANKER_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,23 @@ class RankerShape:
     out_dim: int = 768
     dropout: float = 0.0
     members: int = 1  # independently trained MLPs whose cosines are averaged (an ensemble)
+    # (offset, width) of the input part whose plain cosine the ranker starts from, or None (the paper's plain
+    # MLP). Each member then outputs gain * unit(part) + mlp(x), the part zero-padded to out_dim, with the
+    # MLP's last layer zero at initialisation: an untrained ranker ranks exactly as the part's untuned cosine,
+    # and training learns a residual on it (as the AbC mappers start at identity).
+    residual_part: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.residual_part is not None:
+            offset, width = self.residual_part
+            if offset < 0 or width < 1 or offset + width > self.in_dim:
+                raise ConfigError(
+                    f"residual part (offset {offset}, width {width}) lies outside the {self.in_dim}-d input"
+                )
+            if width > self.out_dim:
+                raise ConfigError(
+                    f"a ranker residual on a {width}-d part needs out_dim >= {width}, got {self.out_dim}"
+                )
 
 
 class Ranker(nn.Module):
@@ -80,6 +105,13 @@ class Ranker(nn.Module):
         per_member = () if shape.members == 1 else (shape.members,)
         self.logit_scale = nn.Parameter(torch.full(per_member, 5.0))
         self.logit_bias = nn.Parameter(torch.zeros(per_member))
+        if shape.residual_part is not None:
+            # How much of the untuned part each member keeps: training may turn it down.
+            self.residual_gain = nn.Parameter(torch.ones(per_member))
+            with torch.no_grad():
+                for mlp in self.member_mlps:
+                    mlp[-1].weight.zero_()
+                    mlp[-1].bias.zero_()
 
     @property
     def member_mlps(self) -> list[nn.Module]:
@@ -117,6 +149,8 @@ class Ranker(nn.Module):
                 target.load_state_dict(member.mlp.state_dict())
             combined.logit_scale.copy_(torch.stack([r.logit_scale for r in rankers]))
             combined.logit_bias.copy_(torch.stack([r.logit_bias for r in rankers]))
+            if first.residual_part is not None:
+                combined.residual_gain.copy_(torch.stack([r.residual_gain for r in rankers]))
         return combined.eval()
 
     def fit_standardisation(
@@ -203,6 +237,7 @@ class Ranker(nn.Module):
             ranker_config,
             train_scores=ground_truth.scores,
             part_dims=items.part_dims,
+            part_names=[p["name"] for p in sorted(items.parts, key=lambda p: p["offset"])],
             progress=progress,
             **val,
         )
@@ -223,10 +258,30 @@ class Ranker(nn.Module):
                 "feature spec the ranker was trained on"
             )
         x = (features - self.feature_mean) / self.feature_std
+        start = self._residual_start(features)
+        outputs = []
+        for member, mlp in enumerate(self.member_mlps):
+            out = mlp(x)
+            if start is not None:
+                out = out + self.residual_gain.reshape(-1)[member] * start
+            outputs.append(nn.functional.normalize(out, dim=-1))
         if self.shape.members == 1:
-            return nn.functional.normalize(self.mlp(x), dim=-1)
-        parts = [nn.functional.normalize(mlp(x), dim=-1) for mlp in self.member_mlps]
-        return torch.cat(parts, dim=-1) / math.sqrt(self.shape.members)
+            return outputs[0]
+        return torch.cat(outputs, dim=-1) / math.sqrt(self.shape.members)
+
+    def _residual_start(self, features: torch.Tensor) -> torch.Tensor | None:
+        """(B, out_dim) the residual part's unit rows, zero-padded, or None.
+
+        Unit rows, not scaled up: the MLP's output (zero at the start) soon matches them, so a few hundred steps
+        can move the ranker away from the start. Scaled to unit variance per column (sqrt(width) longer), the
+        part swamped the MLP on the standard world with 50 or 100 teacher queries (BENCHMARKS.md, "Few teacher
+        queries").
+        """
+        if self.shape.residual_part is None:
+            return None
+        offset, width = self.shape.residual_part
+        part = nn.functional.normalize(features[..., offset : offset + width], dim=-1)
+        return nn.functional.pad(part, (0, self.shape.out_dim - width))
 
     def logits(self, query_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
         """Pairwise logits of aligned embeddings (P, embedding_dim) x (P, embedding_dim) -> (P,).
@@ -283,12 +338,16 @@ class Ranker(nn.Module):
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Ranker:
         """Load a saved ranker in eval mode (checksums verified), with its spec, history and manifest."""
-        manifest = read_manifest(folder, RANKER_KIND, RANKER_FORMAT_VERSION)
+        manifest = read_manifest(folder, RANKER_KIND, RANKER_READABLE_VERSIONS)
         verify_checksums(folder, manifest)
         shape = manifest["config"]["shape"]
-        ranker = cls(
-            RankerShape(**{**shape, "hidden": tuple(shape["hidden"])}), manifest["config"]["spec"]
-        )
+        residual = shape.get("residual_part")
+        shape = {
+            **shape,
+            "hidden": tuple(shape["hidden"]),
+            "residual_part": tuple(residual) if residual else None,
+        }
+        ranker = cls(RankerShape(**shape), manifest["config"]["spec"])
         ranker.load_state_dict(load_file(Path(folder) / "ranker.safetensors"))
         ranker.history, ranker.manifest = list(manifest.get("history", [])), manifest
         ranker.validation = dict(manifest.get("validation", {}))
@@ -323,7 +382,7 @@ def reusable_ranker(
     # ``extra`` fields (history, provenance) are stored at the manifest's top level; the weights are read
     # (and their checksums verified) only for a ranker that will be used.
     if (
-        read_manifest(ranker_dir, RANKER_KIND, RANKER_FORMAT_VERSION).get("provenance")
+        read_manifest(ranker_dir, RANKER_KIND, RANKER_READABLE_VERSIONS).get("provenance")
         == provenance
     ):
         return Ranker.load(ranker_dir)

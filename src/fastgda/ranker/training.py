@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 from dataclasses import dataclass, replace
 
@@ -32,9 +33,14 @@ from ..config import (
     check_settings,
     setting,
 )
+from ..errors import ConfigError
 from ..evaluation import candidate_map
+from ..index import unit_rows
 from .model import Ranker, RankerShape
 from .pairs import PairSampler
+from .untuned import pool_map
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,15 +103,27 @@ class RankerTrainConfig:
         "with balance_parts: input-variance shares of the spec's parts, in spec order",
         bounds=POSITIVE,
     )
+    # A ranker distilled from few teacher queries can learn less than one of its own input parts already knows.
+    # Started from that part's cosine (a residual on it), with the untrained state kept unless validation mAP
+    # improves on it, a member cannot end below the part on validation (an ensemble's average can, by a hair:
+    # ``best_scorer`` is the second guard).
+    residual: str = setting(
+        "auto",
+        "start from an untuned part's cosine and learn a residual on it: auto (the part with the best mAP on the "
+        "validation pools, else on the training pools), a part's name (e.g. minilm), or none (the paper's plain "
+        "MLP)",
+    )
     seed: int = setting(0, "seeds the weights and the pairs", bounds=NON_NEGATIVE)
 
     def __post_init__(self):
         check_settings(self)
+        if not self.residual:
+            raise ConfigError("residual must be auto, none or a part's name, got ''")
 
     @classmethod
     def paper(cls) -> RankerTrainConfig:
-        """The paper's settings (method.md §5): the defaults."""
-        return cls()
+        """The paper's ranker (method.md §5): a plain MLP (``residual="none"``); otherwise the defaults."""
+        return cls(residual="none")
 
     @classmethod
     def demo(cls) -> RankerTrainConfig:
@@ -115,9 +133,12 @@ class RankerTrainConfig:
         - ``part_weights=(0.1, 1.0)``: the image part gets a tenth of the text part's input variance, since this
           world's teacher follows the prompt;
         - ``train_top=256``: rank labels over the teacher's top 256 of each 512-candidate pool;
-        - ``members=3``: three rankers with averaged cosines, steadier than one distilled from 400 queries.
+        - ``members=3``: three rankers with averaged cosines, steadier than one distilled from 400 queries;
+        - ``residual="none"``: the plain MLP the demo's figures were measured with. From all 400 teacher queries
+          validation cannot tell it from the residual start (mAP 0.651 against 0.655; on test 0.537 against
+          0.520); from 50 or 100 the residual wins (BENCHMARKS.md, "Few teacher queries").
         """
-        return cls(part_weights=(0.1, 1.0), train_top=256, members=3)
+        return cls(part_weights=(0.1, 1.0), train_top=256, members=3, residual="none")
 
 
 # Named starting points for ``fastgda ranker train --preset``.
@@ -187,6 +208,7 @@ def train_ranker(
     val_ranked_ids: np.ndarray | None = None,
     train_scores: np.ndarray | None = None,
     part_dims: list[int] | None = None,
+    part_names: list[str] | None = None,
     progress: bool = True,
 ) -> Ranker:
     """Fit a ranker on arrays (``Ranker.distil`` does it from ``Features`` and a ``GroundTruth``).
@@ -203,8 +225,19 @@ def train_ranker(
         item_features: float (N, D) features of every training item.
         train_ranked_ids: int (Q, K) the teacher's candidate rankings, most influential first (only the first
             ``config.train_top`` columns are used when it is set).
-        part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts``.
+        part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts`` and
+            ``residual``; without them the whole row is one part.
+        part_names: the parts' names in column order (e.g. ``["effnet", "minilm"]``), for ``config.residual``.
     """
+    residual_part = choose_residual_part(
+        config,
+        part_dims,
+        part_names,
+        (val_query_features, val_ranked_ids)
+        if val_query_features is not None and val_ranked_ids is not None
+        else (train_query_features, train_ranked_ids),
+        item_features,
+    )
     train_one = functools.partial(
         _train_one,
         train_query_features=train_query_features,
@@ -215,6 +248,7 @@ def train_ranker(
         train_scores=train_scores,
         progress=progress,
         part_dims=part_dims,
+        residual_part=residual_part,
     )
     if config.members == 1:
         return train_one(config=config)
@@ -238,9 +272,52 @@ def train_ranker(
     return ensemble
 
 
+def choose_residual_part(
+    config: RankerTrainConfig,
+    part_dims: list[int] | None,
+    part_names: list[str] | None,
+    queries: tuple[np.ndarray, np.ndarray],
+    item_features: np.ndarray,
+) -> tuple[int, int] | None:
+    """(offset, width) of the part ``config.residual`` names, or of the part whose plain cosine ranks the pools of
+    ``queries`` (features (Q, D), ranked ids (Q, K)) best for ``"auto"``; None for ``"none"``."""
+    if config.residual == "none":
+        return None
+    dims = list(part_dims) if part_dims else [item_features.shape[1]]
+    names = list(part_names) if part_names else [f"part {i}" for i in range(len(dims))]
+    if len(names) != len(dims):
+        raise ConfigError(f"{len(names)} part names {names} for {len(dims)} part widths {dims}")
+    offsets = np.cumsum([0, *dims[:-1]]).tolist()
+    parts = {name: (int(o), int(d)) for name, o, d in zip(names, offsets, dims, strict=True)}
+    if config.residual != "auto":
+        if config.residual not in parts:
+            raise ConfigError(
+                f"residual part {config.residual!r} is not a part of these features; choose auto, none or one "
+                f"of {names}"
+            )
+        return parts[config.residual]
+    query_features, ranked_ids = queries
+    L = max(1, round(config.val_fraction_l * ranked_ids.shape[1]))
+    maps = {
+        name: pool_map(
+            unit_rows(query_features[:, o : o + d]),
+            unit_rows(item_features[:, o : o + d]),
+            ranked_ids,
+            L,
+        )
+        for name, (o, d) in parts.items()
+    }
+    best = max(maps, key=maps.get)
+    logger.info(
+        "the ranker starts from %s's cosine (pool mAP %s)",
+        best, ", ".join(f"{n} {m:.3f}" for n, m in maps.items()),
+    )  # fmt: skip
+    return parts[best]
+
+
 def summarise_history(history: list[dict]) -> tuple[int, float]:
     """(epochs trained, over all members; the validation mAP of the returned weights, NaN without validation)."""
-    epochs = sum("epoch" in record for record in history)
+    epochs = sum(record.get("epoch", 0) > 0 for record in history)
     final = [r["val_map"] for r in history if r.get("member") == "ensemble"]
     best = max((r["val_map"] for r in history if "val_map" in r), default=float("nan"))
     return epochs, final[0] if final else best
@@ -260,15 +337,28 @@ def _train_one(
     train_scores: np.ndarray | None,
     progress: bool,
     part_dims: list[int] | None,
+    residual_part: tuple[int, int] | None,
 ) -> Ranker:
-    """One member: the training loop with validation each epoch and early stopping."""
+    """One member: the training loop with validation each epoch and early stopping.
+
+    A residual ranker is validated before its first epoch too (``epoch`` 0): its untrained state is the part's
+    cosine, and it is returned unless an epoch beats it.
+    """
     if config.train_top is not None:
         train_ranked_ids = train_ranked_ids[:, : config.train_top]
         if train_scores is not None:
             train_scores = train_scores[:, : config.train_top]
     torch.manual_seed(config.seed)
+    # A residual member is at least as wide as the part it starts from (a 1280-d image part: 1280-d outputs).
+    out_dim = max(config.out_dim, residual_part[1]) if residual_part else config.out_dim
     ranker = Ranker(
-        RankerShape(item_features.shape[1], config.hidden, config.out_dim, config.dropout)
+        RankerShape(
+            item_features.shape[1],
+            config.hidden,
+            out_dim,
+            config.dropout,
+            residual_part=residual_part,
+        )
     )
     ranker.fit_standardisation(
         item_features, part_dims if config.balance_parts else None, config.part_weights
@@ -302,6 +392,21 @@ def _train_one(
     val_l = _validation_l(config, val_ranked_ids) if has_val else 1
     history: list[dict] = []
     best, best_state, stale = -1.0, None, 0
+    start_map, start_state = -1.0, None
+    if has_val and residual_part is not None:
+        # The start is a fallback, not the bar for patience: a residual's first epochs often dip below it before
+        # they climb, and stopping on that dip would end training before the MLP has learned anything.
+        record = {"epoch": 0}
+        record["val_loss"], record["val_map"] = validate(
+            ranker,
+            val_query_features,
+            ranker.embed_numpy(item_features),
+            val_ranked_ids,
+            val_l,
+            config.loss,
+        )
+        start_map, start_state = record["val_map"], copy.deepcopy(ranker.state_dict())
+        history.append(record)
     order_rng = np.random.default_rng(config.seed + 1)
     bar = tqdm(
         range(config.epochs), desc=f"ranker epochs (seed {config.seed})", disable=not progress
@@ -332,8 +437,13 @@ def _train_one(
                 stale += 1
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        if has_val and stale >= config.patience:
+        # A residual's validation mAP dips below its start for some epochs before it climbs past it, and
+        # a dip at the start would otherwise end training there: it trains at least 2 x patience epochs.
+        warm = residual_part is None or epoch + 1 >= 2 * config.patience
+        if has_val and stale >= config.patience and warm:
             break
+    if start_state is not None and start_map >= best:
+        best_state = start_state  # no epoch beat the untuned start on validation: keep it
     if best_state is not None:
         ranker.load_state_dict(best_state)
     ranker.history = history

@@ -105,10 +105,26 @@ def validation_maps(
     )
     out = {}
     for name, scorer in scorers.items():
-        q, x = scorer.embed_numpy(selected), scorer.embed_numpy(items.values)
-        pooled = np.einsum("qd,qkd->qk", q, x[ids])
-        out[name] = float(candidate_map(pooled, ids, L).mean())
+        out[name] = pool_map(scorer.embed_numpy(selected), scorer.embed_numpy(items.values), ids, L)
     return out
+
+
+def pool_map(
+    query_rows: np.ndarray, item_rows: np.ndarray, ranked_ids: np.ndarray, L: int, chunk: int = 64
+) -> float:
+    """Mean AP of the teacher's top L within each query's pool, ranked by the dot product of the rows.
+
+    Args:
+        query_rows: float (Q, d) embeddings (unit rows: the dot product is the cosine).
+        item_rows: float (N, d) embeddings of every training item.
+        ranked_ids: int (Q, K) each query's pool, the teacher's most influential first.
+    """
+    aps = []
+    for start in range(0, len(query_rows), chunk):  # (chunk, K, d) at a time, not (Q, K, d)
+        ids = ranked_ids[start : start + chunk]
+        pooled = np.einsum("qd,qkd->qk", query_rows[start : start + chunk], item_rows[ids])
+        aps.append(candidate_map(pooled, ids, L))
+    return float(np.concatenate(aps).mean()) if aps else float("nan")
 
 
 def best_scorer(ranker, items, maps: dict[str, float]):
@@ -131,10 +147,10 @@ def best_scorer(ranker, items, maps: dict[str, float]):
 
 def load_scorer(folder: str | os.PathLike):
     """A saved ``Ranker`` or ``UntunedScorer``, whichever the folder holds."""
-    from .model import RANKER_FORMAT_VERSION, RANKER_KIND, Ranker
+    from .model import RANKER_KIND, RANKER_READABLE_VERSIONS, Ranker
 
-    # Both kinds are at format version 1, so one read checks either.
-    manifest = read_manifest(folder, (RANKER_KIND, UNTUNED_KIND), RANKER_FORMAT_VERSION)
+    # An untuned scorer is at format version 1, which a ranker's versions include, so one read checks either.
+    manifest = read_manifest(folder, (RANKER_KIND, UNTUNED_KIND), RANKER_READABLE_VERSIONS)
     if manifest["kind"] == UNTUNED_KIND:
         return UntunedScorer.load(folder)
     return Ranker.load(Path(folder))
