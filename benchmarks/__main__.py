@@ -50,6 +50,8 @@ BENCHMARKS = (
     Benchmark("latency", "quick", ("--threads", "2", "--json", "{results}/latency.data.json"),
               "6 min", "{results}/latency.data.json"),
     Benchmark("ranker_training", "quick", ("--threads", "2"), "2 min"),
+    Benchmark("sd_cost", "quick", ("--threads", "2", "--json", "{results}/sd_cost.data.json"), "2 min",
+              "{results}/sd_cost.data.json"),
     Benchmark("demo_time", "standard", ("--work", "{work}/demo-time"), "9 min",
               "{work}/demo-time/demo_time.json"),
     Benchmark("serve_load", "standard",
