@@ -39,6 +39,8 @@ BAD = [
      "--kind: must be one of ekfac, diagonal"),
     (("teacher", "run"), ["--model", "m", "--data", "d", "--queries", "q", "--fisher", "f", "--out", "{tmp}/r",
                           "--alpha", "nan"], "--alpha: must be a finite number"),
+    (("teacher", "run"), ["--model", "m", "--data", "d", "--queries", "q", "--fisher", "f", "--out", "{tmp}/r",
+                          "--device", "banana"], "unknown device 'banana'; use auto"),
     (("teacher", "merge"), ["--run", "{tmp}/none"], "none"),
     (("embed",), ["--data", "{tmp}/d", "--out", "{tmp}/e", "--chunk-size", "0"], "--chunk-size: must be at least 1"),
     (("ranker", "train"), ["--items", "i", "--queries", "q", "--ground-truth", "g", "--out", "{tmp}/r",

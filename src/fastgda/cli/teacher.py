@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..devices import DEVICE_HELP
 from ._common import (
     COUNT,
     add_config_flags,
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
     )
     fisher.add_argument("--out", required=True, help="Fisher folder to create")
     add_config_flags(fisher, FisherConfig, aliases={"num_samples": "--samples"})
+    fisher.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
     fisher.add_argument("--threads", type=COUNT)
     fisher.add_argument("--overwrite", action="store_true")
     fisher.set_defaults(handler=handle_fisher)
@@ -93,6 +95,7 @@ def add_parser(sub) -> None:
         "computed and score only the new candidates",
     )
     add_executor_flags(run)
+    run.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
     run.add_argument("--threads", type=COUNT)
     add_json_flag(run)
     run.set_defaults(handler=handle_run)
@@ -115,13 +118,15 @@ def handle_fisher(args) -> int:
     from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
     from ..data import open_dataset
+    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..diffusion.training import prepare_training_data
     from ..unlearning import FisherConfig, fit_fisher
 
     config = config_from_args(args, FisherConfig)
     set_threads(args.threads)
-    model = TextToImageModel.from_pretrained(resolve_model_dir(args.model))
+    device = resolve_device(args.device)
+    model = TextToImageModel.from_pretrained(resolve_model_dir(args.model)).to(device)
     data = prepare_training_data(model, open_dataset(args.data), cache=cache_dir())
     fit_fisher(model, data, config).save(args.out, overwrite=args.overwrite)
     print(f"wrote {config.kind} Fisher over {config.layers!r} layers to {args.out}")
@@ -131,6 +136,7 @@ def handle_fisher(args) -> int:
 def handle_run(args) -> int:
     from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
+    from ..devices import resolve_device
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
 
@@ -140,6 +146,7 @@ def handle_run(args) -> int:
         scoring=config_from_args(args, ScoringConfig),
     )
     set_threads(args.threads)
+    resolve_device(args.device)  # an unknown or absent device fails here, before any work
     model_dir = str(resolve_model_dir(args.model))
     spec = TeacherSpec(
         model_dir,
@@ -151,6 +158,7 @@ def handle_run(args) -> int:
         args.cache_dir,
         tuple(args.reuse),
         str(cache_dir()),
+        args.device,  # "auto" is resolved by each worker, on the machine it runs on
     )
     ground_truth = run_teacher(
         spec, executor_from_args(args), query_ids=args.query_ids, limit=args.limit

@@ -213,14 +213,15 @@ def _encode(model: TextToImageModel, dataset: ImageCaptionDataset, progress: boo
     for start in tqdm(range(0, len(dataset), chunk), desc="encoding data", disable=not progress):
         rows = range(start, min(start + chunk, len(dataset)))
         images = dataset.load_images(rows, size=size)
-        x0_parts.append(model.encode_images(images))
+        x0_parts.append(model.encode_images(images).cpu())  # the encoding lives on the host
         captions = [c for i in rows for c in dataset.captions(i)]
         counts.extend(len(dataset.captions(i)) for i in rows)
         states, mask = model.encode_prompts(captions)
-        state_parts.append(states)
-        mask_parts.append(mask)
+        state_parts.append(states.cpu())
+        mask_parts.append(None if mask is None else mask.cpu())
     counts_t = torch.tensor(counts, dtype=torch.long)
     null_states, null_mask = model.encode_prompts([""])
+    null_states, null_mask = null_states.cpu(), None if null_mask is None else null_mask.cpu()
     return TrainingData(
         x0=torch.cat(x0_parts),
         states=torch.cat(state_parts),

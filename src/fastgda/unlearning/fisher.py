@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
+from ..devices import model_device
 from ..errors import IncompatibleArtifactError
 from .layers import select_linear_layers
 
@@ -236,12 +237,16 @@ def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool,
     from ..diffusion.training import DiffusionTrainConfig, draw_batch
 
     num_batches = -(-config.num_samples // config.batch_size)
+    device = model_device(model.unet)
     sampler = DiffusionTrainConfig(
         batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
     )
     num_timesteps = model.scheduler.config.num_train_timesteps
     for b in tqdm(range(num_batches), desc=desc, disable=not progress):
-        x0, states, mask, noise, t = draw_batch(data, b, sampler, num_timesteps)
+        # Drawn on the host (the same samples on every device), then moved to the model's device.
+        x0, states, mask, noise, t = (
+            None if v is None else v.to(device) for v in draw_batch(data, b, sampler, num_timesteps)
+        )
         take = min(config.batch_size, config.num_samples - b * config.batch_size)
         with record_linear_io(layers) as (inputs, grads):
             loss = model.loss(
@@ -261,7 +266,7 @@ def _fit_diagonal(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     for io in batches("diagonal Fisher"):
         for name, (a, g) in io.items():
             sums[name] += per_sample_gradients(a, g).pow(2).sum(0)
-    return {f"{name}.diag": (s / num_samples).float() for name, s in sums.items()}
+    return {f"{name}.diag": (s / num_samples).float().cpu() for name, s in sums.items()}
 
 
 def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
@@ -269,12 +274,17 @@ def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
 
     Returns ``<layer>.eigvecs_a`` (d_in, d_in), ``.eigvecs_b`` (d_out, d_out) and ``.scales`` (d_out, d_in).
     """
+    # Accumulated in float64 on the layers' device; stored on the host.
     cov_a = {
-        n: torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
+        n: torch.zeros(
+            layer.in_features, layer.in_features, dtype=torch.float64, device=layer.weight.device
+        )
         for n, layer in layers.items()
     }
     cov_b = {
-        n: torch.zeros(layer.out_features, layer.out_features, dtype=torch.float64)
+        n: torch.zeros(
+            layer.out_features, layer.out_features, dtype=torch.float64, device=layer.weight.device
+        )
         for n, layer in layers.items()
     }
     tokens = dict.fromkeys(layers, 0)
@@ -299,7 +309,7 @@ def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
             sums[name] += rotated.pow(2).sum(0)
     tensors = {}
     for name in layers:
-        tensors[f"{name}.eigvecs_a"] = bases[name][0].float()
-        tensors[f"{name}.eigvecs_b"] = bases[name][1].float()
-        tensors[f"{name}.scales"] = (sums[name] / num_samples).float()
+        tensors[f"{name}.eigvecs_a"] = bases[name][0].float().cpu()
+        tensors[f"{name}.eigvecs_b"] = bases[name][1].float().cpu()
+        tensors[f"{name}.scales"] = (sums[name] / num_samples).float().cpu()
     return tensors

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
+from ..devices import model_device
 from ..errors import ConfigError, IncompatibleArtifactError
 from .noise import keyed_noise
 
@@ -83,6 +84,7 @@ def item_losses(
         (len(item_ids), config.num_flips, c_max, len(timesteps)), np.nan, dtype=np.float32
     )
     shape = tuple(data.x0.shape[1:])
+    device = model_device(model.unet)  # the data stays on the host; each batch moves
     with torch.no_grad():
         for start in tqdm(
             range(0, len(rows), config.batch_size),
@@ -99,8 +101,10 @@ def item_losses(
             noise = keyed_noise(shape, config.noise_seed, keys)
             x0 = data.x0[items]
             x0 = torch.where(flips.view(-1, 1, 1, 1), x0.flip(-1), x0)  # mirror along the width
-            mask = None if data.mask is None else data.mask[captions]
-            losses = model.loss(x0, data.states[captions], mask, noise, t).numpy()
+            mask = None if data.mask is None else data.mask[captions].to(device)
+            states = data.states[captions].to(device)
+            losses = model.loss(x0.to(device), states, mask, noise.to(device), t.to(device))
+            losses = losses.cpu().numpy()
             for (row, _, flip, c, ti), value in zip(batch, losses, strict=True):
                 out[row, flip, c, ti] = value
     return out

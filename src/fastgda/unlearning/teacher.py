@@ -95,12 +95,14 @@ class Teacher:
         config: TeacherConfig = TeacherConfig(),
         progress: bool = True,
         encoded_cache: str | os.PathLike | None = None,
+        device: str = "auto",
     ) -> Teacher:
-        """Load the model, the dataset and the Fisher from their folders."""
+        """Load the model (onto ``device``: ``fastgda.devices.DEVICE_HELP``), the dataset and the Fisher."""
         from ..data import open_dataset
+        from ..devices import resolve_device
         from ..diffusion import TextToImageModel
 
-        model = TextToImageModel.from_pretrained(model_dir)
+        model = TextToImageModel.from_pretrained(model_dir).to(resolve_device(device))
         dataset, fisher = open_dataset(data_dir), Fisher.load(fisher_dir)
         return cls(model, dataset, fisher, config, progress=progress, encoded_cache=encoded_cache)
 

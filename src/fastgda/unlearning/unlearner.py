@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_settings, setting
+from ..devices import model_device
 from .fisher import Fisher
 
 
@@ -63,15 +64,19 @@ def query_gradient(
     Returns:
         layer name -> float32 (d_out, d_in) gradient.
     """
+    # Pairs are drawn on the CPU and moved, so a query's pairs have the same bits on every device.
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + query_key)
+    device = model_device(model.unet)
+    x0, states = x0.to(device), states.to(device)
+    mask = None if mask is None else mask.to(device)
     weights = {name: layer.weight for name, layer in layers.items()}
     total = {name: torch.zeros_like(w) for name, w in weights.items()}
     num_timesteps = model.scheduler.config.num_train_timesteps
     done = 0
     while done < config.num_pairs:
         b = min(config.batch_size, config.num_pairs - done)
-        t = torch.randint(0, num_timesteps, (b,), generator=gen)
-        noise = torch.randn((b, *x0.shape), generator=gen)
+        t = torch.randint(0, num_timesteps, (b,), generator=gen).to(device)
+        noise = torch.randn((b, *x0.shape), generator=gen).to(device)
         loss = model.loss(
             x0.expand(b, *x0.shape),
             states.expand(b, *states.shape),
