@@ -109,3 +109,38 @@ def test_incomplete_pipeline_folder_is_refused(tmp_path):
     )
     with pytest.raises(IncompatibleArtifactError, match="lacks"):
         TextToImageModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+def test_fastgda_build_runs_end_to_end_on_a_stable_diffusion_folder(tiny_sd_dir, tmp_path, capsys):
+    """Queries, the EK-FAC Fisher and the teacher over VAE latents and CLIP states, then features, ranker,
+    attributor, evaluation and report: the path a user with their own SD model takes."""
+    import fastgda as fg
+    from fastgda.cli import main
+    from fastgda.diffusion.model import model_digest
+
+    data, out = tmp_path / "data", tmp_path / "build"
+    assert main(["world", "shapes", "--out", str(data), "--size", "60", "--per-concept", "2"]) == 0
+    argv = ["build", "--data", str(data), "--out", str(out), "--model", str(tiny_sd_dir), "--json",
+            "--num-train-queries", "6", "--num-val-queries", "3", "--num-test-queries", "3", "--num-candidates", "12",
+            "--num-pairs", "16", "--timesteps", "500", "--fisher-samples", "32", "--sample-steps", "2",
+            "--ranker-members", "1", "--ranker-epochs", "3", "--spec", "pixels+minilm"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == {"train": 6, "val": 3, "test": 3}
+    digest = model_digest(tiny_sd_dir)
+    assert digest.startswith("diffusers:")
+    queries = json.loads((out / "queries-test" / "manifest.json").read_text())
+    assert queries["model_manifest_sha256"] == digest
+    assert fg.GroundTruth.load(out / "teacher-test" / "ground_truth").ids.shape == (3, 60)
+    fisher = fg.Fisher.load(out / "fisher")
+    assert all(
+        "attn2.to_" in name for name in fisher.layer_names
+    )  # the CLIP-conditioned K/V layers
+    answer = fg.Attributor.load(out / "attributor").attribute(
+        str(out / "queries-test" / "images" / "q000000.png"), "a red circle", k=4
+    )
+    assert answer.ids.shape == (1, 4)
+    with pytest.raises(IncompatibleArtifactError, match="neither a fastgda model folder"):
+        model_digest(tmp_path)

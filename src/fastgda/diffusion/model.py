@@ -337,6 +337,25 @@ class TextToImageModel(torch.nn.Module):
         return x
 
 
+def model_digest(model_dir: str | os.PathLike) -> str:
+    """The identity of a model folder that query sets and teacher runs record (``model_manifest_sha256``).
+
+    A fastgda model folder: the SHA-256 of its manifest, which holds its weights' checksums. A diffusers
+    Stable Diffusion folder (``model_index.json``, no manifest): ``_folder_fingerprint`` of the whole folder.
+    """
+    from .._artifacts import MANIFEST_NAME, sha256_file
+
+    model_dir = Path(model_dir)
+    if (model_dir / MANIFEST_NAME).is_file():
+        return sha256_file(model_dir / MANIFEST_NAME)
+    if (model_dir / "model_index.json").is_file():
+        return "diffusers:" + _folder_fingerprint(model_dir)
+    raise IncompatibleArtifactError(
+        f"{model_dir} is neither a fastgda model folder (manifest.json) nor a diffusers pipeline folder "
+        "(model_index.json); pass the folder `fastgda model train` wrote, or a Stable Diffusion folder"
+    )
+
+
 def _folder_fingerprint(folder: Path) -> str:
     """A digest of a folder's file names and sizes and of its small (config) files' bytes: cheap for GB weights."""
     digest = hashlib.sha256()

@@ -22,11 +22,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .._artifacts import MANIFEST_NAME, atomic_dir, read_manifest, sha256_file, write_manifest
+from .._artifacts import atomic_dir, read_manifest, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..data import CAPTIONS_FILE, ImageCaptionFolder
 from ..errors import FastGDAError
-from .model import TextToImageModel
+from .model import TextToImageModel, model_digest
 
 QUERY_SET_KIND = "query_set"
 QUERY_SET_FORMAT_VERSION = 1
@@ -128,7 +128,7 @@ def write_query_set(
         if mask_parts:
             tensors["text_mask"] = torch.cat(mask_parts).contiguous()
         save_file(tensors, tmp / "tensors.safetensors")
-        model_digest = sha256_file(Path(model_dir) / MANIFEST_NAME) if model_dir else None
+        digest = model_digest(model_dir) if model_dir else None
         write_manifest(
             tmp,
             QUERY_SET_KIND,
@@ -139,7 +139,7 @@ def write_query_set(
                 "model_dir": str(model_dir) if model_dir else None,
             },
             shapes={k: list(v.shape) for k, v in tensors.items()},
-            extra={"model_manifest_sha256": model_digest, "num_queries": len(records)},
+            extra={"model_manifest_sha256": digest, "num_queries": len(records)},
         )
     return QuerySet(out_dir)
 
