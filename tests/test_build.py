@@ -75,6 +75,8 @@ def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
         *SMALL,
         "--budget-hours",
         "1e-6",
+        "--device",
+        "cpu",
         "--json",
     ]
     assert main(argv) == 0

@@ -27,6 +27,8 @@ BAD = [
      "--num-train-queries: must be at least 2, got 1"),
     (("build",), ["--data", "{tmp}/d", "--out", "{tmp}/b", "--budget-hours", "0"],
      "--budget-hours: must be greater than 0, got 0"),
+    (("build",), ["--data", "{tmp}/d", "--out", "{tmp}/b", "--model", "m", "--device", "cuda:banana"],
+     "unknown device 'cuda:banana'"),
     (("world", "shapes"), ["--out", "{tmp}/w", "--size", "0"], "--size: must be at least 1, got 0"),
     (("world", "openmoji"), ["--out", "{tmp}/w", "--size", "0"], "--size: must be at least 1, got 0"),
     (("import-release",), ["{tmp}/none", "--out", "{tmp}/r"], "holds no feats"),

@@ -91,6 +91,11 @@ class BuildConfig:
         "share of the teacher budget for test queries (full rankings cost the most)",
         bounds=FRACTION,
     )
+    device: str = setting(
+        "auto",
+        "where the queries are sampled, the Fisher fitted and the teacher run: auto (CUDA when present, else "
+        "cpu), cpu, cuda or cuda:N (model training and the ranker stay on the CPU)",
+    )
     seed: int = setting(
         0, "seeds the prompts, the splits, the model and the ranker", bounds=NON_NEGATIVE
     )
@@ -167,6 +172,9 @@ def run_build(
         raise FastGDAError(
             f"unknown --train-model {config.train_model!r}; choose one of {sorted(PRESETS)}"
         )
+    from ..devices import resolve_device
+
+    resolve_device(config.device)  # an unknown or absent device fails here, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["data", "prompts", "model", "queries", "fisher", "teacher", "features", "ranker", "attributor",
@@ -312,6 +320,7 @@ def _model(train_data, out: Path, config: BuildConfig, model, progress: bool) ->
 
 
 def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, progress: bool) -> dict:
+    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..diffusion.queries import QuerySet, SamplerConfig
 
@@ -320,7 +329,9 @@ def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, prog
     for n, split in enumerate(SPLITS):
         folder = out / f"queries-{split}"
         if not (folder / "manifest.json").is_file():
-            model = model or TextToImageModel.from_pretrained(model_dir)
+            model = model or TextToImageModel.from_pretrained(model_dir).to(
+                resolve_device(config.device)
+            )
             sampler = SamplerConfig(
                 num_steps=config.sample_steps, guidance_scale=config.guidance_scale
             )
@@ -334,12 +345,13 @@ def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, prog
 
 def _fisher(model_dir: Path, train_data, out: Path, config: BuildConfig, progress: bool) -> Path:
     from .._artifacts import cache_dir
+    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..unlearning import Fisher, FisherConfig
 
     folder = out / "fisher"
     if not (folder / "manifest.json").is_file():
-        model = TextToImageModel.from_pretrained(model_dir)
+        model = TextToImageModel.from_pretrained(model_dir).to(resolve_device(config.device))
         fisher_config = FisherConfig(num_samples=config.fisher_samples, seed=config.seed)
         Fisher.fit(model, train_data, fisher_config, progress, encoded_cache=cache_dir()).save(
             folder
@@ -376,6 +388,7 @@ def _teacher(
             configs[split],
             str(out / "before_losses"),
             encoded_cache=str(cache_dir()),
+            device=config.device,
         )  # fmt: skip
         for split in SPLITS
     }
