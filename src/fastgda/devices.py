@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigError, FastGDAError
 
-if (
-    TYPE_CHECKING
-):  # torch is imported where a device is resolved, so the CLI's parser starts without it
+# torch is imported where a device is resolved, so the CLI's parser starts without it.
+if TYPE_CHECKING:
     import torch
 
 DEVICE_HELP = "auto (CUDA when present, else cpu), cpu, cuda or cuda:N"
@@ -56,10 +55,3 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             f"device {spec!r} was asked for, but only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})"
         )
     return device
-
-
-def model_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter (the CPU for a module without parameters)."""
-    import torch
-
-    return next((p.device for p in module.parameters()), torch.device("cpu"))

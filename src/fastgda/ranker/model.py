@@ -35,9 +35,8 @@ from ..errors import ConfigError, IncompatibleArtifactError, NotFittedError
 
 logger = logging.getLogger(__name__)
 RANKER_KIND = "ranker"
-RANKER_FORMAT_VERSION = (
-    2  # 2: the shape may hold a residual part (version 1 rankers read unchanged)
-)
+# Version 2: the shape may hold a residual part; version 1 rankers read unchanged.
+RANKER_FORMAT_VERSION = 2
 RANKER_READABLE_VERSIONS = (1, 2)
 
 
@@ -274,8 +273,7 @@ class Ranker(nn.Module):
 
         Unit rows, not scaled up: the MLP's output (zero at the start) soon matches them, so a few hundred steps
         can move the ranker away from the start. Scaled to unit variance per column (sqrt(width) longer), the
-        part swamped the MLP on the standard world with 50 or 100 teacher queries (BENCHMARKS.md, "Few teacher
-        queries").
+        part swamped the MLP in exploratory runs with 50 or 100 teacher queries.
         """
         if self.shape.residual_part is None:
             return None

@@ -35,10 +35,9 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ..evaluation import candidate_map
-from ..index import unit_rows
 from .model import Ranker, RankerShape
 from .pairs import PairSampler
-from .untuned import pool_map
+from .untuned import part_pool_maps
 
 logger = logging.getLogger(__name__)
 
@@ -298,15 +297,7 @@ def choose_residual_part(
         return parts[config.residual]
     query_features, ranked_ids = queries
     L = max(1, round(config.val_fraction_l * ranked_ids.shape[1]))
-    maps = {
-        name: pool_map(
-            unit_rows(query_features[:, o : o + d]),
-            unit_rows(item_features[:, o : o + d]),
-            ranked_ids,
-            L,
-        )
-        for name, (o, d) in parts.items()
-    }
+    maps = part_pool_maps(query_features, item_features, ranked_ids, parts, L)
     best = max(maps, key=maps.get)
     logger.info(
         "the ranker starts from %s's cosine (pool mAP %s)",

@@ -96,17 +96,37 @@ def validation_maps(
     selected = queries.select(truth.query_ids).values
     L = max(1, round(l_fraction * truth.ids.shape[1]))
     ids = truth.ids.astype(np.int64)
-    scorers = {"ranker": scorer_or_ranker} if scorer_or_ranker is not None else {}
-    scorers.update(
-        {
-            s.name: s
-            for s in (UntunedScorer(items.spec, items.parts, p["name"]) for p in items.parts)
-        }
-    )
     out = {}
-    for name, scorer in scorers.items():
-        out[name] = pool_map(scorer.embed_numpy(selected), scorer.embed_numpy(items.values), ids, L)
-    return out
+    if scorer_or_ranker is not None:
+        ranker = scorer_or_ranker
+        out["ranker"] = pool_map(
+            ranker.embed_numpy(selected), ranker.embed_numpy(items.values), ids, L
+        )
+    parts = {
+        UntunedScorer(items.spec, items.parts, p["name"]).name: (int(p["offset"]), int(p["dim"]))
+        for p in items.parts
+    }
+    return {**out, **part_pool_maps(selected, items.values, ids, parts, L)}
+
+
+def part_pool_maps(
+    query_features: np.ndarray,
+    item_features: np.ndarray,
+    ranked_ids: np.ndarray,
+    parts: dict[str, tuple[int, int]],
+    L: int,
+) -> dict[str, float]:
+    """``pool_map`` of each part's plain cosine: name -> mAP, for parts given as name -> (offset, width) of the
+    feature rows (query (Q, D), item (N, D)); ranked_ids int (Q, K)."""
+    return {
+        name: pool_map(
+            unit_rows(query_features[:, o : o + d]),
+            unit_rows(item_features[:, o : o + d]),
+            ranked_ids,
+            L,
+        )
+        for name, (o, d) in parts.items()
+    }
 
 
 def pool_map(

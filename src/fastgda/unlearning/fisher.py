@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
-from ..devices import model_device
 from ..errors import IncompatibleArtifactError
 from .layers import select_linear_layers
 
@@ -237,7 +236,7 @@ def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool,
     from ..diffusion.training import DiffusionTrainConfig, draw_batch
 
     num_batches = -(-config.num_samples // config.batch_size)
-    device = model_device(model.unet)
+    device = model.device
     sampler = DiffusionTrainConfig(
         batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
     )

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
-from ..devices import model_device
 from ..errors import ConfigError, IncompatibleArtifactError
 from .noise import keyed_noise
 
@@ -84,7 +83,7 @@ def item_losses(
         (len(item_ids), config.num_flips, c_max, len(timesteps)), np.nan, dtype=np.float32
     )
     shape = tuple(data.x0.shape[1:])
-    device = model_device(model.unet)  # the data stays on the host; each batch moves
+    device = model.device  # the data stays on the host; each batch moves
     with torch.no_grad():
         for start in tqdm(
             range(0, len(rows), config.batch_size),

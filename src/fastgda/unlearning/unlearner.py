@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_settings, setting
-from ..devices import model_device
 from .fisher import Fisher
 
 
@@ -66,7 +65,7 @@ def query_gradient(
     """
     # Pairs are drawn on the CPU and moved, so a query's pairs have the same bits on every device.
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + query_key)
-    device = model_device(model.unet)
+    device = model.device
     x0, states = x0.to(device), states.to(device)
     mask = None if mask is None else mask.to(device)
     weights = {name: layer.weight for name, layer in layers.items()}
