@@ -15,6 +15,8 @@ gradient pairs and its candidates' after-losses): teacher cost per query = P x t
 paper's SD protocol (P = 4,000 pairs, T_s = 10 timesteps, C = 1 caption) over M = 20,000 candidates (training and
 validation queries; the paper: 3 A100-hours) and M = 100,000 (test queries; the paper: 15 A100-hours)::
 
+Each figure is timed in every ``--dtypes`` precision side by side (default float32 and bfloat16 under autocast).
+
     python benchmarks/sd_cost.py                         # the CPU here, a small sample
     python benchmarks/sd_cost.py --device cuda --batch 16 --samples 64
 """
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from fastgda.devices import autocast, resolve_dtype
 
 # SD v1.4 / v1.5 UNet (unet/config.json of the public releases).
 SD_UNET = dict(
@@ -76,6 +80,12 @@ def main() -> None:
     parser.add_argument(
         "--fisher-samples", type=int, default=100_000, help="per-sample gradients of the Fisher"
     )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        help="compute precisions timed side by side (autocast; weights stay float32)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -90,55 +100,82 @@ def main() -> None:
     print(
         f"device {device} ({name}); UNet {params / 1e6:.0f}M parameters, {len(layers)} key/value layers "
         f"({kv / 1e6:.1f}M weights); 64x64 latents, 77 x 768 text states; batch {args.batch}, "
-        f"{args.samples} timed samples of each kind, float32\n"
+        f"{args.samples} timed samples of each kind, in {' and '.join(args.dtypes)}\n"
     )
-    seconds = {
-        "t_f": per_sample(lambda b: forward(model, b, device), args, device),
-        "t_b": per_sample(lambda b: backward(model, layers, b, device), args, device),
-        "t_fisher": per_sample(lambda b: fisher_backward(model, layers, b, device), args, device),
-        "t_text": per_sample(lambda b: encode_captions(text_encoder, b, device), args, device),
+    by_dtype = {}
+    for dtype in args.dtypes:
+        model.set_precision(dtype)
+        with autocast(
+            device, resolve_dtype(dtype)
+        ):  # the text encoder is not a TextToImageModel part here
+            text_seconds = per_sample(
+                lambda b: encode_captions(text_encoder, b, device), args, device
+            )
+        by_dtype[dtype] = {
+            "t_f": per_sample(lambda b: forward(model, b, device), args, device),
+            "t_b": per_sample(lambda b: backward(model, layers, b, device), args, device),
+            "t_fisher": per_sample(
+                lambda b: fisher_backward(model, layers, b, device), args, device
+            ),
+            "t_text": text_seconds,
+        }
+    eigh_once = eigendecompositions(layers, device)
+    labels = {
+        "t_f": "scoring forward t_f",
+        "t_b": "gradient sample t_b (key/value weights)",
+        "t_fisher": "Fisher sample (t_b with the layer hooks)",
+        "t_text": "caption through the CLIP text encoder",
     }
-    seconds["eigh_once"] = eigendecompositions(layers, device)
-    rows = [
-        ("scoring forward t_f", seconds["t_f"]),
-        ("gradient sample t_b (key/value weights)", seconds["t_b"]),
-        ("Fisher sample (t_b with the layer hooks)", seconds["t_fisher"]),
-        ("caption through the CLIP text encoder", seconds["t_text"]),
-    ]
-    print("| per sample | seconds | samples per second |\n|---|---:|---:|")
-    for label, value in rows:
-        print(f"| {label} | {value:.4f} | {1 / value:.2f} |")
+    print("| per sample, seconds | " + " | ".join(args.dtypes) + " |")
+    print("|---|" + "---:|" * len(args.dtypes))
+    for key, label in labels.items():
+        print(f"| {label} | " + " | ".join(f"{by_dtype[d][key]:.4f}" for d in args.dtypes) + " |")
+    if len(args.dtypes) > 1:
+        first = args.dtypes[0]
+        for other in args.dtypes[1:]:
+            speedups = ", ".join(
+                f"{key} {by_dtype[first][key] / by_dtype[other][key]:.2f}x" for key in labels
+            )
+            print(f"\n{other} against {first} (above 1: faster): {speedups}")
     print(
-        f"\nEK-FAC eigendecompositions of the {len(layers)} layers, once per model: {seconds['eigh_once']:.1f} s\n"
+        f"\nEK-FAC eigendecompositions of the {len(layers)} layers (float64), once per model: {eigh_once:.1f} s\n"
     )
 
-    gradient = args.pairs * seconds["t_b"]
-    costs = {}
-    print(
-        f"| teacher per query (P = {args.pairs:,}, T_s = {args.timesteps}, C = 1) | query gradient | "
-        "scoring | total hours | paper, one A100 |\n|---|---:|---:|---:|---:|"
-    )
-    for m in args.candidates:
-        scoring = m * args.timesteps * seconds["t_f"]
-        hours = (gradient + scoring) / 3600
-        costs[m] = {"gradient_s": gradient, "scoring_s": scoring, "hours": hours}
-        paper = f"{PAPER_HOURS[m]:g} h" if m in PAPER_HOURS else ""
+    costs, fisher_hours, before_hours = {}, {}, {}
+    for dtype in args.dtypes:
+        seconds = by_dtype[dtype]
+        gradient = args.pairs * seconds["t_b"]
+        costs[dtype] = {}
         print(
-            f"| M = {m:,} candidates | {gradient / 3600:.2f} h | {scoring / 3600:.2f} h | {hours:.2f} | {paper} |"
+            f"| teacher per query in {dtype} (P = {args.pairs:,}, T_s = {args.timesteps}, C = 1) | query gradient | "
+            "scoring | total hours | paper, one A100 |\n|---|---:|---:|---:|---:|"
         )
-    fisher_hours = (args.fisher_samples * seconds["t_fisher"] + seconds["eigh_once"]) / 3600
-    before_hours = {m: m * args.timesteps * seconds["t_f"] / 3600 for m in args.candidates}
-    print(
-        f"\nonce per model: the Fisher over {args.fisher_samples:,} samples {fisher_hours:.2f} h; the before-losses "
-        + ", ".join(f"of {m:,} candidates {h:.2f} h" for m, h in before_hours.items())
-    )
+        for m in args.candidates:
+            scoring = m * args.timesteps * seconds["t_f"]
+            hours = (gradient + scoring) / 3600
+            costs[dtype][m] = {"gradient_s": gradient, "scoring_s": scoring, "hours": hours}
+            paper = f"{PAPER_HOURS[m]:g} h" if m in PAPER_HOURS else ""
+            print(
+                f"| M = {m:,} candidates | {gradient / 3600:.2f} h | {scoring / 3600:.2f} h | {hours:.2f} | {paper} |"
+            )
+        fisher_hours[dtype] = (args.fisher_samples * seconds["t_fisher"] + eigh_once) / 3600
+        before_hours[dtype] = {
+            m: m * args.timesteps * seconds["t_f"] / 3600 for m in args.candidates
+        }
+        print(
+            f"\nonce per model in {dtype}: the Fisher over {args.fisher_samples:,} samples "
+            f"{fisher_hours[dtype]:.2f} h; the before-losses "
+            + ", ".join(f"of {m:,} candidates {h:.2f} h" for m, h in before_hours[dtype].items())
+            + "\n"
+        )
     if args.json:
         record = {
             "device": str(device),
             "device_name": name,
             "batch": args.batch,
             "samples": args.samples,
-            "seconds_per_sample": seconds,
+            "seconds_per_sample": by_dtype,
+            "eigh_once_s": eigh_once,
             "teacher_per_query": costs,
             "fisher_hours": fisher_hours,
             "before_loss_hours": before_hours,

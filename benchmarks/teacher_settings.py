@@ -154,7 +154,7 @@ def main() -> None:
     settings = [("ekfac", a, args.reference_pairs) for a in args.alphas]
     settings += [("ekfac", 0.01, p) for p in args.pairs if p != args.reference_pairs]
     settings += [("diagonal", 0.01, args.reference_pairs)]
-    pixels = torch.nn.functional.normalize(data.x0.flatten(1), dim=1)
+    pixels = torch.nn.functional.normalize(data.x0[:].flatten(1), dim=1)
 
     per_query = []
     for q, (query_scene, concept) in enumerate(zip(query_scenes, concepts, strict=True)):

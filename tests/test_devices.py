@@ -1,5 +1,8 @@
 """Devices: ``--device`` resolution and the teacher on the model's device (CUDA checks are marked ``gpu``)."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +76,7 @@ def test_the_fisher_fitted_on_cuda_is_stored_on_the_host_and_matches_the_cpu(tea
         data = prepare_training_data(
             model, open_dataset(teacher_inputs["data_dir"]), progress=False
         )
-        assert data.x0.device.type == "cpu"  # the encoding lives on the host
+        assert data.x0[:1].device.type == "cpu"  # the encoding lives on the host
         config = fg.FisherConfig(kind=kind, num_samples=32, batch_size=16)
         fishers[device, kind] = fg.Fisher.fit(model, data, config, progress=False)
     for fisher in (fishers["cuda", "diagonal"], fishers["cuda", "ekfac"]):
@@ -83,3 +86,131 @@ def test_the_fisher_fitted_on_cuda_is_stored_on_the_host_and_matches_the_cpu(tea
         torch.testing.assert_close(
             fishers["cuda", "diagonal"].tensors[name], value, rtol=1e-2, atol=1e-8
         )
+
+
+# -- precision ------------------------------------------------------------------------------------------------
+def test_dtypes_resolve_and_bad_names_are_refused():
+    from fastgda.devices import autocast, resolve_dtype
+
+    assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype(None) is torch.float32
+    assert resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(ConfigError, match="unknown dtype 'float8'; use float32, bfloat16, float16"):
+        resolve_dtype("float8")
+    x = torch.randn(4, 8)
+    with autocast("cpu", torch.float32):
+        assert (x @ x.T).dtype == torch.float32
+    with autocast("cpu", torch.bfloat16):
+        assert (x @ x.T).dtype == torch.bfloat16
+
+
+def test_batch_sizes_fit_the_free_memory_and_the_cpu_keeps_its_default():
+    from fastgda.devices import batch_size_for_memory, free_memory_bytes, measure_bytes_per_item
+
+    assert free_memory_bytes("cpu") is None
+    assert measure_bytes_per_item(lambda n: None, "cpu") is None
+    assert batch_size_for_memory(None, 1e6, default=256) == 256
+    # 80% of 10 GB at 10 MB an item: 800 items; the cap and the floor of one hold.
+    assert batch_size_for_memory(10 * 10**9, 10 * 10**6, default=256) == 800
+    assert batch_size_for_memory(10 * 10**9, 1.0, default=256, cap=4096) == 4096
+    assert batch_size_for_memory(10**6, 10**9, default=256) == 1
+
+
+def test_a_model_in_reduced_precision_returns_float32_losses_close_to_full_precision(
+    teacher_inputs,
+):
+    from fastgda.diffusion import TextToImageModel
+
+    model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"])
+    x0, noise = torch.randn(4, *model.sample_shape), torch.randn(4, *model.sample_shape)
+    t = torch.tensor([0, 300, 600, 900])
+    states, mask = model.encode_prompts(["a red circle"] * 4)
+    full = model.loss(x0, states, mask, noise, t)
+    for dtype in ("bfloat16", "float16"):
+        model.set_precision(dtype)
+        states, mask = model.encode_prompts(["a red circle"] * 4)
+        reduced = model.loss(x0, states, mask, noise, t)
+        assert states.dtype == reduced.dtype == torch.float32
+        # bfloat16 keeps 8 bits of mantissa: the losses move by well under 1%, never by their size.
+        torch.testing.assert_close(reduced, full, rtol=2e-2, atol=1e-3)
+
+
+def test_a_teacher_run_keeps_one_precision(teacher_inputs, tmp_path):
+    from fastgda.errors import IncompatibleArtifactError
+    from fastgda.unlearning.jobs import run_teacher
+
+    config = fg.TeacherConfig(
+        unlearn=fg.UnlearnConfig(num_pairs=8, batch_size=8),
+        scoring=fg.ScoringConfig(timesteps=(500,)),
+        num_candidates=6,
+    )
+    inputs = [
+        str(teacher_inputs[k]) for k in ("model_dir", "data_dir", "queries_dir", "fisher_dir")
+    ]
+    spec = TeacherSpec(*inputs, str(tmp_path / "run"), config, device="cpu", dtype="bfloat16")
+    truth = run_teacher(spec, progress=False, query_ids=[0])
+    assert np.isfinite(truth.scores).all()
+    run_info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_info["compute_dtype"] == "bfloat16"
+    before = json.loads((tmp_path / "run" / "before_losses" / "manifest.json").read_text())
+    assert before["key"]["compute_dtype"] == "bfloat16"
+    # Resuming in float32 would mix two precisions in one ground truth: refused, naming the field.
+    with pytest.raises(IncompatibleArtifactError, match="compute_dtype"):
+        run_teacher(replace(spec, dtype="float32"), progress=False, query_ids=[1])
+
+
+def test_features_in_reduced_precision_stay_close_and_are_recorded(small_world, tmp_path):
+    from fastgda.features import embed_dataset
+
+    full = embed_dataset(small_world.root, "effnet+minilm", tmp_path / "f32", progress=False)
+    reduced = embed_dataset(
+        small_world.root, "effnet+minilm", tmp_path / "bf16", progress=False, dtype="bfloat16"
+    )
+    assert reduced.source["compute_dtype"] == "bfloat16" and "compute_dtype" not in full.source
+    a, b = full.values.astype(np.float64), reduced.values.astype(np.float64)
+    for part in full.parts:
+        cols = slice(part["offset"], part["offset"] + part["dim"])
+        cosine = (
+            (a[:, cols] * b[:, cols]).sum(1)
+            / np.linalg.norm(a[:, cols], axis=1)
+            / np.linalg.norm(b[:, cols], axis=1)
+        )
+        # bfloat16 keeps 8 bits of mantissa: EfficientNet's rows drift most (a mean cosine of about 0.997 and a
+        # worst row of about 0.988 on this world, measured on the CPU).
+        assert cosine.mean() > 0.99 and cosine.min() > 0.97, part["name"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_on_cuda_batches_fit_the_free_memory_and_encoders_match_the_cpu(
+    teacher_inputs, small_world
+):
+    from fastgda.data import open_dataset
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.training import prepare_training_data
+    from fastgda.features import FeatureExtractor
+    from fastgda.unlearning.scoring import CPU_SCORING_BATCH, scoring_batch_size
+
+    model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"], device="cuda")
+    data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]), progress=False)
+    # A 1M-parameter model on a GPU: far more than the CPU's 256 items fit in a pass.
+    assert scoring_batch_size(model, data) > CPU_SCORING_BATCH
+    cpu, cuda = FeatureExtractor("effnet+minilm"), FeatureExtractor("effnet+minilm", "cuda")
+    assert all(e.batch_size >= 1 for e in cuda.encoders)
+    rows = list(range(16))
+    np.testing.assert_allclose(
+        cuda.embed(small_world, rows), cpu.embed(small_world, rows), rtol=1e-3, atol=1e-3
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_a_model_trains_on_cuda_in_bfloat16(small_world, test_preset, tmp_path):
+    from fastgda.diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+
+    model = TextToImageModel.from_preset(test_preset, seed=0).to("cuda").set_precision("bfloat16")
+    recipe = DiffusionTrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
+    train_diffusion(model, small_world, tmp_path / "m", recipe, progress=False)
+    again = TextToImageModel.from_pretrained(
+        tmp_path / "m"
+    )  # checkpoints and weights load on the CPU
+    assert all(bool(torch.isfinite(p).all()) for p in again.unet.parameters())

@@ -72,7 +72,7 @@ def test_draws_by_item_id_change_only_the_slots_of_removed_items(tiny_model, sma
         assert torch.equal(sub[1][same], states[same]) and torch.equal(sub[4], t)
         changed_slots += int((~same).sum())
         # Refilled slots hold kept items (never a removed one).
-        kept_x0 = subset.x0.flatten(1)
+        kept_x0 = subset.x0[:].flatten(1)
         for row in sub[0][~same].flatten(1):
             assert (kept_x0 == row).all(dim=1).any()
     assert changed_slots > 0
@@ -185,12 +185,12 @@ def test_tampered_or_foreign_folders_are_refused(tiny_model, small_world, tmp_pa
 def test_a_training_set_is_encoded_once_per_text_encoder_and_image_size(
     tiny_model, test_preset, small_world, tmp_path, monkeypatch
 ):
-    from fastgda.diffusion import training
+    from fastgda.diffusion import encoded as encoding
 
     first = prepare_training_data(tiny_model, small_world, progress=False, cache=tmp_path)
     encoded = []
-    real = training._encode
-    monkeypatch.setattr(training, "_encode", lambda *args: encoded.append(args) or real(*args))
+    real = encoding._encode
+    monkeypatch.setattr(encoding, "_encode", lambda *args: encoded.append(args) or real(*args))
     # Another UNet with the same text encoder and image size reads the stored encoding, bit for bit.
     other = TextToImageModel.from_preset(test_preset, seed=5)
     again = prepare_training_data(other, small_world, progress=False, cache=tmp_path)
@@ -200,3 +200,24 @@ def test_a_training_set_is_encoded_once_per_text_encoder_and_image_size(
     # Another dataset is encoded anew, beside the first.
     prepare_training_data(other, small_world.without([0, 1]), progress=False, cache=tmp_path)
     assert len(encoded) == 1 and len(list((tmp_path / "encoded").iterdir())) == 2
+
+
+def test_the_stored_encoding_is_memory_mapped_and_matches_the_one_in_memory(
+    tiny_model, small_world, tmp_path
+):
+    """x0 and caption states are read from memory-mapped .npy files, row by row; a pixel model stores float32,
+    so they equal the in-memory encoding bit for bit (a latent model's float16 is tested with the SD pipeline)."""
+    import numpy as np
+
+    in_memory = prepare_training_data(tiny_model, small_world, progress=False)
+    stored = prepare_training_data(tiny_model, small_world, progress=False, cache=tmp_path)
+    assert isinstance(stored.x0.array, np.memmap) and isinstance(stored.states.array, np.memmap)
+    assert stored.x0.dtype == np.float32
+    for name, tensor in in_memory.tensors().items():
+        assert torch.equal(stored.tensors()[name], tensor), name
+    # Reads in any order, and through a lazy subset, return the rows asked for.
+    ids = torch.tensor([5, 0, 3, 3])
+    assert torch.equal(stored.x0[ids], in_memory.x0[:][ids])
+    subset = stored.subset([4, 1])
+    assert torch.equal(subset.x0[:], in_memory.x0[:][[4, 1]])
+    assert torch.equal(subset.states[:], in_memory.subset([4, 1]).states[:])

@@ -53,3 +53,51 @@ def test_ray_executor_matches_local(teacher_inputs, tmp_path):
         ray.shutdown()
     np.testing.assert_array_equal(local.ids, distributed.ids)
     np.testing.assert_allclose(local.scores, distributed.scores, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.ray
+def test_ray_places_one_worker_per_gpu():
+    """On a cluster that declares GPUs, each actor gets one GPU of its own (Ray sets CUDA_VISIBLE_DEVICES), and
+    the default worker count is the number of GPUs. This machine has none: the local cluster declares two, which
+    Ray schedules exactly as real ones."""
+    ray = pytest.importorskip("ray")
+    from fastgda.executors import RayExecutor
+
+    def _gpu_of_worker():  # nested, so Ray ships it by value (a worker cannot import this test module)
+        import os
+
+        import ray
+
+        ids = tuple(str(i) for i in ray.get_gpu_ids())
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return lambda item: (ids, visible)
+
+    try:
+        executor = RayExecutor(num_gpus=2, progress=False)
+        assert (executor.workers, executor.gpus_per_worker) == (2, 1)
+        seen = executor.map(_gpu_of_worker, list(range(6)))
+        gpus = {ids for ids, _ in seen}
+        assert gpus == {("0",), ("1",)}  # two actors, one GPU each, never shared
+        assert all(visible == ids[0] for ids, visible in seen)
+        # --device cpu: the same cluster's workers take no GPU.
+        cpu = make_executor("ray", workers=2, progress=False, device="cpu")
+        assert cpu.gpus_per_worker == 0
+        assert {ids for ids, _ in cpu.map(_gpu_of_worker, [0, 1])} == {()}
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_refuses_gpu_workers_on_a_cluster_without_gpus():
+    ray = pytest.importorskip("ray")
+    from fastgda.errors import FastGDAError
+    from fastgda.executors import RayExecutor
+
+    try:
+        with pytest.raises(FastGDAError, match="cluster has 0"):
+            RayExecutor(num_gpus=0, gpus_per_worker=1, progress=False)
+        # auto on a cluster without GPUs: CPU workers, two by default.
+        auto = make_executor("ray", progress=False, device="auto")
+        assert (auto.workers, auto.gpus_per_worker) == (2, 0)
+    finally:
+        ray.shutdown()

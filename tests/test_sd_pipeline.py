@@ -144,3 +144,134 @@ def test_fastgda_build_runs_end_to_end_on_a_stable_diffusion_folder(tiny_sd_dir,
     assert answer.ids.shape == (1, 4)
     with pytest.raises(IncompatibleArtifactError, match="neither a fastgda model folder"):
         model_digest(tmp_path)
+
+
+def _balanced(features):
+    """Each part's rows at unit length, scaled by 1/sqrt(parts): the teacher's candidate space."""
+    import numpy as np
+
+    parts = sorted(features.parts, key=lambda p: p["offset"])
+    columns = []
+    for p in parts:
+        block = features.values[:, p["offset"] : p["offset"] + p["dim"]].astype(np.float64)
+        columns.append(block / np.linalg.norm(block, axis=1, keepdims=True) / len(parts) ** 0.5)
+    return np.concatenate(columns, axis=1)
+
+
+@pytest.mark.slow
+def test_every_verb_runs_on_a_stable_diffusion_folder(tiny_sd_dir, tmp_path):
+    """The separate verbs on an SD pipeline, as a user with GPUs would chain them: fine-tune the pipeline on
+    their data, sample queries (bfloat16), fit the Fisher, embed, run the teacher with pools from a features
+    folder, train the ranker, build the attributor, evaluate, and run leave-K-out fine-tunes."""
+    import numpy as np
+
+    import fastgda as fg
+    from fastgda.cli import main
+
+    def run(*argv):
+        assert main([str(a) for a in argv]) == 0, argv
+
+    data, ft = tmp_path / "data", tmp_path / "ft"
+    run("world", "shapes", "--out", data, "--size", "40", "--per-concept", "2")
+    run("model", "train", "--init", tiny_sd_dir, "--data", data, "--out", ft, "--steps", "4",
+        "--batch-size", "4", "--checkpoint-every", "2", "--device", "cpu")  # fmt: skip
+    manifest = json.loads((ft / "manifest.json").read_text())
+    assert (
+        manifest["config"]["source"] == "diffusers_pipeline"
+        and "frozen_parts" in manifest["config"]
+    )
+    tuned, base = (
+        TextToImageModel.from_pretrained(ft),
+        TextToImageModel.from_pretrained(tiny_sd_dir),
+    )
+    assert tuned.vae is not None and not torch.equal(
+        next(tuned.unet.parameters()), next(base.unet.parameters())
+    )
+    (tmp_path / "train.txt").write_text(
+        "a red circle\na blue square\na green triangle\ntwo red circles\n"
+    )
+    (tmp_path / "test.txt").write_text("a red square\na blue circle\na green star\n")
+    for split in ("train", "test"):
+        run("model", "sample", "--model", ft, "--prompts", tmp_path / f"{split}.txt",
+            "--out", tmp_path / f"q-{split}", "--steps", "2", "--dtype", "bfloat16")  # fmt: skip
+    sampled = json.loads((tmp_path / "q-test" / "manifest.json").read_text())
+    assert sampled["config"]["compute_dtype"] == "bfloat16"
+    run("teacher", "fisher", "--model", ft, "--data", data, "--out", tmp_path / "fisher",
+        "--samples", "16", "--batch-size", "8")  # fmt: skip
+    for name, source in (
+        ("items", data),
+        ("f-train", tmp_path / "q-train"),
+        ("f-test", tmp_path / "q-test"),
+    ):
+        run("embed", "--data", source, "--spec", "pixels+minilm", "--out", tmp_path / name,
+            "--store-dtype", "float16")  # fmt: skip
+    assert np.load(tmp_path / "items" / "values.npy").dtype == np.float16
+    teacher = ("teacher", "run", "--model", ft, "--data", data, "--fisher", tmp_path / "fisher",
+               "--pairs", "8", "--timesteps", "500")  # fmt: skip
+    run(*teacher, "--queries", tmp_path / "q-train", "--out", tmp_path / "t-train",
+        "--candidates", "10", "--candidate-feature", tmp_path / "items")  # fmt: skip
+    run(*teacher, "--queries", tmp_path / "q-test", "--out", tmp_path / "t-test")
+    # The training queries' pools are their top-10 neighbours in the features folder's space.
+    pools = fg.GroundTruth.load(tmp_path / "t-train" / "ground_truth").ids
+    items, queries = fg.Features.load(tmp_path / "items"), fg.Features.load(tmp_path / "f-train")
+    cosine = _balanced(queries) @ _balanced(items).T
+    for q, pool in enumerate(pools):
+        assert set(pool.tolist()) == set(np.argsort(-cosine[q])[:10].tolist())
+    assert fg.GroundTruth.load(tmp_path / "t-test" / "ground_truth").ids.shape == (3, 40)
+    run("ranker", "train", "--items", tmp_path / "items", "--queries", tmp_path / "f-train",
+        "--ground-truth", tmp_path / "t-train" / "ground_truth", "--out", tmp_path / "ranker",
+        "--epochs", "2", "--members", "1", "--device", "cpu")  # fmt: skip
+    run("attributor", "build", "--ranker", tmp_path / "ranker", "--items", tmp_path / "items",
+        "--data", data, "--out", tmp_path / "attributor")  # fmt: skip
+    run("eval", "map", "--items", tmp_path / "items", "--queries", tmp_path / "f-test",
+        "--ground-truth", tmp_path / "t-test" / "ground_truth", "--ranker", tmp_path / "ranker",
+        "--l", "2", "4", "--out", tmp_path / "map.json")  # fmt: skip
+    assert "ranker (ranker)" in json.loads((tmp_path / "map.json").read_text())["map"]
+    run("eval", "counterfactual", "--model", ft, "--data", data, "--query-set", tmp_path / "q-test",
+        "--items", tmp_path / "items", "--queries", tmp_path / "f-test",
+        "--ground-truth", tmp_path / "t-test" / "ground_truth", "--ranker", tmp_path / "ranker",
+        "--k", "3", "--steps", "3", "--random-seeds", "0", "--generate-steps", "2", "--baselines", "none",
+        "--similarity-encoder", "pixels", "--num-queries", "2", "--out", tmp_path / "cf")  # fmt: skip
+    result = json.loads((tmp_path / "cf" / "counterfactual.json").read_text())
+    assert set(result["summary"]) == {"teacher", "ranker (ranker)", "random"}
+    assert all(np.isfinite(v) for m in result["per_query"].values() for v in m["delta_loss"])
+    # Every retrain is a fine-tune of the pipeline, saved as a fastgda folder that points at it.
+    plan = json.loads((tmp_path / "cf" / "plan.json").read_text())
+    retrained = tmp_path / "cf" / "retrains" / plan["baseline"] / "model"
+    assert json.loads((retrained / "manifest.json").read_text())["config"]["path"] == str(
+        tiny_sd_dir
+    )
+
+
+def test_a_bare_pipeline_needs_the_length_of_its_leave_k_out_fine_tunes(tiny_sd_dir, tmp_path):
+    import numpy as np
+
+    from fastgda.counterfactual import CounterfactualConfig, CounterfactualJob
+    from fastgda.errors import FastGDAError
+
+    rankings = {"teacher": np.arange(6).reshape(2, 3)}
+    with pytest.raises(FastGDAError, match="give their length with --steps"):
+        CounterfactualJob(
+            tiny_sd_dir, tmp_path, tmp_path, rankings, tmp_path / "cf", CounterfactualConfig(k=2)
+        )
+
+
+def test_only_a_pipeline_can_be_fine_tuned_with_init(tmp_path, capsys):
+    from fastgda.cli import main
+
+    assert (
+        main(
+            [
+                "model",
+                "train",
+                "--init",
+                str(tmp_path),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
+    assert "expected a Stable Diffusion pipeline folder" in capsys.readouterr().err

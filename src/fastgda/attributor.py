@@ -125,6 +125,7 @@ class Attributor:
         self.temperature: float = config["share_temperature"]
         self.data_root = Path(config["data_root"])
         self._embedder: FeatureExtractor | None = None
+        self._compute = ("cpu", "float32")  # where the query encoders run, and in what precision
         self._untuned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- building, saving, loading ------------------------------------------------------------------------
@@ -240,14 +241,20 @@ class Attributor:
         )
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> Attributor:
+    def load(
+        cls, folder: str | os.PathLike, device: str = "cpu", dtype: str = "float32"
+    ) -> Attributor:
+        """Load an attributor folder; its query encoders will run on ``device`` in ``dtype``
+        (``fastgda.devices``)."""
         folder = Path(folder)
         manifest = read_manifest(folder, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
         ranker = load_scorer(folder / "ranker")
         index = VectorIndex.load(folder / "index")
         lines = (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()
         items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}
-        return cls(ranker, index, items, manifest["config"], root=folder)
+        attributor = cls(ranker, index, items, manifest["config"], root=folder)
+        attributor._compute = (device, dtype)
+        return attributor
 
     # -- changing the training set ----------------------------------------------------------------------
     def add_items(
@@ -279,7 +286,7 @@ class Attributor:
     @property
     def embedder(self) -> FeatureExtractor:
         if self._embedder is None:
-            self._embedder = FeatureExtractor(self.spec)
+            self._embedder = FeatureExtractor(self.spec, *self._compute)
         return self._embedder
 
     def query_features(self, images, prompts: list[str]) -> np.ndarray:

@@ -170,14 +170,15 @@ class _RetrainTask:
     out_dir: str
     recipe: dict
     progress: bool = False
+    device: str = "cpu"  # resolved in each worker: a Ray worker uses the GPU it was given
+    dtype: str = "float32"
 
     def __call__(self):
         from .data import open_dataset
-        from .diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+        from .diffusion import DiffusionTrainConfig, train_diffusion
         from .diffusion.training import prepare_training_data
 
         dataset = open_dataset(self.data_dir)
-        preset = _preset_of(self.model_dir)
         encoded = []  # the full set's images and captions, encoded once per worker on first use
 
         def run(item: tuple[str, list[int]]) -> str:
@@ -185,7 +186,7 @@ class _RetrainTask:
             target = Path(self.out_dir) / key
             if (target / "model" / MANIFEST_NAME).exists():
                 return key
-            model = TextToImageModel.from_preset(preset, seed=self.recipe["seed"])
+            model = retrain_start(self.model_dir, self.recipe["seed"], self.device, self.dtype)
             if not encoded:
                 encoded.append(prepare_training_data(model, dataset, progress=self.progress))
             drop = set(removed)
@@ -302,6 +303,13 @@ class CounterfactualJob:
         queries_dir: a query set (generated images' x0, prompts and seeds).
         rankings: method -> int (Q, >= K) training ids per query, most influential first.
         query_rows: the query-set rows the rankings' Q rows refer to (default 0..Q-1).
+        device / dtype: where retrains and measurements run and the precision they compute in
+            (``fastgda.devices``); a dtype other than float32 is part of every retrain's key.
+
+    A model fastgda trained from scratch is retrained from its preset with its recorded recipe. A Stable
+    Diffusion pipeline folder (or a model fastgda fine-tuned from one) is retrained as a fine-tune from the
+    pipeline's own UNet: its recorded recipe, or for a bare pipeline ``DiffusionTrainConfig.finetune`` with
+    ``config.steps`` (required), θ₀ being the same fine-tune on all the data.
     """
 
     def __init__(
@@ -314,6 +322,8 @@ class CounterfactualJob:
         config: CounterfactualConfig,
         progress: bool = True,
         query_rows: list[int] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
     ):
         from .data import open_dataset
 
@@ -323,23 +333,17 @@ class CounterfactualJob:
             str(queries_dir),
         )
         self.out_dir, self.config, self.progress = Path(out_dir), config, progress
-        manifest = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
-        training = manifest.get("training", {})
-        if "config" not in training or "preset" not in manifest.get("config", {}):
-            raise FastGDAError(
-                f"{model_dir} records no training recipe; leave-K-out retrains need the recipe it was trained with"
-            )
-        recipe = {
-            k: v
-            for k, v in training["config"].items()
-            if k not in ("stop_at_step", "checkpoint_every", "keep_checkpoints")
-        }
+        recipe = _recipe_of(Path(model_dir), config)
         if config.steps:
             # A reduced recipe keeps the schedule's shape: warm-up at most a tenth of the run.
             warmup = min(recipe["warmup_steps"], config.steps // 10)
             recipe = {**recipe, "steps": config.steps, "warmup_steps": warmup}
         if config.coupled:
             recipe = {**recipe, "draw_by_item_id": True}  # part of every retrain's key
+        self.device, self.dtype = str(device), dtype
+        if dtype != "float32":
+            # Reduced precision trains other weights: part of every retrain's key, so caches never mix.
+            recipe = {**recipe, "compute_dtype": dtype}
         self.recipe = recipe
         self.num_train = len(open_dataset(data_dir))
         lengths = {name: len(r) for name, r in rankings.items()}
@@ -388,12 +392,16 @@ class CounterfactualJob:
         from .executors import LocalExecutor
 
         pending = self.pending()
+        # The training recipe proper: the compute dtype travels beside it, not into DiffusionTrainConfig.
+        recipe = {k: v for k, v in self.recipe.items() if k != "compute_dtype"}
         task = _RetrainTask(
             self.model_dir,
             self.data_dir,
             str(self.retrains_dir),
-            self.recipe,
+            recipe,
             progress=self.progress,
+            device=self.device,
+            dtype=self.dtype,
         )
         executor = executor or LocalExecutor(progress=self.progress)
         executor.map(task, [(key, self.plan[key]) for key in pending], desc="leave-K-out retrains")
@@ -420,23 +428,31 @@ class CounterfactualJob:
         if cache.exists():
             with np.load(cache, allow_pickle=False) as saved:
                 return {name: saved[name] for name in saved.files}
-        model = TextToImageModel.from_pretrained(self.retrains_dir / key / "model").eval()
+        model = TextToImageModel.from_pretrained(
+            self.retrains_dir / key / "model", device=_worker_device(self.device), dtype=self.dtype
+        ).eval()
+        device = model.device
         tensors, prompts, seeds = self._query_tensors()
-        x0, states = tensors["x0"], tensors["text_states"]
+        x0, states = tensors["x0"].to(device), tensors["text_states"].to(device)
         mask = tensors.get("text_mask")
+        mask = None if mask is None else mask.to(device)
         steps = torch.arange(0, model.scheduler.config.num_train_timesteps, self.config.loss_stride)
         losses = []
         for q in range(len(x0)):
             gen = torch.Generator().manual_seed(self.config.loss_noise_seed * 1_000_003 + q)
-            noise = torch.randn((len(steps), *x0.shape[1:]), generator=gen)
+            noise = torch.randn(
+                (len(steps), *x0.shape[1:]), generator=gen
+            )  # on the host: same bits anywhere
             losses.append(
                 model.loss(
                     x0[q].expand(len(steps), *x0.shape[1:]),
                     states[q].expand(len(steps), *states.shape[1:]),
                     None if mask is None else mask[q].expand(len(steps), *mask.shape[1:]),
-                    noise,
-                    steps,
-                ).numpy()
+                    noise.to(device),
+                    steps.to(device),
+                )
+                .cpu()
+                .numpy()
             )
         images = model.decode(
             model.sample(prompts, seeds, self.config.generate_steps, self.config.guidance_scale)
@@ -524,11 +540,62 @@ def _rows_digest(rows: list[int]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
 
 
-def _preset_of(model_dir):
-    """The architecture a fastgda model folder was built from (retrains start from it, freshly initialised)."""
-    from .diffusion import ModelPreset
+def _recipe_of(model_dir: Path, config: CounterfactualConfig) -> dict:
+    """The training recipe every retrain reuses (bookkeeping fields dropped).
 
-    preset = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))["config"][
-        "preset"
-    ]
-    return ModelPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()})
+    Raises:
+        FastGDAError: the model records no recipe and none can be made (a bare pipeline without ``steps``).
+    """
+    from .diffusion.training import DiffusionTrainConfig
+
+    if (model_dir / "model_index.json").is_file() and not (model_dir / MANIFEST_NAME).is_file():
+        if not config.steps:
+            raise FastGDAError(
+                f"{model_dir} is a Stable Diffusion pipeline without a fastgda training record: leave-K-out "
+                "retrains fine-tune it on the data, so give their length with --steps"
+            )
+        recipe = asdict(DiffusionTrainConfig.finetune(config.steps))
+    else:
+        manifest = json.loads((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        training = manifest.get("training", {})
+        model_config = manifest.get("config", {})
+        trained_from = (
+            "preset" in model_config or model_config.get("source") == "diffusers_pipeline"
+        )
+        if "config" not in training or not trained_from:
+            raise FastGDAError(
+                f"{model_dir} records no training recipe; leave-K-out retrains need the recipe it was trained "
+                "with"
+            )
+        recipe = training["config"]
+    return {
+        k: v
+        for k, v in recipe.items()
+        if k not in ("stop_at_step", "checkpoint_every", "keep_checkpoints")
+    }
+
+
+def retrain_start(model_dir, seed: int, device: str = "cpu", dtype: str = "float32"):
+    """The model a retrain starts from: a fresh ``TextToImageModel`` of the preset a fastgda model was built from
+    (weights seeded by ``seed``), or the pipeline's own weights for a Stable Diffusion folder or a model fastgda
+    fine-tuned from one."""
+    from .diffusion import ModelPreset, TextToImageModel
+
+    model_dir = Path(model_dir)
+    device = _worker_device(device)
+    if not (model_dir / MANIFEST_NAME).is_file():
+        return TextToImageModel.from_pretrained(model_dir, device=device, dtype=dtype)
+    config = json.loads((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["config"]
+    if config.get("source") == "diffusers_pipeline":
+        return TextToImageModel.from_pretrained(config["path"], device=device, dtype=dtype)
+    preset = ModelPreset(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in config["preset"].items()}
+    )
+    model = TextToImageModel.from_preset(preset, seed=seed).to(device)
+    return model.set_precision(dtype)
+
+
+def _worker_device(device: str):
+    from .devices import resolve_device
+
+    return resolve_device(device)

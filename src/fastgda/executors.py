@@ -14,6 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ._optional import require
+from .errors import FastGDAError
 
 logger = logging.getLogger(__name__)
 
@@ -46,36 +47,62 @@ class RayExecutor:
     """Run items on Ray actors: each actor builds its worker once, then serves many items.
 
     Args:
-        address: a running cluster's address, or ``None`` to start a local one with ``num_cpus``.
-        workers: number of actors. cpus_per_worker / gpus_per_worker: each actor's resource request.
+        address: a running cluster's address, or ``None`` to start a local one.
+        workers: number of actors (default: one per GPU when actors take GPUs, else 2).
+        cpus_per_worker: each actor's CPU request (and its torch threads).
+        gpus_per_worker: each actor's GPU request; ``None``: 1 when the cluster has GPUs, else 0. Ray sets each
+            actor's ``CUDA_VISIBLE_DEVICES`` to the GPU it was given, so ``cuda`` in an actor is its own GPU.
+        num_cpus / num_gpus: resources of a local cluster started here (default: what the workers need; the
+            GPUs torch sees).
         max_retries: how often an item is retried when its actor dies (preemption, out of memory).
     """
 
     def __init__(
         self,
         address: str | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         cpus_per_worker: int = 1,
-        gpus_per_worker: float = 0,
+        gpus_per_worker: float | None = None,
         num_cpus: int | None = None,
+        num_gpus: int | None = None,
         max_retries: int = 3,
         progress: bool = True,
     ):
         self.ray = require("ray", extra="ray")
         if not self.ray.is_initialized():
             if address is None:
+                if num_gpus is None:
+                    num_gpus = _visible_gpus()
+                takes_gpus = gpus_per_worker is None or gpus_per_worker > 0
+                planned = workers or (num_gpus if takes_gpus and num_gpus else 2)
                 self.ray.init(
-                    num_cpus=num_cpus or workers * cpus_per_worker,
+                    num_cpus=num_cpus or planned * cpus_per_worker,
+                    num_gpus=num_gpus,
                     include_dashboard=False,
                     log_to_driver=False,
                 )
             else:
                 self.ray.init(address=address, log_to_driver=False)
-        self.workers = workers
+        cluster_gpus = float(self.ray.cluster_resources().get("GPU", 0))
+        if gpus_per_worker is None:
+            gpus_per_worker = 1 if cluster_gpus >= 1 else 0
+        if gpus_per_worker > cluster_gpus:
+            raise FastGDAError(
+                f"each Ray worker asks for {gpus_per_worker} GPU(s) but the cluster has {cluster_gpus:g}; "
+                "use --device cpu, or a cluster with GPUs"
+            )
+        self.workers = workers or (int(cluster_gpus // gpus_per_worker) if gpus_per_worker else 2)
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
         self.max_retries = max_retries
         self.progress = progress
+        if gpus_per_worker:
+            logger.info(
+                "Ray: %d worker(s), %g GPU each (%g in the cluster)",
+                self.workers,
+                gpus_per_worker,
+                cluster_gpus,
+            )
 
     def map(
         self, make_worker: Callable[[], Callable[[Any], Any]], items: Sequence, desc: str = "work"
@@ -118,13 +145,32 @@ class RayExecutor:
 
 
 def make_executor(
-    kind: str = "local", workers: int = 1, address: str | None = None, progress: bool = True
+    kind: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    device: str = "cpu",
 ):
-    """Build an executor by name: ``"local"`` or ``"ray"``."""
+    """Build an executor by name: ``"local"`` or ``"ray"``.
+
+    ``device``: where the workers' models run. With ``auto`` or ``cuda``, Ray places one worker per GPU
+    (``num_gpus=1``) when the cluster has GPUs; with ``cpu`` its workers take none.
+    """
     if kind == "local":
         return LocalExecutor(progress=progress)
     if kind == "ray":
-        return RayExecutor(address=address, workers=workers, progress=progress)
-    from .errors import FastGDAError
-
+        wants_gpu = str(device or "cpu").strip().lower().split(":")[0] in ("auto", "cuda")
+        return RayExecutor(
+            address=address,
+            workers=workers,
+            progress=progress,
+            gpus_per_worker=None if wants_gpu else 0,
+        )
     raise FastGDAError(f"unknown executor {kind!r}; choose 'local' or 'ray'")
+
+
+def _visible_gpus() -> int:
+    """CUDA devices torch sees here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -128,11 +128,52 @@ class FeatureExtractor:
     ``embed_pairs(images, texts)`` embeds query images with their prompts.
     """
 
-    def __init__(self, spec: str | FeatureSpec):
+    def __init__(
+        self,
+        spec: str | FeatureSpec,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int | None = None,
+    ):
+        """``batch_size``: items per encoder pass (default: each encoder's own on a CPU; on a GPU the most its
+        free memory holds)."""
+        from .devices import resolve_device, resolve_dtype
+
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.parse(spec)
-        self.encoders = [make_encoder(name) for name in self.spec.names]
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        self.encoders = [make_encoder(name).to(self.device) for name in self.spec.names]
+        for encoder in self.encoders:
+            if hasattr(encoder, "batch_size"):
+                encoder.batch_size = batch_size or self._batch_size_for(encoder)
         self.parts = encoder_layout(self.encoders)
         self.dim = sum(encoder.dim for encoder in self.encoders)
+
+    def _batch_size_for(self, encoder) -> int:
+        """The encoder's own batch size on a CPU; on a GPU the most its free memory holds, probed at 1 and 2."""
+        from .devices import (
+            autocast,
+            batch_size_for_memory,
+            free_memory_bytes,
+            measure_bytes_per_item,
+        )
+
+        free = free_memory_bytes(self.device)
+        if free is None:
+            return encoder.batch_size
+        default = encoder.batch_size
+        sample = (
+            [np.zeros((224, 224, 3), np.uint8)]
+            if encoder.modality == "image"
+            else ["a photo of a red circle beside a blue square"]
+        )
+
+        def probe(n: int) -> None:
+            encoder.batch_size = n
+            with autocast(self.device, self.dtype):
+                encoder.encode(sample * n)
+
+        per_item = measure_bytes_per_item(probe, self.device)
+        return batch_size_for_memory(free, per_item or 1.0, default, cap=1024)
 
     def extract(self, dataset, batch_size: int = 512, progress: bool = True) -> Features:
         """``Features`` (N, D) of every row of a dataset or query set: its image and first caption (or prompt)."""
@@ -152,11 +193,14 @@ class FeatureExtractor:
         )
 
     def embed_pairs(self, images, texts: list[str]) -> np.ndarray:
-        """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D)."""
-        columns = [
-            encoder.encode(images if encoder.modality == "image" else texts)
-            for encoder in self.encoders
-        ]
+        """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D), computed in ``self.dtype``."""
+        from .devices import autocast
+
+        with autocast(self.device, self.dtype):
+            columns = [
+                encoder.encode(images if encoder.modality == "image" else texts)
+                for encoder in self.encoders
+            ]
         return np.concatenate(columns, axis=1).astype(np.float32)
 
     def embed(self, dataset, rows) -> np.ndarray:
@@ -188,11 +232,15 @@ class _ChunkTask:
     spec: str
     partial_dir: str
     chunk_size: int
+    device: str = "cpu"  # resolved in each worker: a Ray worker uses the GPU it was given
+    dtype: str = "float32"
+    batch_size: int | None = None
 
     def __call__(self):
         from .data import open_dataset
 
-        dataset, embedder = open_dataset(self.dataset_dir), FeatureExtractor(self.spec)
+        dataset = open_dataset(self.dataset_dir)
+        embedder = FeatureExtractor(self.spec, self.device, self.dtype, self.batch_size)
 
         def run(chunk: int) -> None:
             rows = range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(dataset)))
@@ -206,12 +254,17 @@ class _ChunkTask:
 
 
 def load_or_embed(
-    source: str | os.PathLike, spec: str, out_dir: str | os.PathLike, progress: bool = True
+    source: str | os.PathLike,
+    spec: str,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> Features:
     """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``."""
     if (Path(out_dir) / MANIFEST_NAME).exists():
         return Features.load(out_dir, expect_spec=spec)
-    return embed_dataset(source, spec, out_dir, progress=progress)
+    return embed_dataset(source, spec, out_dir, progress=progress, device=device, dtype=dtype)
 
 
 def embed_dataset(
@@ -220,10 +273,17 @@ def embed_dataset(
     out_dir: str | os.PathLike,
     chunk_size: int = 512,
     executor=None,
-    dtype: str = "float32",
+    store_dtype: str = "float32",
     progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int | None = None,
 ) -> Features:
     """Embed every row of a dataset (training set or query set) into a features artifact at ``out_dir``.
+
+    ``store_dtype``: float32 or float16 on disk. ``device`` / ``dtype``: where the encoders run and the precision
+    they compute in (``fastgda.devices``); features come back float32 either way. ``batch_size``: items per
+    encoder pass (``FeatureExtractor``).
 
     Resumable: chunks finished by an earlier (interrupted) call with the same settings are reused.
     """
@@ -235,6 +295,11 @@ def embed_dataset(
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     settings = {"spec": spec, "chunk_size": chunk_size, "content_hash": dataset.content_hash}
+    source = {"dataset": str(dataset_dir), "content_hash": dataset.content_hash}
+    if (
+        dtype != "float32"
+    ):  # reduced precision changes the features: chunks made otherwise are not reused
+        settings["compute_dtype"] = source["compute_dtype"] = dtype
     settings_file = partial / "settings.json"
     if partial.exists():
         saved = (
@@ -248,7 +313,9 @@ def embed_dataset(
     write_json_atomic(settings_file, settings)
     num_chunks = -(-len(dataset) // chunk_size)
     pending = [c for c in range(num_chunks) if not (partial / f"chunk_{c:06d}.npy").exists()]
-    task = _ChunkTask(str(dataset_dir), spec, str(partial), chunk_size)
+    task = _ChunkTask(
+        str(dataset_dir), spec, str(partial), chunk_size, str(device), dtype, batch_size
+    )
     executor = executor or LocalExecutor(progress=progress)
     executor.map(task, pending, desc=f"embedding ({spec})")
     values = np.concatenate(
@@ -260,9 +327,9 @@ def embed_dataset(
         np.arange(len(dataset), dtype=np.int64),
         spec,
         spec_layout(spec),
-        {"dataset": str(dataset_dir), "content_hash": dataset.content_hash},
+        source,
     )
-    features.save(out_dir, dtype=dtype, overwrite=True)
+    features.save(out_dir, dtype=store_dtype, overwrite=True)
     shutil.rmtree(partial)
     return features
 

@@ -93,8 +93,14 @@ class BuildConfig:
     )
     device: str = setting(
         "auto",
-        "where the queries are sampled, the Fisher fitted and the teacher run: auto (CUDA when present, else "
-        "cpu), cpu, cuda or cuda:N (model training and the ranker stay on the CPU)",
+        "where every model and encoder runs (model training, queries, Fisher, teacher, features, ranker): auto "
+        "(CUDA when present, else cpu), cpu, cuda or cuda:N",
+    )
+    dtype: str = setting(
+        "float32",
+        "the precision models and encoders compute in, under autocast (weights, Fisher accumulations and loss "
+        "differences stay float32)",
+        choices=("float32", "bfloat16", "float16"),
     )
     seed: int = setting(
         0, "seeds the prompts, the splits, the model and the ranker", bounds=NON_NEGATIVE
@@ -302,6 +308,7 @@ def _holdout_captions(dataset, rows, folder: Path):
 
 def _model(train_data, out: Path, config: BuildConfig, model, progress: bool) -> Path:
     from .._artifacts import cache_dir
+    from ..devices import resolve_device
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
     from ..diffusion.training import prepare_training_data
     from .pack import resolve_model_dir
@@ -314,13 +321,13 @@ def _model(train_data, out: Path, config: BuildConfig, model, progress: bool) ->
             steps=config.model_steps, seed=config.seed, checkpoint_every=250
         )
         network = TextToImageModel.from_preset(config.train_model, seed=config.seed)
+        network.to(resolve_device(config.device)).set_precision(config.dtype)
         data = prepare_training_data(network, train_data, progress=progress, cache=cache_dir())
         train_diffusion(network, train_data, folder, recipe, progress=progress, data=data)
     return folder
 
 
 def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, progress: bool) -> dict:
-    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..diffusion.queries import QuerySet, SamplerConfig
 
@@ -329,8 +336,8 @@ def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, prog
     for n, split in enumerate(SPLITS):
         folder = out / f"queries-{split}"
         if not (folder / "manifest.json").is_file():
-            model = model or TextToImageModel.from_pretrained(model_dir).to(
-                resolve_device(config.device)
+            model = model or TextToImageModel.from_pretrained(
+                model_dir, device=config.device, dtype=config.dtype
             )
             sampler = SamplerConfig(
                 num_steps=config.sample_steps, guidance_scale=config.guidance_scale
@@ -345,13 +352,14 @@ def _queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig, prog
 
 def _fisher(model_dir: Path, train_data, out: Path, config: BuildConfig, progress: bool) -> Path:
     from .._artifacts import cache_dir
-    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..unlearning import Fisher, FisherConfig
 
     folder = out / "fisher"
     if not (folder / "manifest.json").is_file():
-        model = TextToImageModel.from_pretrained(model_dir).to(resolve_device(config.device))
+        model = TextToImageModel.from_pretrained(
+            model_dir, device=config.device, dtype=config.dtype
+        )
         fisher_config = FisherConfig(num_samples=config.fisher_samples, seed=config.seed)
         Fisher.fit(model, train_data, fisher_config, progress, encoded_cache=cache_dir()).save(
             folder
@@ -389,6 +397,7 @@ def _teacher(
             str(out / "before_losses"),
             encoded_cache=str(cache_dir()),
             device=config.device,
+            dtype=config.dtype,
         )  # fmt: skip
         for split in SPLITS
     }
@@ -444,12 +453,15 @@ def _budget_limits(specs: dict, config: BuildConfig, steps) -> dict[str, int | N
 def _features(train_data, queries: dict, out: Path, config: BuildConfig, progress: bool) -> dict:
     from ..features import load_or_embed
 
+    compute = {"device": config.device, "dtype": config.dtype}
     features = {
-        "items": load_or_embed(train_data.root, config.spec, out / "features" / "items", progress)
+        "items": load_or_embed(
+            train_data.root, config.spec, out / "features" / "items", progress, **compute
+        )
     }
     for split in SPLITS:
         features[split] = load_or_embed(
-            queries[split], config.spec, out / "features" / f"q-{split}", progress
+            queries[split], config.spec, out / "features" / f"q-{split}", progress, **compute
         )
     return features
 
@@ -475,7 +487,7 @@ def _ranker(features: dict, truth: dict, out: Path, config: BuildConfig, progres
         validation = (features["val"], truth["val"])
         ranker = Ranker.distil(
             features["train"], features["items"], truth["train"], ranker_config, validation=validation,
-            progress=progress,
+            progress=progress, device=config.device,
         )  # fmt: skip
         ranker.save(folder, extra={"training": asdict(ranker_config), "provenance": provenance})
     return ranker, best_scorer(ranker, features["items"], ranker.validation)

@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, field_parser, value_parser
+from ..devices import DEVICE_HELP, DTYPE_HELP, DTYPES
 
 
 def emit(args, result: dict[str, Any], text: str) -> None:
@@ -33,17 +34,39 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def add_compute_flags(parser, what: str = "models") -> None:
+    """--device and --dtype, read back by ``compute_from_args``."""
+    parser.add_argument("--device", default="auto", help=f"where the {what} run: {DEVICE_HELP}")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+
+
+def compute_from_args(args):
+    """(torch.device, dtype name) from --device/--dtype; an absent device fails here, before any work."""
+    from ..devices import resolve_device, resolve_dtype
+
+    resolve_dtype(args.dtype)
+    return resolve_device(args.device), args.dtype
+
+
 def add_executor_flags(parser) -> None:
     """--executor/--workers/--address, read back by ``executor_from_args``."""
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
-    parser.add_argument("--workers", type=COUNT, default=2, help="Ray actors (with --executor ray)")
+    parser.add_argument(
+        "--workers",
+        type=COUNT,
+        help="Ray actors (with --executor ray; default: one per GPU when the cluster has GPUs and --device "
+        "is auto or cuda, else 2)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
 
 
-def executor_from_args(args):
+def executor_from_args(args, device: str | None = None):
+    """The executor the flags ask for; on a Ray cluster with GPUs, one worker per GPU when ``device`` (default:
+    ``--device``, else cpu) allows."""
     from ..executors import make_executor
 
-    return make_executor(args.executor, args.workers, args.address)
+    device = device or getattr(args, "device", "cpu")
+    return make_executor(args.executor, args.workers, args.address, device=device)
 
 
 # Types for flags that map to no config field: parsed and range-checked by argparse, before any work starts.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import COUNT, add_json_flag, emit, set_threads
+from ._common import COUNT, add_compute_flags, add_json_flag, compute_from_args, emit, set_threads
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--html", help="also write a page showing the query beside its top-k images"
     )
+    add_compute_flags(parser, "query encoders")
     parser.add_argument("--threads", type=COUNT)
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
@@ -37,7 +38,8 @@ def handle(args) -> int:
     set_threads(args.threads)
     if not args.prompt.strip():
         raise FastGDAError("--prompt is empty; pass the prompt that generated the image")
-    attributor = Attributor.load(args.attributor)
+    device, dtype = compute_from_args(args)
+    attributor = Attributor.load(args.attributor, device, dtype)
     image = load_query_image(args.image)
     began = time.perf_counter()
     results = attributor.attribute(image, args.prompt, args.k)[0]

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ._common import COUNT, add_executor_flags, add_json_flag, emit, executor_from_args, set_threads
+from ._common import (
+    COUNT,
+    add_compute_flags,
+    add_executor_flags,
+    add_json_flag,
+    compute_from_args,
+    emit,
+    executor_from_args,
+    set_threads,
+)
 
 
 def add_parser(sub) -> None:
@@ -18,7 +27,18 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--out", required=True, help="features folder to create")
     parser.add_argument("--chunk-size", type=COUNT, default=512, help="rows per resumable chunk")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument(
+        "--batch-size",
+        type=COUNT,
+        help="items per encoder pass (default: each encoder's own on a CPU, the most a GPU's free memory holds)",
+    )
+    parser.add_argument(
+        "--store-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="precision of the features on disk (default float32)",
+    )
+    add_compute_flags(parser, "encoders")
     add_executor_flags(parser)
     parser.add_argument("--threads", type=COUNT)
     add_json_flag(parser)
@@ -29,8 +49,19 @@ def handle(args) -> int:
     from ..features import embed_dataset
 
     set_threads(args.threads)
+    compute_from_args(args)  # an unknown or absent device fails here, before any work
     executor = executor_from_args(args)
-    features = embed_dataset(args.data, args.spec, args.out, args.chunk_size, executor, args.dtype)
+    features = embed_dataset(
+        args.data,
+        args.spec,
+        args.out,
+        args.chunk_size,
+        executor,
+        store_dtype=args.store_dtype,
+        device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+    )
     result = {"out": args.out, "spec": features.spec, "shape": list(features.values.shape)}
     emit(
         args,

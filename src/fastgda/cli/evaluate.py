@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ._common import (
     COUNT,
+    add_compute_flags,
     add_config_flags,
     add_executor_flags,
     add_json_flag,
+    compute_from_args,
     config_from_args,
     emit,
     executor_from_args,
@@ -79,6 +81,7 @@ def add_parser(sub) -> None:
         "runs)",
     )
     c.add_argument("--out", required=True, help="job folder (resumable)")
+    add_compute_flags(c, "retrains")
     add_executor_flags(c)
     c.add_argument("--threads", type=COUNT)
     add_json_flag(c)
@@ -135,6 +138,7 @@ def handle_counterfactual(args) -> int:
 
     config = config_from_args(args, CounterfactualConfig)
     set_threads(args.threads)
+    compute_from_args(args)  # an unknown or absent device fails here, before any work
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
@@ -156,6 +160,8 @@ def handle_counterfactual(args) -> int:
         config,
         progress=not args.json,
         query_rows=rows.tolist(),
+        device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
+        dtype=args.dtype,
     )
     job.run(executor_from_args(args))
     result = job.evaluate()

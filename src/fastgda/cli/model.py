@@ -7,8 +7,10 @@ import shlex
 from ._common import (
     COUNT,
     SEED,
+    add_compute_flags,
     add_config_flags,
     add_json_flag,
+    compute_from_args,
     config_from_args,
     emit,
     set_threads,
@@ -40,12 +42,19 @@ def add_parser(sub) -> None:
         "--preset",
         default="tiny16",
         choices=sorted(PRESETS),
-        help="architecture preset (default tiny16)",
+        help="architecture preset of a model trained from scratch (default tiny16)",
+    )
+    train.add_argument(
+        "--init",
+        help="fine-tune a Stable Diffusion pipeline folder (model_index.json) instead of training a preset "
+        "from scratch; the recipe flags describe the fine-tune, and leave-K-out retrains repeat it from the "
+        "pipeline's weights",
     )
     add_config_flags(train, DiffusionTrainConfig, aliases={"stop_at_step": "--stop-at"})
     train.add_argument(
         "--checkpoint-dir", help="checkpoint folder (default OUT.checkpoints); resumed if present"
     )
+    add_compute_flags(train)
     train.add_argument("--threads", type=COUNT, help="torch threads")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     train.set_defaults(handler=handle_train)
@@ -64,6 +73,7 @@ def add_parser(sub) -> None:
     sample.add_argument("--out", required=True, help="query-set folder to create")
     sample.add_argument("--seed", type=SEED, default=0, help="query i uses seed + i (default 0)")
     add_config_flags(sample, SamplerConfig, aliases={"num_steps": "--steps"})
+    add_compute_flags(sample)
     sample.add_argument("--threads", type=COUNT, help="torch threads")
     sample.add_argument("--overwrite", action="store_true")
     add_json_flag(sample)
@@ -71,15 +81,29 @@ def add_parser(sub) -> None:
 
 
 def handle_train(args) -> int:
+    from pathlib import Path
+
     from .._artifacts import cache_dir
     from ..data import open_dataset
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
     from ..diffusion.training import prepare_training_data
+    from ..errors import ConfigError
 
     config = config_from_args(args, DiffusionTrainConfig)
     set_threads(args.threads)
+    device, dtype = compute_from_args(args)
+    if args.init and not (Path(args.init) / "model_index.json").is_file():
+        # A model is retrained from where its recorded recipe began: the pipeline, or a preset's fresh weights.
+        # A second fine-tune on top of a trained model would have no such start.
+        raise ConfigError(
+            f"--init {args.init}: expected a Stable Diffusion pipeline folder (with model_index.json)"
+        )
     dataset = open_dataset(args.data, args.images)
-    model = TextToImageModel.from_preset(args.preset, seed=config.seed)
+    if args.init:
+        model = TextToImageModel.from_pretrained(args.init, device=device, dtype=dtype)
+    else:
+        model = TextToImageModel.from_preset(args.preset, seed=config.seed).to(device)
+        model.set_precision(dtype)
     command = "fastgda " + shlex.join(args.argv)
     train_diffusion(
         model,
@@ -104,7 +128,8 @@ def handle_sample(args) -> int:
     set_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
     prompts = read_prompts(args.prompts)
-    model = TextToImageModel.from_pretrained(model_dir)
+    device, dtype = compute_from_args(args)
+    model = TextToImageModel.from_pretrained(model_dir, device=device, dtype=dtype)
     queries = write_query_set(
         model,
         prompts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ..devices import DEVICE_HELP
 from ._common import COUNT, add_config_flags, add_json_flag, config_from_args, emit, set_threads
 
 
@@ -38,6 +39,12 @@ def add_parser(sub) -> None:
         "embedded world's: image part weight 0.1, labels over the top 256, three members) (default: paper)",
     )
     add_config_flags(train, RankerTrainConfig, aliases={"outlier_prob": "--outliers"})
+    train.add_argument(
+        "--device",
+        default="auto",
+        help=f"where the training steps run: {DEVICE_HELP} (always float32: the MLP is small enough that "
+        "reduced precision would buy nothing)",
+    )
     train.add_argument("--threads", type=COUNT)
     train.add_argument("--overwrite", action="store_true")
     add_json_flag(train)
@@ -45,6 +52,7 @@ def add_parser(sub) -> None:
 
 
 def handle_train(args) -> int:
+    from ..devices import resolve_device
     from ..features import Features
     from ..ground_truth import GroundTruth
     from ..ranker import Ranker, RankerTrainConfig, summarise_history
@@ -52,6 +60,7 @@ def handle_train(args) -> int:
 
     config = config_from_args(args, RankerTrainConfig, base=PRESETS[args.preset]())
     set_threads(args.threads)
+    device = resolve_device(args.device)  # an unknown or absent device fails here, before any work
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
@@ -61,7 +70,7 @@ def handle_train(args) -> int:
             Features.load(args.val_queries, expect_spec=items.spec),
             GroundTruth.load(args.val_ground_truth),
         )
-    ranker = Ranker.distil(queries, items, truth, config, validation=validation)
+    ranker = Ranker.distil(queries, items, truth, config, validation=validation, device=device)
     ranker.save(args.out, extra={"training": asdict(config)}, overwrite=args.overwrite)
     epochs, val_map = summarise_history(ranker.history)
     result = {

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..devices import DEVICE_HELP
 from ._common import (
     COUNT,
+    add_compute_flags,
     add_config_flags,
     add_executor_flags,
     add_json_flag,
+    compute_from_args,
     config_from_args,
     emit,
     executor_from_args,
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
     )
     fisher.add_argument("--out", required=True, help="Fisher folder to create")
     add_config_flags(fisher, FisherConfig, aliases={"num_samples": "--samples"})
-    fisher.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
+    add_compute_flags(fisher)
     fisher.add_argument("--threads", type=COUNT)
     fisher.add_argument("--overwrite", action="store_true")
     fisher.set_defaults(handler=handle_fisher)
@@ -95,7 +96,7 @@ def add_parser(sub) -> None:
         "computed and score only the new candidates",
     )
     add_executor_flags(run)
-    run.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
+    add_compute_flags(run)
     run.add_argument("--threads", type=COUNT)
     add_json_flag(run)
     run.set_defaults(handler=handle_run)
@@ -118,15 +119,16 @@ def handle_fisher(args) -> int:
     from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
     from ..data import open_dataset
-    from ..devices import resolve_device
     from ..diffusion import TextToImageModel
     from ..diffusion.training import prepare_training_data
     from ..unlearning import FisherConfig, fit_fisher
 
     config = config_from_args(args, FisherConfig)
     set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = TextToImageModel.from_pretrained(resolve_model_dir(args.model)).to(device)
+    device, dtype = compute_from_args(args)
+    model = TextToImageModel.from_pretrained(
+        resolve_model_dir(args.model), device=device, dtype=dtype
+    )
     data = prepare_training_data(model, open_dataset(args.data), cache=cache_dir())
     fit_fisher(model, data, config).save(args.out, overwrite=args.overwrite)
     print(f"wrote {config.kind} Fisher over {config.layers!r} layers to {args.out}")
@@ -136,7 +138,6 @@ def handle_fisher(args) -> int:
 def handle_run(args) -> int:
     from .._artifacts import cache_dir
     from ..app.pack import resolve_model_dir
-    from ..devices import resolve_device
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
 
@@ -146,7 +147,7 @@ def handle_run(args) -> int:
         scoring=config_from_args(args, ScoringConfig),
     )
     set_threads(args.threads)
-    resolve_device(args.device)  # an unknown or absent device fails here, before any work
+    compute_from_args(args)  # an unknown or absent device fails here, before any work
     model_dir = str(resolve_model_dir(args.model))
     spec = TeacherSpec(
         model_dir,
@@ -159,6 +160,7 @@ def handle_run(args) -> int:
         tuple(args.reuse),
         str(cache_dir()),
         args.device,  # "auto" is resolved by each worker, on the machine it runs on
+        args.dtype,
     )
     ground_truth = run_teacher(
         spec, executor_from_args(args), query_ids=args.query_ids, limit=args.limit

@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from .._artifacts import (
+    atomic_dir,
+    describe_difference,
+    read_manifest,
+    verify_checksums,
+    write_manifest,
+)
 from .._optional import require
+from ..devices import autocast, resolve_device, resolve_dtype
 from ..errors import IncompatibleArtifactError
 from .text import CLIPTokenEncoder, MiniLMTokenEncoder, TextEncoder
 
@@ -80,6 +87,8 @@ class TextToImageModel(torch.nn.Module):
         self.text_encoder = text_encoder
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.config = dict(config or {})
+        # The precision eligible ops run in (``set_precision``); weights stay float32 whatever it is.
+        self.compute_dtype = torch.float32
         self.register_buffer(
             "alphas_cumprod",
             torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
@@ -128,18 +137,34 @@ class TextToImageModel(torch.nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, verify: bool = True) -> TextToImageModel:
-        """Load a fastgda model folder, or a diffusers Stable Diffusion v1.x pipeline folder.
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        verify: bool = True,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+    ) -> TextToImageModel:
+        """Load a fastgda model folder, or a diffusers Stable Diffusion v1.x pipeline folder, onto ``device``
+        (``fastgda.devices.DEVICE_HELP``), computing in ``dtype`` (``set_precision``).
 
         Raises:
             IncompatibleArtifactError: the folder is neither, or its files do not match the manifest.
+            DeviceUnavailableError: ``device`` is not on this machine.
         """
-        model_dir = Path(model_dir)
+        target = resolve_device(device)  # before the weights load: an absent device fails at once
+        return cls._load(Path(model_dir), verify).to(target).set_precision(dtype)
+
+    @classmethod
+    def _load(cls, model_dir: Path, verify: bool) -> TextToImageModel:
         if (model_dir / "model_index.json").is_file():
             return cls._from_diffusers_pipeline(model_dir)
         manifest = read_manifest(model_dir, MODEL_KIND, MODEL_FORMAT_VERSION)
         if verify:
             verify_checksums(model_dir, manifest)
+        if manifest["config"].get("source") == "diffusers_pipeline":
+            model = cls._from_finetuned_pipeline(model_dir, manifest)
+            model.manifest = manifest
+            return model
         raw = manifest["config"]["preset"]
         preset = ModelPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
         diffusers = _diffusers()
@@ -150,6 +175,29 @@ class TextToImageModel(torch.nn.Module):
         text_encoder = MiniLMTokenEncoder(max_tokens=preset.max_tokens)
         model = cls(unet, scheduler, text_encoder, None, manifest["config"])
         model.manifest = manifest
+        return model
+
+    @classmethod
+    def _from_finetuned_pipeline(cls, model_dir: Path, manifest: dict) -> TextToImageModel:
+        """A UNet fastgda trained from a Stable Diffusion pipeline; the VAE, text encoder and tokenizer are read
+        from that pipeline's folder, which must still be what it was."""
+        base = Path(manifest["config"]["path"])
+        if not (base / "model_index.json").is_file():
+            raise IncompatibleArtifactError(
+                f"{model_dir} fine-tunes the Stable Diffusion pipeline at {base}, which is gone; restore that "
+                "folder (its VAE and text encoder are not copied into the model folder)"
+            )
+        model = cls._from_diffusers_pipeline(base)
+        expected = manifest["config"].get("frozen_parts")
+        if expected is not None and expected != model.encoding_key():
+            raise IncompatibleArtifactError(
+                f"the pipeline at {base} has another VAE, text encoder or tokenizer than {model_dir} was "
+                f"trained with ({describe_difference(expected, model.encoding_key())}); restore the original"
+            )
+        model.unet = _diffusers().UNet2DConditionModel.from_pretrained(
+            model_dir / "unet", low_cpu_mem_usage=False
+        )
+        model.config = manifest["config"]
         return model
 
     @classmethod
@@ -180,11 +228,14 @@ class TextToImageModel(torch.nn.Module):
     def save(
         self, model_dir: str | os.PathLike, extra: dict | None = None, overwrite: bool = False
     ) -> None:
-        """Write a fastgda model folder (``unet/``, ``scheduler/``, ``manifest.json``) atomically."""
+        """Write a fastgda model folder (``unet/``, ``scheduler/``, ``manifest.json``) atomically.
+
+        A model loaded from a Stable Diffusion pipeline (and trained further) saves its UNet only; the manifest
+        points at the pipeline for the frozen VAE, text encoder and tokenizer, and records their fingerprint.
+        """
+        config = dict(self.config)
         if self.vae is not None:
-            raise IncompatibleArtifactError(
-                "saving a Stable Diffusion pipeline is diffusers' job: use its save_pretrained"
-            )
+            config["frozen_parts"] = self.encoding_key()
         with atomic_dir(model_dir, overwrite=overwrite) as tmp:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.scheduler.save_pretrained(tmp / "scheduler")
@@ -192,7 +243,7 @@ class TextToImageModel(torch.nn.Module):
                 tmp,
                 MODEL_KIND,
                 MODEL_FORMAT_VERSION,
-                config=self.config,
+                config=config,
                 shapes={"sample": list(self.sample_shape), "parameters": [self.num_parameters]},
                 extra=extra,
             )
@@ -212,6 +263,18 @@ class TextToImageModel(torch.nn.Module):
             "tokenizer": _folder_fingerprint(root / "tokenizer"),
             "vae": _folder_fingerprint(root / "vae"),
         }
+
+    def set_precision(self, dtype: torch.dtype | str = "float32") -> TextToImageModel:
+        """Run the UNet, VAE and text encoder under autocast in ``dtype`` (float32, bfloat16, float16).
+
+        Outputs (noise predictions, latents, text states, losses) come back float32, so loss differences and
+        Fisher accumulations keep full precision. Returns ``self``.
+        """
+        self.compute_dtype = resolve_dtype(dtype)
+        return self
+
+    def _autocast(self):
+        return autocast(self.device, self.compute_dtype)
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -244,7 +307,9 @@ class TextToImageModel(torch.nn.Module):
     # ----------------------------------------------------------------------------------------- encoding
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frozen text states: float32 (B, S, D) and mask (B, S) or ``None``."""
-        return self.text_encoder(prompts)
+        with self._autocast():
+            states, mask = self.text_encoder(prompts)
+        return states.float(), mask
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -258,12 +323,18 @@ class TextToImageModel(torch.nn.Module):
         )
         if self.vae is None:
             return x
-        return self.vae.encode(x).latent_dist.mean * self.latent_scale
+        with self._autocast():
+            latents = self.vae.encode(x).latent_dist.mean
+        return latents.float() * self.latent_scale
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> np.ndarray:
         """Map clean samples x0 (B, C, h, w) to uint8 images (B, H, W, 3)."""
-        x = x0 if self.vae is None else self.vae.decode(x0 / self.latent_scale).sample
+        if self.vae is None:
+            x = x0
+        else:
+            with self._autocast():
+                x = self.vae.decode(x0 / self.latent_scale).sample.float()
         x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -274,8 +345,10 @@ class TextToImageModel(torch.nn.Module):
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def predict_noise(self, x_t, t, states, mask=None) -> torch.Tensor:
-        """The UNet's epsilon prediction (B, C, h, w)."""
-        return self.unet(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        """The UNet's epsilon prediction, float32 (B, C, h, w) whatever the compute dtype."""
+        with self._autocast():
+            out = self.unet(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask)
+        return out.sample.float()
 
     def loss(self, x0, states, mask, noise, t) -> torch.Tensor:
         """Per-sample diffusion loss ||eps_theta(x_t, c, t) - eps||^2, averaged over elements (method.md §2).

@@ -137,6 +137,7 @@ def write_query_set(
                 "sampler": asdict(sampler),
                 "seed": seed,
                 "model_dir": str(model_dir) if model_dir else None,
+                **_precision_of(model),
             },
             shapes={k: list(v.shape) for k, v in tensors.items()},
             extra={"model_manifest_sha256": digest, "num_queries": len(records)},
@@ -183,3 +184,9 @@ class QuerySet(ImageCaptionFolder):
             self.tensors["text_states"][q],
             None if mask is None else mask[q],
         )
+
+
+def _precision_of(model) -> dict:
+    """``{"compute_dtype": ...}`` when the model samples below float32 (its images differ), else nothing."""
+    dtype = str(getattr(model, "compute_dtype", "float32")).removeprefix("torch.")
+    return {} if dtype == "float32" else {"compute_dtype": dtype}

@@ -7,7 +7,6 @@ Checkpoints are single safetensors files written atomically; the final artifact 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,12 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .._artifacts import (
-    MANIFEST_NAME,
-    atomic_dir,
     describe_difference,
-    read_manifest,
-    verify_checksums,
-    write_manifest,
 )
 from ..config import (
     AT_LEAST_ONE,
@@ -40,7 +34,10 @@ from ..config import (
 )
 from ..data import ImageCaptionDataset
 from ..errors import DatasetError, FastGDAError, IncompatibleArtifactError
+from .encoded import TrainingData, prepare_training_data
 from .model import TextToImageModel
+
+__all__ = ["DiffusionTrainConfig", "TrainingData", "prepare_training_data", "train_diffusion"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +88,12 @@ class DiffusionTrainConfig:
     def __post_init__(self):
         check_settings(self)
 
+    @classmethod
+    def finetune(cls, steps: int) -> DiffusionTrainConfig:
+        """Fine-tuning a pretrained pipeline (Stable Diffusion class) on the user's data: the learning rate of
+        the usual SD fine-tuning recipes (1e-5), 8 images a step, a short warm-up."""
+        return cls(steps=steps, batch_size=8, lr=1e-5, warmup_steps=min(100, steps // 10))
+
     @property
     def last_step(self) -> int:
         """The step the run ends at."""
@@ -99,138 +102,6 @@ class DiffusionTrainConfig:
 
 # Fields that do not change the weights a step produces; a checkpoint may be resumed with other values.
 _BOOKKEEPING = ("stop_at_step", "checkpoint_every", "keep_checkpoints")
-
-
-@dataclass
-class TrainingData:
-    """Everything a step draws from, precomputed once: x0 (N, C, h, w), caption states and their owners."""
-
-    x0: torch.Tensor
-    states: torch.Tensor  # (num_captions, S, D)
-    mask: torch.Tensor | None  # (num_captions, S)
-    caption_start: torch.Tensor  # (N,) first caption row of each image
-    caption_count: torch.Tensor  # (N,)
-    null_states: torch.Tensor  # (1, S, D) the empty caption
-    null_mask: torch.Tensor | None
-    item_ids: torch.Tensor | None = (
-        None  # (N,) ids in the full set of a subset's rows (None: 0..N-1)
-    )
-    num_full: int | None = None  # size of the full set a subset was taken from (None: N)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The encoding of a full set as named tensors (for safetensors); a subset is stored as its full set."""
-        if self.item_ids is not None:
-            raise FastGDAError("store the full set's encoding, not a subset's")
-        named = {
-            "x0": self.x0,
-            "states": self.states,
-            "caption_start": self.caption_start,
-            "caption_count": self.caption_count,
-            "null_states": self.null_states,
-            "mask": self.mask,
-            "null_mask": self.null_mask,
-        }
-        return {k: v.contiguous() for k, v in named.items() if v is not None}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TrainingData:
-        return cls(
-            x0=tensors["x0"],
-            states=tensors["states"],
-            mask=tensors.get("mask"),
-            caption_start=tensors["caption_start"],
-            caption_count=tensors["caption_count"],
-            null_states=tensors["null_states"],
-            null_mask=tensors.get("null_mask"),
-        )
-
-    def subset(self, rows) -> TrainingData:
-        """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set).
-
-        The subset remembers its rows' ids in the full set, for ``DiffusionTrainConfig.draw_by_item_id``."""
-        rows = torch.as_tensor(list(rows), dtype=torch.long)
-        counts = self.caption_count[rows]
-        # Caption rows of the kept images, each image's captions contiguous and in their original order.
-        owner = torch.repeat_interleave(torch.arange(len(rows)), counts)
-        first = torch.cumsum(counts, 0) - counts
-        caption_rows = self.caption_start[rows][owner] + (torch.arange(len(owner)) - first[owner])
-        return TrainingData(
-            x0=self.x0[rows],
-            states=self.states[caption_rows],
-            mask=None if self.mask is None else self.mask[caption_rows],
-            caption_start=first,
-            caption_count=counts,
-            null_states=self.null_states,
-            null_mask=self.null_mask,
-            item_ids=rows if self.item_ids is None else self.item_ids[rows],
-            num_full=self.x0.shape[0] if self.num_full is None else self.num_full,
-        )
-
-
-ENCODED_KIND = "encoded_training_data"
-ENCODED_FORMAT_VERSION = 1
-
-
-def prepare_training_data(
-    model: TextToImageModel,
-    dataset: ImageCaptionDataset,
-    progress: bool = True,
-    cache: str | os.PathLike | None = None,
-) -> TrainingData:
-    """Encode every image and caption once (the text encoder and VAE are frozen).
-
-    ``cache``: a folder (e.g. ``fastgda._artifacts.cache_dir()``) that keeps one encoding per (dataset content,
-    ``model.encoding_key()``), so the Fisher, the teacher and training read it instead of encoding again.
-    """
-    if cache is None:
-        return _encode(model, dataset, progress)
-    key = {"content_hash": dataset.content_hash, "model": model.encoding_key()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    folder = Path(cache) / "encoded" / digest
-    if (folder / MANIFEST_NAME).is_file():
-        manifest = read_manifest(folder, ENCODED_KIND, ENCODED_FORMAT_VERSION)
-        if manifest["config"] == key:
-            verify_checksums(folder, manifest)
-            return TrainingData.from_tensors(load_file(folder / "encoded.safetensors"))
-    data = _encode(model, dataset, progress)
-    tensors = data.tensors()
-    with atomic_dir(folder, overwrite=True) as tmp:
-        save_file(tensors, tmp / "encoded.safetensors")
-        write_manifest(
-            tmp,
-            ENCODED_KIND,
-            ENCODED_FORMAT_VERSION,
-            config=key,
-            shapes={name: list(t.shape) for name, t in tensors.items()},
-        )
-    return data
-
-
-def _encode(model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool) -> TrainingData:
-    size = model.image_size
-    x0_parts, state_parts, mask_parts, counts = [], [], [], []
-    chunk = 256
-    for start in tqdm(range(0, len(dataset), chunk), desc="encoding data", disable=not progress):
-        rows = range(start, min(start + chunk, len(dataset)))
-        images = dataset.load_images(rows, size=size)
-        x0_parts.append(model.encode_images(images).cpu())  # the encoding lives on the host
-        captions = [c for i in rows for c in dataset.captions(i)]
-        counts.extend(len(dataset.captions(i)) for i in rows)
-        states, mask = model.encode_prompts(captions)
-        state_parts.append(states.cpu())
-        mask_parts.append(None if mask is None else mask.cpu())
-    counts_t = torch.tensor(counts, dtype=torch.long)
-    null_states, null_mask = model.encode_prompts([""])
-    null_states, null_mask = null_states.cpu(), None if null_mask is None else null_mask.cpu()
-    return TrainingData(
-        x0=torch.cat(x0_parts),
-        states=torch.cat(state_parts),
-        mask=None if mask_parts[0] is None else torch.cat(mask_parts),
-        caption_start=torch.cumsum(counts_t, 0) - counts_t,
-        caption_count=counts_t,
-        null_states=null_states,
-        null_mask=null_mask,
-    )
 
 
 def _lr_at(step: int, config: DiffusionTrainConfig) -> float:
@@ -278,8 +149,9 @@ def draw_batch(data: TrainingData, step: int, config: DiffusionTrainConfig, num_
         else torch.where(drop.view(-1, 1), data.null_mask, data.mask[rows])
     )
     t = torch.randint(0, num_timesteps, (batch,), generator=gen)
-    noise = torch.randn(data.x0[idx].shape, generator=gen)
-    return data.x0[idx], states, mask, noise, t
+    x0 = data.x0[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    return x0, states, mask, noise, t
 
 
 def _checkpoint_files(checkpoint_dir: Path) -> list[Path]:
@@ -293,11 +165,14 @@ def _step_of(path: Path) -> int:
 def _save_checkpoint(
     checkpoint_dir: Path, step: int, model, ema, optimizer, meta: dict, keep: int = 2
 ) -> None:
-    tensors = {f"unet.{name}": p.detach().contiguous() for name, p in model.unet.named_parameters()}
-    tensors.update({f"ema.{name}": e.contiguous() for name, e in ema.items()})
+    # Stored from the host, so a checkpoint resumes on any device.
+    tensors = {
+        f"unet.{name}": p.detach().cpu().contiguous() for name, p in model.unet.named_parameters()
+    }
+    tensors.update({f"ema.{name}": e.cpu().contiguous() for name, e in ema.items()})
     for i, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
-            tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().contiguous()
+            tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     path = checkpoint_dir / f"step_{step:07d}.safetensors"
     tmp = path.with_suffix(".tmp")
     save_file(tensors, tmp, metadata={"meta": json.dumps({**meta, "step": step})})
@@ -418,11 +293,16 @@ def train_diffusion(
     if data is None and start_step < config.last_step:
         data = prepare_training_data(model, dataset, progress=progress)
     num_timesteps = model.scheduler.config.num_train_timesteps
+    device = model.device
     began = time.perf_counter()
     running = None
     bar = tqdm(total=config.last_step, initial=start_step, desc="training", disable=not progress)
     for step in range(start_step, config.last_step):
-        x0, states, mask, noise, t = draw_batch(data, step, config, num_timesteps)
+        # Drawn on the host (the same batch on every device), then moved to the model's device.
+        x0, states, mask, noise, t = (
+            None if v is None else v.to(device)
+            for v in draw_batch(data, step, config, num_timesteps)
+        )
         loss = model.loss(x0, states, mask, noise, t).mean()
         if not torch.isfinite(loss):
             raise FastGDAError(

@@ -7,6 +7,7 @@ parts reading the image and text parts reading the caption (training items) or p
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,20 @@ class Encoder(ABC):
     modality: str = ""  # "image" or "text"
     dim: int = 0
 
+    device = "cpu"  # where ``model`` runs; inputs are prepared on the host and moved
+
     @abstractmethod
     def encode(self, batch: Sequence) -> np.ndarray:
         """Encode images (uint8 (B, H, W, 3) array or list of them) or strings: float32 (B, dim)."""
+
+    def to(self, device) -> Encoder:
+        """Run on ``device`` (a torch device or its name). Loaded weights are cached and shared: each device
+        gets its own copy, so moving one encoder never moves another that shares its weights. Returns ``self``."""
+        model = getattr(self, "model", None)
+        if model is not None:
+            self.model = _on_device(model, str(device))
+        self.device = str(device)
+        return self
 
     def config(self) -> dict:
         """What identifies this encoder's output in a features manifest."""
@@ -33,6 +45,18 @@ class Encoder(ABC):
 
 
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _on_device(module, device: str):
+    """``module`` itself on the CPU, else one cached copy of it on ``device``."""
+    import copy
+
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return module
+    return copy.deepcopy(module).to(device)
 
 
 def register(name: str):

@@ -71,9 +71,11 @@ class _HFImageEncoder(Encoder):
                 self.model(
                     pixel_values=resize_normalise(
                         images[i : i + self.batch_size], self.size, self.mean, self.std
-                    )
+                    ).to(self.device)
                 )
             )
+            .float()
+            .cpu()
             for i in range(0, len(images), self.batch_size)
         ]
         return (
@@ -152,8 +154,11 @@ class CLIPTextEncoder(Encoder):
             )
             out.append(
                 self.model(
-                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-                ).text_embeds
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
+                )
+                .text_embeds.float()
+                .cpu()
             )
         return (
             torch.cat(out).numpy().astype(np.float32)

@@ -113,7 +113,8 @@ class EfficientNetEncoder(Encoder):
                 IMAGENET_MEAN,
                 IMAGENET_STD,
             )
-            out.append(self.model.extract_features(x).mean(dim=(2, 3)).numpy())
+            features = self.model.extract_features(x.to(self.device)).mean(dim=(2, 3))
+            out.append(features.float().cpu().numpy())
         return (
             np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
         )

@@ -49,9 +49,10 @@ class MiniLMEncoder(Encoder):
                 max_length=self.max_tokens,
                 return_tensors="pt",
             )
-            states = self.model(**tokens).last_hidden_state
+            tokens = {name: value.to(self.device) for name, value in tokens.items()}
+            states = self.model(**tokens).last_hidden_state.float()
             mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-            out.append(((states * mask).sum(1) / mask.sum(1)).numpy())
+            out.append(((states * mask).sum(1) / mask.sum(1)).cpu().numpy())
         return (
             np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
         )

@@ -199,8 +199,10 @@ class Ranker(nn.Module):
         *,
         validation: tuple | None = None,
         progress: bool = True,
+        device: str = "cpu",
     ) -> Ranker:
-        """Learn a ranker from the teacher's rankings (method.md §5).
+        """Learn a ranker from the teacher's rankings (method.md §5), training on ``device`` (the returned ranker
+        lives on the CPU).
 
         Args:
             queries: ``Features`` of the training queries; the rows of ``ground_truth.query_ids`` are used, so the
@@ -238,6 +240,7 @@ class Ranker(nn.Module):
             part_dims=items.part_dims,
             part_names=[p["name"] for p in sorted(items.parts, key=lambda p: p["offset"])],
             progress=progress,
+            device=device,
             **val,
         )
         ranker.spec = items.spec
@@ -300,8 +303,13 @@ class Ranker(nn.Module):
         """Embed many feature rows in eval mode: float32 (n, out_dim)."""
         was_training = self.training
         self.eval()
+        device = self.feature_mean.device  # features come from the host; embeddings go back to it
         out = [
-            self.embed(torch.as_tensor(features[i : i + batch_size], dtype=torch.float32)).numpy()
+            self.embed(
+                torch.as_tensor(features[i : i + batch_size], dtype=torch.float32).to(device)
+            )
+            .cpu()
+            .numpy()
             for i in range(0, len(features), batch_size)
         ]
         self.train(was_training)

@@ -167,7 +167,7 @@ def pair_loss(
     q_emb = ranker.embed(query_features[torch.from_numpy(q_unique)])
     i_emb = ranker.embed(item_features[torch.from_numpy(i_unique)])
     logits = ranker.logits(q_emb[torch.from_numpy(q_index)], i_emb[torch.from_numpy(i_index)])
-    return _loss(kind, logits, torch.from_numpy(targets))
+    return _loss(kind, logits, torch.from_numpy(targets).to(logits.device))
 
 
 @torch.no_grad()
@@ -193,7 +193,10 @@ def validate(
     targets = torch.from_numpy(
         np.broadcast_to(1.0 - np.arange(k) / (k - 1), cosine.shape).astype(np.float32)
     )
-    logits = ranker.logits_from_member_cosines(torch.from_numpy(member_cosines))
+    logits = ranker.logits_from_member_cosines(
+        torch.from_numpy(member_cosines).to(ranker.logit_scale.device)
+    )
+    targets = targets.to(logits.device)
     return _loss(loss, logits, targets).item(), float(candidate_map(cosine, ranked_ids, L).mean())
 
 
@@ -209,6 +212,7 @@ def train_ranker(
     part_dims: list[int] | None = None,
     part_names: list[str] | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Ranker:
     """Fit a ranker on arrays (``Ranker.distil`` does it from ``Features`` and a ``GroundTruth``).
 
@@ -227,7 +231,11 @@ def train_ranker(
         part_dims: widths of the feature spec's parts (``Features.part_dims``), for ``balance_parts`` and
             ``residual``; without them the whole row is one part.
         part_names: the parts' names in column order (e.g. ``["effnet", "minilm"]``), for ``config.residual``.
+        device: where the training steps run (``fastgda.devices.DEVICE_HELP``); the ranker returned is on the CPU.
     """
+    from ..devices import resolve_device
+
+    device = resolve_device(device)
     residual_part = choose_residual_part(
         config,
         part_dims,
@@ -248,6 +256,7 @@ def train_ranker(
         progress=progress,
         part_dims=part_dims,
         residual_part=residual_part,
+        device=device,
     )
     if config.members == 1:
         return train_one(config=config)
@@ -329,6 +338,7 @@ def _train_one(
     progress: bool,
     part_dims: list[int] | None,
     residual_part: tuple[int, int] | None,
+    device=None,
 ) -> Ranker:
     """One member: the training loop with validation each epoch and early stopping.
 
@@ -354,6 +364,7 @@ def _train_one(
     ranker.fit_standardisation(
         item_features, part_dims if config.balance_parts else None, config.part_weights
     )
+    ranker.to(device)
     sampler = PairSampler(
         train_ranked_ids,
         len(item_features),
@@ -377,8 +388,8 @@ def _train_one(
         if total_steps >= 6
         else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
     )
-    q_train = torch.as_tensor(train_query_features, dtype=torch.float32)
-    items = torch.as_tensor(item_features, dtype=torch.float32)
+    q_train = torch.as_tensor(train_query_features, dtype=torch.float32).to(device)
+    items = torch.as_tensor(item_features, dtype=torch.float32).to(device)
     has_val = val_query_features is not None and val_ranked_ids is not None
     val_l = _validation_l(config, val_ranked_ids) if has_val else 1
     history: list[dict] = []
@@ -438,4 +449,4 @@ def _train_one(
     if best_state is not None:
         ranker.load_state_dict(best_state)
     ranker.history = history
-    return ranker.eval()
+    return ranker.cpu().eval()

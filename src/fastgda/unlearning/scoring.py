@@ -37,7 +37,12 @@ class ScoringConfig:
         bounds=Bounds(0, 999),
     )
     noise_seed: int = setting(0, "seeds the keyed scoring noise", bounds=NON_NEGATIVE)
-    batch_size: int = setting(256, "items scored per forward pass", bounds=AT_LEAST_ONE)
+    # Scores do not depend on it (noise is keyed per item), so runs neither record nor compare it.
+    batch_size: int | None = setting(
+        None,
+        "items scored per forward pass (default: 256 on a CPU; on a GPU the most its free memory holds)",
+        bounds=AT_LEAST_ONE,
+    )
     flips: bool = setting(
         False,
         "also score the mirrored sample, tau = max over the two; only for data trained with flips",
@@ -84,14 +89,15 @@ def item_losses(
     )
     shape = tuple(data.x0.shape[1:])
     device = model.device  # the data stays on the host; each batch moves
+    batch_size = config.batch_size or scoring_batch_size(model, data)
     with torch.no_grad():
         for start in tqdm(
-            range(0, len(rows), config.batch_size),
+            range(0, len(rows), batch_size),
             desc=f"scoring {len(item_ids)} items",
             disable=not progress,
             leave=False,
         ):
-            batch = rows[start : start + config.batch_size]
+            batch = rows[start : start + batch_size]
             items = torch.tensor([r[1] for r in batch])
             flips = torch.tensor([r[2] for r in batch], dtype=torch.bool)
             captions = data.caption_start[items] + torch.tensor([r[3] for r in batch])
@@ -107,6 +113,33 @@ def item_losses(
             for (row, _, flip, c, ti), value in zip(batch, losses, strict=True):
                 out[row, flip, c, ti] = value
     return out
+
+
+CPU_SCORING_BATCH = 256  # on 2 cores throughput is flat from about 64 items a pass
+
+
+def scoring_batch_size(model, data) -> int:
+    """Items per scoring pass when none is set: ``CPU_SCORING_BATCH`` on a CPU; on a GPU, the most its free
+    memory holds, from the peak memory of probe passes at 1 and 2 items (measured once per model)."""
+    from ..devices import batch_size_for_memory, free_memory_bytes, measure_bytes_per_item
+
+    cached = getattr(model, "_scoring_batch_size", None)
+    if cached is not None:
+        return cached
+    device = model.device
+    states, mask = data.states[[0]], None if data.mask is None else data.mask[[0]]
+
+    @torch.no_grad()
+    def probe(n: int) -> None:
+        x0 = data.x0[[0] * n].to(device)
+        model.loss(x0, states.expand(n, -1, -1).to(device),
+                   None if mask is None else mask.expand(n, -1).to(device),
+                   torch.zeros_like(x0), torch.zeros(n, dtype=torch.long, device=device))  # fmt: skip
+
+    per_item = measure_bytes_per_item(probe, device)
+    size = batch_size_for_memory(free_memory_bytes(device), per_item or 1.0, CPU_SCORING_BATCH)
+    model._scoring_batch_size = size
+    return size
 
 
 def mean_item_loss(losses: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,14 @@ from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
 from .fisher import Fisher
 from .layers import select_linear_layers
-from .scoring import BeforeLosses, ScoringConfig, influence_scores, item_losses, rank
+from .scoring import (
+    BeforeLosses,
+    ScoringConfig,
+    influence_scores,
+    item_losses,
+    rank,
+    scoring_batch_size,
+)
 from .unlearner import UnlearnConfig, unlearn, weights_shifted
 
 
@@ -38,7 +46,9 @@ class TeacherConfig:
         bounds=Bounds(2),
     )
     candidate_feature: str = setting(
-        "pixels", "pixels, or a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm"
+        "pixels",
+        "pixels, a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm, or the training set's "
+        "features folder from `fastgda embed` (e.g. CLIP image features, as the paper's SD protocol)",
     )
     damping: float | None = setting(
         None, "EK-FAC damping (default: the Fisher's own)", bounds=NON_NEGATIVE
@@ -96,13 +106,14 @@ class Teacher:
         progress: bool = True,
         encoded_cache: str | os.PathLike | None = None,
         device: str = "auto",
+        dtype: str = "float32",
     ) -> Teacher:
-        """Load the model (onto ``device``: ``fastgda.devices.DEVICE_HELP``), the dataset and the Fisher."""
+        """Load the model (onto ``device``: ``fastgda.devices.DEVICE_HELP``, computing in ``dtype``), the dataset
+        and the Fisher. Loss differences stay float32 whatever ``dtype`` is."""
         from ..data import open_dataset
-        from ..devices import resolve_device
         from ..diffusion import TextToImageModel
 
-        model = TextToImageModel.from_pretrained(model_dir).to(resolve_device(device))
+        model = TextToImageModel.from_pretrained(model_dir, device=device, dtype=dtype)
         dataset, fisher = open_dataset(data_dir), Fisher.load(fisher_dir)
         return cls(model, dataset, fisher, config, progress=progress, encoded_cache=encoded_cache)
 
@@ -162,26 +173,56 @@ class Teacher:
         name = self.config.candidate_feature
         normalize = torch.nn.functional.normalize
         if name == "pixels":
-            train, query = self.data.x0.flatten(1), queries.tensors["x0"].flatten(1)
+            train, query = self.data.x0[:].flatten(1), queries.tensors["x0"].flatten(1)
             space = normalize(train.float(), dim=1), normalize(query.float(), dim=1)
         else:
-            from ..encoders import FeatureSpec, make_encoder
+            from ..features import FeatureExtractor
 
-            encoders = [make_encoder(part) for part in FeatureSpec.parse(name).names]
-            train_images, query_images = self.dataset.load_images(), queries.load_images()
-            train_texts = [self.dataset.captions(i)[0] for i in range(len(self.dataset))]
-            query_texts = [queries.captions(i)[0] for i in range(len(queries))]
-
-            def encode(encoder, images, texts) -> torch.Tensor:
-                values = encoder.encode(images if encoder.modality == "image" else texts)
-                return normalize(torch.from_numpy(values).float(), dim=1) / len(encoders) ** 0.5
-
-            space = (
-                torch.cat([encode(e, train_images, train_texts) for e in encoders], dim=1),
-                torch.cat([encode(e, query_images, query_texts) for e in encoders], dim=1),
+            train_features = self._training_candidate_features(name)
+            device = self.model.device  # the encoders run where the model runs
+            extractor = FeatureExtractor(train_features.spec, device, self.model.compute_dtype)
+            query_values = extractor.embed_pairs(
+                queries.load_images(), [queries.captions(i)[0] for i in range(len(queries))]
             )
+            parts = sorted(train_features.parts, key=lambda p: p["offset"])
+
+            def balanced(values: np.ndarray) -> torch.Tensor:
+                columns = [
+                    normalize(
+                        torch.from_numpy(values[:, p["offset"] : p["offset"] + p["dim"]]).float(),
+                        dim=1,
+                    )
+                    / len(parts) ** 0.5
+                    for p in parts
+                ]
+                return torch.cat(columns, dim=1)
+
+            space = balanced(train_features.values), balanced(query_values)
         self._candidate_spaces[key] = space
         return space
+
+    def _training_candidate_features(self, name: str):
+        """``Features`` of every training item for the candidate pools: a features folder (``fastgda embed``, e.g.
+        CLIP image features computed once on GPUs), or a spec embedded here, in chunks."""
+        from ..features import FEATURES_KIND, FeatureExtractor, Features
+
+        if Path(name).is_dir():
+            features = Features.load(name)
+            expected = self.dataset.content_hash
+            found = features.source.get("content_hash")
+            if len(features) != self.num_train or found not in (None, expected):
+                raise IncompatibleArtifactError(
+                    f"candidate features {name} hold {len(features)} rows of data {found}, the training set has "
+                    f"{self.num_train} rows of data {expected}; embed this training set with `fastgda embed`"
+                )
+            return features
+        if name.startswith((".", "/")) or "/" in name:
+            raise IncompatibleArtifactError(
+                f"candidate feature {name!r} is neither a {FEATURES_KIND} folder nor an encoder spec; give the "
+                "folder `fastgda embed` wrote for the training set, or a spec such as effnet+minilm"
+            )
+        extractor = FeatureExtractor(name, self.model.device, self.model.compute_dtype)
+        return extractor.extract(self.dataset, progress=self.progress)
 
     def candidates(self, queries, q: int) -> np.ndarray:
         """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space."""
@@ -228,7 +269,8 @@ class Teacher:
         probe = replace(config.unlearn, num_pairs=pairs, num_steps=1)
         query_gradient(self.model, self.layers, x0, states, mask, probe, query_key=q)
         per_pair = (time.perf_counter() - began) / pairs
-        items = self.candidates(queries, q)[: max(1, config.scoring.batch_size // 8)]
+        batch = config.scoring.batch_size or scoring_batch_size(self.model, self.data)
+        items = self.candidates(queries, q)[: max(1, batch // 8)]
         began = time.perf_counter()
         item_losses(self.model, self.data, items, config.scoring)
         per_item = (time.perf_counter() - began) / len(items)
