@@ -1,6 +1,7 @@
 """Teacher jobs end to end on a tiny real model: results per query, resume, merge, mismatched inputs."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -64,6 +65,44 @@ def test_candidate_pools_rank_only_the_nearest_items(teacher_inputs, tmp_path):
     candidates = job.teacher.candidates(job.queries, 0)
     assert set(candidates) == set(np.load(tmp_path / "run/results/q_000000.npz")["ids"].tolist())
     assert len(candidates) == 10
+
+
+def test_a_candidate_share_ranks_a_fixed_random_part_of_each_pool(teacher_inputs, tmp_path):
+    """The paper's SD protocol: training queries ranked on a random 20% of their neighbours, one subset per query."""
+    pools = Teacher.from_folders(config=replace(CONFIG, num_candidates=20), progress=False,
+                                 device="cpu", **_inputs(teacher_inputs))  # fmt: skip
+    config = replace(CONFIG, num_candidates=20, candidate_share=0.25)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    full = {q: pools.candidates(job.queries, q) for q in range(3)}
+    for q in range(3):
+        part = job.teacher.candidates(job.queries, q)
+        assert len(part) == 5 and set(part) <= set(full[q])
+        assert list(part) == [i for i in full[q] if i in set(part)]  # neighbour order kept
+        np.testing.assert_array_equal(
+            part, job.teacher.candidates(job.queries, q)
+        )  # fixed per query
+    assert len({tuple(job.teacher.candidates(job.queries, q)) for q in range(3)}) == 3
+    job.run([0])
+    assert len(np.load(tmp_path / "run/results/q_000000.npz")["ids"]) == 5
+
+
+def test_a_run_written_before_a_setting_existed_still_resumes(teacher_inputs, tmp_path):
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
+    job.run([0])
+    path = tmp_path / "run" / "run.json"
+    saved = json.loads(path.read_text())
+    del saved["config"]["candidate_share"]  # as a run of an earlier version wrote it
+    saved["config"]["scoring"]["batch_size"] = 256  # the batch size it recorded then
+    path.write_text(json.dumps(saved))
+    again = TeacherJob.open(
+        out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs
+    )
+    again.run([1])
+    assert again.pending() == [2]
+
+
+def _inputs(teacher_inputs) -> dict:
+    return {k: teacher_inputs[k] for k in ("model_dir", "data_dir", "fisher_dir")}
 
 
 def test_mismatched_inputs_are_refused(teacher_inputs, test_preset, tmp_path):

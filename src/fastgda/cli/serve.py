@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from ._common import COUNT, PORT, add_config_flags, config_from_args
+from ._common import (
+    COUNT,
+    PORT,
+    add_compute_flags,
+    add_config_flags,
+    compute_from_args,
+    config_from_args,
+)
 
 
 def add_parser(sub) -> None:
@@ -43,6 +50,7 @@ def add_parser(sub) -> None:
             "guidance_scale",
         ],
     )
+    add_compute_flags(parser, "query encoders and the model")
     parser.set_defaults(handler=handle_serve)
 
 
@@ -54,8 +62,11 @@ def handle_serve(args) -> int:
 
     from ..service.config import CONFIG_ENV, TOKEN_ENV, ServiceConfig, config_to_environment
 
+    compute_from_args(args)  # an unknown or absent device fails here, before the server starts
     config = replace(
         config_from_args(args, ServiceConfig, base=ServiceConfig(attributor="")),
+        device=args.device,
+        dtype=args.dtype,
         attributor=os.path.abspath(args.attributor),
         model=args.model if args.model in (None, "shipped") else os.path.abspath(args.model),
         token=args.token or os.environ.get(TOKEN_ENV) or None,

@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
     add_config_flags(
         run,
         TeacherConfig,
-        ["num_candidates", "candidate_feature", "damping"],
+        ["num_candidates", "candidate_feature", "candidate_share", "damping"],
         aliases={"num_candidates": "--candidates"},
     )
     add_config_flags(

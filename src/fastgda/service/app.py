@@ -79,7 +79,7 @@ class Service:
 
         torch.set_num_threads(config.threads)
         self.config = config
-        self.attributor = Attributor.load(config.attributor)
+        self.attributor = Attributor.load(config.attributor, config.device, config.dtype)
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.model = None
@@ -87,7 +87,9 @@ class Service:
             from ..app.pack import resolve_model_dir
             from ..diffusion import TextToImageModel
 
-            self.model = TextToImageModel.from_pretrained(resolve_model_dir(config.model)).eval()
+            self.model = TextToImageModel.from_pretrained(
+                resolve_model_dir(config.model), device=config.device, dtype=config.dtype
+            ).eval()
         self.baseline_part = (
             self.attributor.baseline_part() if self.attributor.has_features else None
         )

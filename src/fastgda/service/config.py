@@ -34,6 +34,10 @@ class ServiceConfig:
         50, "DDIM steps of /v1/generate-and-attribute", bounds=AT_LEAST_ONE
     )
     guidance_scale: float = setting(3.0, "its guidance scale", bounds=NON_NEGATIVE)
+    device: str = setting("cpu", "where the query encoders and the model run (fastgda.devices)")
+    dtype: str = setting(
+        "float32", "their compute precision", choices=("float32", "bfloat16", "float16")
+    )
 
     def __post_init__(self):
         check_settings(self)

@@ -174,8 +174,8 @@ class TeacherJob:
     def _check_or_write_run_info(self) -> None:
         path = self.out_dir / "run.json"
         if path.is_file():
-            saved = _without_batch_size(json.loads(path.read_text(encoding="utf-8")))
-            ours = _without_batch_size(self.run_info)
+            saved = _as_compared(json.loads(path.read_text(encoding="utf-8")))
+            ours = _as_compared(self.run_info)
             differing = [k for k in ours if saved.get(k) != ours[k]]
             if differing:
                 raise IncompatibleArtifactError(
@@ -194,10 +194,10 @@ class TeacherJob:
                 f"{run} is not a teacher run (no run.json); pass the --out folder of an earlier teacher run"
             )
         saved = json.loads(path.read_text(encoding="utf-8"))
-        pool_keys = ("num_candidates", "candidate_feature")
+        pool_keys = ("num_candidates", "candidate_feature", "candidate_share")
 
         def comparable(info: dict) -> dict:
-            info = _without_batch_size(info)
+            info = _as_compared(info)
             config = {k: v for k, v in info["config"].items() if k not in pool_keys}
             return {**info, "config": config}
 
@@ -355,10 +355,14 @@ def run_teacher(
     return merge_run(job.out_dir, partial=bool(job.pending()))
 
 
-def _without_batch_size(info: dict) -> dict:
-    """``run.json`` contents without the scoring batch size, which changes no score (runs made before it
-    defaulted from the device's memory recorded 256)."""
-    config = dict(info.get("config", {}))
+def _as_compared(info: dict) -> dict:
+    """``run.json`` contents as compared: without the scoring batch size, which changes no score (runs made before
+    it defaulted from the device's memory recorded 256), and with settings added since at their defaults."""
+    config = {**_ADDED_SINCE, **info.get("config", {})}
     if "scoring" in config:
         config["scoring"] = {k: v for k, v in config["scoring"].items() if k != "batch_size"}
     return {**info, "config": config}
+
+
+# Teacher settings added after runs were first written, at the value older runs behaved as.
+_ADDED_SINCE = {"candidate_share": None}

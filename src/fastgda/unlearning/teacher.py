@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import NON_NEGATIVE, Bounds, check_settings, setting
+from ..config import FRACTION, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
 from .fisher import Fisher
@@ -32,6 +32,10 @@ from .scoring import (
     scoring_batch_size,
 )
 from .unlearner import UnlearnConfig, unlearn, weights_shifted
+
+CANDIDATE_SHARE_SEED = (
+    1000  # one fixed subset per query, as the papers' code fixes it (method.md §5.6)
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class TeacherConfig:
         "pixels",
         "pixels, a feature spec (``fastgda.encoders``) such as effnet or effnet+minilm, or the training set's "
         "features folder from `fastgda embed` (e.g. CLIP image features, as the paper's SD protocol)",
+    )
+    candidate_share: float | None = setting(
+        None,
+        "rank a random share of each query's top-M neighbours, drawn once per query (the paper's SD protocol: "
+        "training queries on 20% of their 100k neighbours); default: all M",
+        bounds=FRACTION,
     )
     damping: float | None = setting(
         None, "EK-FAC damping (default: the Fisher's own)", bounds=NON_NEGATIVE
@@ -225,12 +235,20 @@ class Teacher:
         return extractor.extract(self.dataset, progress=self.progress)
 
     def candidates(self, queries, q: int) -> np.ndarray:
-        """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space."""
-        m = self.config.num_candidates
+        """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space (nearest
+        first); with ``candidate_share``, a random share of them drawn from a generator seeded by ``q``, in
+        neighbour order."""
+        m, share = self.config.num_candidates, self.config.candidate_share
         if m is None or m >= self.num_train:
-            return np.arange(self.num_train)
-        train, query = self.candidate_space(queries)
-        return torch.topk(train @ query[q], m).indices.numpy()
+            ids = np.arange(self.num_train)
+        else:
+            train, query = self.candidate_space(queries)
+            ids = torch.topk(train @ query[q], m).indices.numpy()
+        if share is None or share >= 1:
+            return ids
+        keep = max(2, round(share * len(ids)))
+        rng = np.random.default_rng((CANDIDATE_SHARE_SEED, int(q)))
+        return ids[np.sort(rng.choice(len(ids), keep, replace=False))]
 
     # -- scoring -----------------------------------------------------------------------------------------
     def scores(self, queries, q: int, candidates: np.ndarray) -> np.ndarray:
