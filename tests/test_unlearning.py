@@ -224,3 +224,76 @@ def test_flipped_scoring_takes_the_larger_rise_with_its_own_noise(tiny_model, wo
         after = mean_item_loss(item_losses(tiny_model, world_data, np.array([0, 1]), config))
         tau = influence_scores(tiny_model, world_data, np.array([0, 1]), before)
     np.testing.assert_allclose(tau, (after - mean_item_loss(losses)).max(axis=1), rtol=1e-6)
+
+
+def _garbage_in_padding(data):
+    """A copy of ``data`` whose padded token slots hold random states (the mask is unchanged)."""
+    from dataclasses import replace
+
+    states = data.states[:].clone()
+    padded = data.mask == 0
+    assert padded.any()  # the world's captions are padded to 24 slots
+    states[padded] = torch.randn(
+        int(padded.sum()), states.shape[-1], generator=torch.Generator().manual_seed(9)
+    )
+    return replace(data, states=states)
+
+
+@pytest.mark.parametrize("padding", ["excluded", "included"])
+def test_padded_token_slots_change_nothing_in_a_mask_aware_fisher(tiny_model, world_data, padding):
+    """The attention never reads padded slots, so their states must not move the Fisher: with padding excluded,
+    garbage there leaves the preconditioned step unchanged; counted (the old behaviour), it moves it."""
+    config = FisherConfig(kind="ekfac", num_samples=64, batch_size=32, padding=padding)
+    clean = fit_fisher(tiny_model, world_data, config, progress=False)
+    noisy = fit_fisher(tiny_model, _garbage_in_padding(world_data), config, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    grads = {
+        name: torch.randn(layer.weight.shape, generator=gen)
+        for name, layer in select_linear_layers(tiny_model.unet).items()
+    }
+    a, b = clean.precondition(grads), noisy.precondition(grads)
+    worst = max(float((a[n] - b[n]).norm() / a[n].norm()) for n in grads)
+    if padding == "excluded":
+        assert worst < 1e-4  # float noise of two fits
+    else:
+        assert worst > 1e-2  # the defect the mask-aware covariances remove
+
+
+def test_a_fisher_of_another_model_is_refused(
+    tiny_model, test_preset, world_data, small_world, tmp_path, caplog
+):
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.unlearning import Fisher, Teacher
+
+    fisher = fit_fisher(
+        tiny_model,
+        world_data,
+        FisherConfig(kind="diagonal", num_samples=16, batch_size=16),
+        progress=False,
+    )
+    fisher.save(tmp_path / "fisher")
+    loaded = Fisher.load(tmp_path / "fisher")
+    assert (
+        loaded.extra["model_sha256"] == fisher.extra["model_sha256"]
+        and loaded.config.padding == "excluded"
+    )
+    Teacher(
+        tiny_model, small_world, loaded, data=world_data, progress=False
+    )  # its own model: accepted
+    other = TextToImageModel.from_preset(test_preset, seed=1)  # same preset, other weights
+    with pytest.raises(
+        IncompatibleArtifactError, match="Fisher was fitted on a model whose weights digest"
+    ):
+        Teacher(other, small_world, loaded, data=world_data, progress=False)
+    # A Fisher saved before the digest and the padding setting existed: it loads as it was made, unchecked.
+    import json
+
+    manifest_path = tmp_path / "fisher" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["model_sha256"], manifest["config"]["padding"]
+    manifest_path.write_text(json.dumps(manifest))
+    old = Fisher.load(tmp_path / "fisher")
+    assert old.config.padding == "included"
+    with caplog.at_level("WARNING"):
+        Teacher(other, small_world, old, data=world_data, progress=False)
+    assert "records no model digest" in caplog.text

@@ -12,6 +12,7 @@ mean of the diagonal for AbU), so ``alpha / N * precondition(g)`` is the damped 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,7 +26,9 @@ from tqdm.auto import tqdm
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..errors import IncompatibleArtifactError
-from .layers import select_linear_layers
+from .layers import reads_text_states, select_linear_layers, weights_digest
+
+logger = logging.getLogger(__name__)
 
 FISHER_KIND = "fisher"
 FISHER_FORMAT_VERSION = 1
@@ -49,9 +52,21 @@ class FisherConfig:
         bounds=NON_NEGATIVE,
     )
     seed: int = setting(0, "seeds the samples", bounds=NON_NEGATIVE)
+    # Padded token slots of a masked text encoder carry states the attention never reads: their output
+    # gradients are zero, but counted as inputs they bend the K/V input covariance (35% of the world's slots).
+    padding: str = setting(
+        "excluded",
+        "padded text-token slots in the K/V covariances: excluded (mask-aware) or included (fastgda before "
+        "0.x counted them)",
+        choices=("excluded", "included"),
+    )
 
     def __post_init__(self):
         check_settings(self)
+
+
+# A Fisher saved before ``padding`` existed counted the padded slots.
+_SAVED_BEFORE_PADDING = {"padding": "included"}
 
 
 @contextmanager
@@ -148,7 +163,7 @@ class Fisher:
         """Load a saved Fisher of either kind."""
         manifest = read_manifest(folder, FISHER_KIND, FISHER_FORMAT_VERSION)
         verify_checksums(folder, manifest)
-        config = FisherConfig(**manifest["config"])
+        config = FisherConfig(**{**_SAVED_BEFORE_PADDING, **manifest["config"]})
         tensors = load_file(Path(folder) / "fisher.safetensors")
         extra = {
             k: v
@@ -157,6 +172,24 @@ class Fisher:
         }
         cls = {"diagonal": DiagonalFisher, "ekfac": EKFAC}[config.kind]
         return cls(config, tensors, extra)
+
+    def check_model(self, model) -> None:
+        """Raise if the Fisher was fitted on another model (its weights' digest differs).
+
+        A Fisher saved before the digest was recorded cannot be checked; it is accepted with a warning."""
+        expected = self.extra.get("model_sha256")
+        if expected is None:
+            logger.warning(
+                "this Fisher records no model digest (saved by an older fastgda): it cannot be checked against "
+                "the model; refit it with `fastgda teacher fisher` to have it checked"
+            )
+            return
+        found = weights_digest(model.unet)
+        if found != expected:
+            raise IncompatibleArtifactError(
+                f"the Fisher was fitted on a model whose weights digest is {expected[:12]}…, this model's is "
+                f"{found[:12]}…; fit the Fisher on this model (`fastgda teacher fisher --model ...`)"
+            )
 
     def check_layers(self, layer_names: list[str]) -> None:
         """Raise if the Fisher was estimated for other layers than the caller's."""
@@ -216,15 +249,22 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
     model.unet.eval()
     try:
         batches = functools.partial(_layer_io_batches, model, data, layers, config, progress)
-        fit = _fit_diagonal if config.kind == "diagonal" else _fit_ekfac
-        tensors = fit(layers, batches, config.num_samples)
+        if config.kind == "diagonal":
+            tensors = _fit_diagonal(layers, batches, config.num_samples)
+        else:
+            excluded = config.padding == "excluded"
+            tensors = _fit_ekfac(layers, batches, config.num_samples, excluded)
     finally:
         model.unet.zero_grad(set_to_none=True)
         for p, req in zip(params, required, strict=True):
             p.requires_grad_(req)
         model.unet.train(was_training)
     cls = DiagonalFisher if config.kind == "diagonal" else EKFAC
-    return cls(config, tensors, {"model": model.config.get("preset", {}).get("name")})
+    extra = {
+        "model": model.config.get("preset", {}).get("name"),
+        "model_sha256": weights_digest(model.unet),
+    }
+    return cls(config, tensors, extra)
 
 
 def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool, desc: str):
@@ -247,28 +287,32 @@ def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool,
             None if v is None else v.to(device) for v in draw_batch(data, b, sampler, num_timesteps)
         )
         take = min(config.batch_size, config.num_samples - b * config.batch_size)
+        mask = None if mask is None else mask[:take]
         with record_linear_io(layers) as (inputs, grads):
-            loss = model.loss(
-                x0[:take],
-                states[:take],
-                None if mask is None else mask[:take],
-                noise[:take],
-                t[:take],
-            )
+            loss = model.loss(x0[:take], states[:take], mask, noise[:take], t[:take])
             loss.sum().backward()  # summed, so each sample's output gradient is its own
-        yield {name: (inputs[name], grads[name]) for name in layers}
+        io = {}
+        for name in layers:
+            a, g = inputs[name], grads[name]
+            if mask is not None and config.padding == "excluded" and reads_text_states(name):
+                keep = mask.to(a.dtype).unsqueeze(-1)  # (B, S, 1): padded slots contribute nothing
+                a, g = a * keep, g * keep
+            io[name] = (a, g, None if mask is None or not reads_text_states(name) else mask)
+        yield io
 
 
 def _fit_diagonal(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     """F_diag = mean over samples of G_s^2 (method.md §3.4): ``<layer>.diag`` (d_out, d_in)."""
     sums = {n: torch.zeros_like(layer.weight, dtype=torch.float64) for n, layer in layers.items()}
     for io in batches("diagonal Fisher"):
-        for name, (a, g) in io.items():
+        for name, (a, g, _) in io.items():
             sums[name] += per_sample_gradients(a, g).pow(2).sum(0)
     return {f"{name}.diag": (s / num_samples).float().cpu() for name, s in sums.items()}
 
 
-def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
+def _fit_ekfac(
+    layers, batches, num_samples: int, padding_excluded: bool = True
+) -> dict[str, torch.Tensor]:
     """EK-FAC (method.md §3.5): one pass for the Kronecker factors' eigenbases, one for the corrected eigenvalues.
 
     Returns ``<layer>.eigvecs_a`` (d_in, d_in), ``.eigvecs_b`` (d_out, d_out) and ``.scales`` (d_out, d_in).
@@ -288,11 +332,13 @@ def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     }
     tokens = dict.fromkeys(layers, 0)
     for io in batches("EK-FAC covariances"):
-        for name, (a, g) in io.items():
+        for name, (a, g, mask) in io.items():
             a2, g2 = a.reshape(-1, a.shape[-1]).double(), g.reshape(-1, g.shape[-1]).double()
             cov_a[name] += a2.T @ a2
             cov_b[name] += g2.T @ g2
-            tokens[name] += a2.shape[0]
+            # The covariances average over the token slots that count: padded ones are zero rows above.
+            counted = a2.shape[0] if mask is None or not padding_excluded else int(mask.sum())
+            tokens[name] += counted
     bases = {
         name: (
             torch.linalg.eigh(cov_a[name] / tokens[name])[1],
@@ -302,7 +348,7 @@ def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     }
     sums = {n: torch.zeros_like(layer.weight, dtype=torch.float64) for n, layer in layers.items()}
     for io in batches("EK-FAC eigenvalues"):
-        for name, (a, g) in io.items():
+        for name, (a, g, _) in io.items():
             u_a, u_b = bases[name]
             rotated = u_b.T @ per_sample_gradients(a, g) @ u_a  # (B, d_out, d_in)
             sums[name] += rotated.pow(2).sum(0)

@@ -6,8 +6,10 @@ Method.md §3.2: AbU+ updates only the cross-attention key and value projections
 
 from __future__ import annotations
 
+import hashlib
 import re
 
+import torch
 from torch import nn
 
 from ..errors import FastGDAError
@@ -38,3 +40,24 @@ def select_linear_layers(unet: nn.Module, pattern: str = "kv") -> dict[str, nn.L
             "or a regular expression over module names such as 'attn2\\.to_[kv]$'"
         )
     return layers
+
+
+TEXT_INPUT = re.compile(
+    r"attn2\.to_[kv]$"
+)  # cross-attention K/V read the text states, one row per token slot
+
+
+def reads_text_states(name: str) -> bool:
+    """Whether a layer's input rows are the text encoder's token slots (so padded slots can be masked out)."""
+    return bool(TEXT_INPUT.search(name))
+
+
+def weights_digest(unet: nn.Module) -> str:
+    """SHA-256 of a UNet's parameters (names, shapes, dtypes and float bytes, read on the host): which model a
+    Fisher was fitted on. Moving the model to another device or precision does not change it."""
+    digest = hashlib.sha256()
+    for name, param in sorted(unet.named_parameters(), key=lambda named: named[0]):
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -97,6 +97,7 @@ class Teacher:
 
         self.model, self.dataset, self.fisher, self.config = model, dataset, fisher, config
         self.progress = progress
+        fisher.check_model(model)
         self.layers = select_linear_layers(model.unet, fisher.config.layers)
         fisher.check_layers(list(self.layers))
         if data is None:
