@@ -429,7 +429,7 @@ class CounterfactualJob:
             with np.load(cache, allow_pickle=False) as saved:
                 return {name: saved[name] for name in saved.files}
         model = TextToImageModel.from_pretrained(
-            self.retrains_dir / key / "model", device=_worker_device(self.device), dtype=self.dtype
+            self.retrains_dir / key / "model", device=self.device, dtype=self.dtype
         ).eval()
         device = model.device
         tensors, prompts, seeds = self._query_tensors()
@@ -579,10 +579,11 @@ def retrain_start(model_dir, seed: int, device: str = "cpu", dtype: str = "float
     """The model a retrain starts from: a fresh ``TextToImageModel`` of the preset a fastgda model was built from
     (weights seeded by ``seed``), or the pipeline's own weights for a Stable Diffusion folder or a model fastgda
     fine-tuned from one."""
+    from .devices import resolve_device
     from .diffusion import ModelPreset, TextToImageModel
 
     model_dir = Path(model_dir)
-    device = _worker_device(device)
+    device = resolve_device(device)
     if not (model_dir / MANIFEST_NAME).is_file():
         return TextToImageModel.from_pretrained(model_dir, device=device, dtype=dtype)
     config = json.loads((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["config"]
@@ -593,9 +594,3 @@ def retrain_start(model_dir, seed: int, device: str = "cpu", dtype: str = "float
     )
     model = TextToImageModel.from_preset(preset, seed=seed).to(device)
     return model.set_precision(dtype)
-
-
-def _worker_device(device: str):
-    from .devices import resolve_device
-
-    return resolve_device(device)

@@ -56,8 +56,8 @@ class FisherConfig:
     # gradients are zero, but counted as inputs they bend the K/V input covariance (35% of the world's slots).
     padding: str = setting(
         "excluded",
-        "padded text-token slots in the K/V covariances: excluded (mask-aware) or included (fastgda before "
-        "0.x counted them)",
+        "padded text-token slots in the K/V covariances: excluded (mask-aware) or included (as Fishers "
+        "saved before this setting existed counted them)",
         choices=("excluded", "included"),
     )
 
@@ -249,11 +249,8 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
     model.unet.eval()
     try:
         batches = functools.partial(_layer_io_batches, model, data, layers, config, progress)
-        if config.kind == "diagonal":
-            tensors = _fit_diagonal(layers, batches, config.num_samples)
-        else:
-            excluded = config.padding == "excluded"
-            tensors = _fit_ekfac(layers, batches, config.num_samples, excluded)
+        fit = _fit_diagonal if config.kind == "diagonal" else _fit_ekfac
+        tensors = fit(layers, batches, config.num_samples)
     finally:
         model.unet.zero_grad(set_to_none=True)
         for p, req in zip(params, required, strict=True):
@@ -268,7 +265,9 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
 
 
 def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool, desc: str):
-    """Per batch of training samples: layer name -> (inputs (B, S, d_in), output gradients (B, S, d_out)).
+    """Per batch of training samples: layer name -> (inputs (B, S, d_in), output gradients (B, S, d_out), the
+    number of token slots that count). With ``padding`` excluded, a text layer's padded slots are zeroed and
+    not counted.
 
     Samples are drawn as the training loop draws them (random item, caption, t, noise; no caption dropout), and
     the same ``config.seed`` gives the same samples on every pass.
@@ -294,10 +293,11 @@ def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool,
         io = {}
         for name in layers:
             a, g = inputs[name], grads[name]
+            counted = a.shape[0] * a.shape[1]  # the token slots the covariances average over
             if mask is not None and config.padding == "excluded" and reads_text_states(name):
                 keep = mask.to(a.dtype).unsqueeze(-1)  # (B, S, 1): padded slots contribute nothing
-                a, g = a * keep, g * keep
-            io[name] = (a, g, None if mask is None or not reads_text_states(name) else mask)
+                a, g, counted = a * keep, g * keep, int(mask.sum())
+            io[name] = (a, g, counted)
         yield io
 
 
@@ -310,9 +310,7 @@ def _fit_diagonal(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     return {f"{name}.diag": (s / num_samples).float().cpu() for name, s in sums.items()}
 
 
-def _fit_ekfac(
-    layers, batches, num_samples: int, padding_excluded: bool = True
-) -> dict[str, torch.Tensor]:
+def _fit_ekfac(layers, batches, num_samples: int) -> dict[str, torch.Tensor]:
     """EK-FAC (method.md §3.5): one pass for the Kronecker factors' eigenbases, one for the corrected eigenvalues.
 
     Returns ``<layer>.eigvecs_a`` (d_in, d_in), ``.eigvecs_b`` (d_out, d_out) and ``.scales`` (d_out, d_in).
@@ -332,13 +330,13 @@ def _fit_ekfac(
     }
     tokens = dict.fromkeys(layers, 0)
     for io in batches("EK-FAC covariances"):
-        for name, (a, g, mask) in io.items():
+        for name, (a, g, counted) in io.items():
             a2, g2 = a.reshape(-1, a.shape[-1]).double(), g.reshape(-1, g.shape[-1]).double()
             cov_a[name] += a2.T @ a2
             cov_b[name] += g2.T @ g2
-            # The covariances average over the token slots that count: padded ones are zero rows above.
-            counted = a2.shape[0] if mask is None or not padding_excluded else int(mask.sum())
-            tokens[name] += counted
+            tokens[name] += (
+                counted  # excluded padded slots are zero rows of a2 and g2, and not counted
+            )
     bases = {
         name: (
             torch.linalg.eigh(cov_a[name] / tokens[name])[1],

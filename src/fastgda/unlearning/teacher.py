@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..config import FRACTION, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
+from ..index import unit_rows
 from .fisher import Fisher
 from .layers import select_linear_layers
 from .scoring import (
@@ -198,15 +199,12 @@ class Teacher:
             parts = sorted(train_features.parts, key=lambda p: p["offset"])
 
             def balanced(values: np.ndarray) -> torch.Tensor:
+                scale = len(parts) ** -0.5  # each part's cosine weighs the same, whatever its width
                 columns = [
-                    normalize(
-                        torch.from_numpy(values[:, p["offset"] : p["offset"] + p["dim"]]).float(),
-                        dim=1,
-                    )
-                    / len(parts) ** 0.5
+                    unit_rows(values[:, p["offset"] : p["offset"] + p["dim"]]) * scale
                     for p in parts
                 ]
-                return torch.cat(columns, dim=1)
+                return torch.from_numpy(np.concatenate(columns, axis=1))
 
             space = balanced(train_features.values), balanced(query_values)
         self._candidate_spaces[key] = space
