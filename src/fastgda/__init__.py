@@ -6,6 +6,8 @@ One front object per stage, each usable in memory and saved or loaded as an arti
 
     teacher = fg.Teacher(model, dataset, fisher)            # slow, faithful: attribution by unlearning
     truth = teacher.rank(queries)                             # -> fg.GroundTruth
+    grads = fg.build_gradient_features(model_dir, data_dir, "grad", recipe("dtrak"))  # fastgda.influence
+    influence = fg.InfluenceJob.open(model_dir, "grad", "queries", "runs/dtrak", fg.InfluenceConfig("dtrak")).run()
     extractor = fg.FeatureExtractor("effnet+minilm")          # frozen encoders -> fg.Features
     ranker = fg.Ranker.distil(query_features, item_features, truth, fg.RankerTrainConfig())
     attributor = fg.Attributor.build(ranker, dataset, item_features)
@@ -54,7 +56,11 @@ _FRONT = {
     "Features": "features",
     "Fisher": "unlearning.fisher",
     "FisherConfig": "unlearning.fisher",
+    "GradientFeatures": "influence.store",
     "GroundTruth": "ground_truth",
+    "InfluenceConfig": "influence.methods",
+    "InfluenceJob": "influence.methods",
+    "InfluenceScorer": "influence.methods",
     "QuerySet": "diffusion.queries",
     "Ranker": "ranker.model",
     "RankerTrainConfig": "ranker.training",
@@ -65,6 +71,7 @@ _FRONT = {
     "TeacherJob": "unlearning.jobs",
     "TextToImageModel": "diffusion.model",
     "UnlearnConfig": "unlearning.unlearner",
+    "build_gradient_features": "influence.store",
     "embed_dataset": "features",
     "run_build": "app.build",
     "evaluate": "evaluation",
@@ -86,11 +93,15 @@ __all__ = [
     "Features",
     "Fisher",
     "FisherConfig",
+    "GradientFeatures",
     "GroundTruth",
     "ImageCaption",
     "ImageCaptionDataset",
     "ImageCaptionFolder",
     "IncompatibleArtifactError",
+    "InfluenceConfig",
+    "InfluenceJob",
+    "InfluenceScorer",
     "MissingDependencyError",
     "NotFittedError",
     "QuerySet",
@@ -104,6 +115,7 @@ __all__ = [
     "TeacherJob",
     "TextToImageModel",
     "UnlearnConfig",
+    "build_gradient_features",
     "embed_dataset",
     "evaluate",
     "open_dataset",

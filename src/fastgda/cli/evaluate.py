@@ -66,6 +66,15 @@ def add_parser(sub) -> None:
     c.add_argument("--queries", required=True, help="features of the test queries")
     c.add_argument("--ground-truth", required=True, help="the teacher's full rankings of them")
     c.add_argument("--ranker", action="append", default=[], help="ranker folder (repeatable)")
+    c.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        type=named_folder,
+        metavar="NAME=GROUND_TRUTH",
+        help="another method's rankings of the same queries, e.g. 'ekfac influence=runs/infl/ground_truth' "
+        "(a ground-truth folder from `teacher run` or `influence rank`; repeatable)",
+    )
     c.add_argument("--num-queries", type=COUNT, help="use the first Q queries of the ground truth")
     c.add_argument(
         "--query-ids",
@@ -127,11 +136,24 @@ def _planted_concepts(query_set, data, query_ids):
     return [records[int(q)].get("concept") for q in query_ids], dataset.concepts
 
 
+def named_folder(text: str) -> tuple[str, str]:
+    """``NAME=FOLDER`` -> (name, folder)."""
+    import argparse
+
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER, got {text!r}")
+    return name.strip(), folder.strip()
+
+
 def handle_counterfactual(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from ..app.pack import resolve_model_dir
     from ..counterfactual import CounterfactualConfig, CounterfactualJob, method_rankings
+    from ..errors import FastGDAError
     from ..features import Features
     from ..ground_truth import GroundTruth
     from ..ranker import Ranker
@@ -151,6 +173,12 @@ def handle_counterfactual(args) -> int:
     selected = queries.select(rows)
     k = config.k
     rankings = method_rankings(selected, items, truth.ids, rankers, k=k, baselines=args.baselines)
+    for name, folder in args.method:
+        if name in rankings or name == "random":
+            raise FastGDAError(f"--method name {name!r} is taken; choose another")
+        rankings[name] = np.asarray(
+            GroundTruth.load(folder).select(rows).ids[:, :k], dtype=np.int64
+        )
     job = CounterfactualJob(
         resolve_model_dir(args.model),
         args.data,
