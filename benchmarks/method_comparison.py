@@ -1,0 +1,288 @@
+"""The papers' Table 1 on the standard world: AbU+, AbU, the influence family, the ranker and baselines under one
+leave-K-out run, with each method's cost per query measured side by side (issue 18).
+
+Every step is resumable and reuses what an earlier invocation finished, so the run can span days:
+
+1. the teacher at other steps (AbU+ at α = 1e-4, and any of ``--alphas``) and AbU with a diagonal Fisher, on the
+   counterfactual's test queries (α = 1e-2 is the shipped reference ground truth);
+2. gradient features and rankings of EK-FAC influence and D-TRAK (and TRAK with ``--with-trak``);
+3. one coupled leave-K-out run over all of them, the demo's ranker, untuned text and random removal
+   (``fastgda eval counterfactual``; about 90 retrains of the 400-step recipe);
+4. each method's cost for one query (query 20) measured in one process, and its storage.
+
+    python benchmarks/method_comparison.py --demo runs/demo-s16 --world runs/world --out runs/cf18 \\
+        --workers 2 --json bench-results/method_comparison.data.json
+
+``--costs-only`` skips the counterfactual (steps 1, 2 and 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastgda.app.reference import reference_split_dir
+from fastgda.counterfactual import EXTENDED_QUERY_IDS
+
+SHIPPED_FISHER = reference_split_dir("test").parent / "fisher"
+TEACHER = "AbU+ (EK-FAC), α = 1e-2"  # the shipped reference: the counterfactual's "teacher"
+COST_QUERY = 20  # a planted query ("a large yellow cross"), as the demo's side-by-side timing
+METRICS = (("delta_loss", 1e-3, "ΔL ×1e-3 ↑"), ("delta_mse", 1e-2, "ΔG-MSE ×1e-2 ↑"),
+           ("delta_sim", 1e-1, "ΔG-sim ×1e-1 ↓"))  # fmt: skip
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "fastgda.cli", *args], check=True)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def methods_of(args, out: Path) -> dict[str, dict]:
+    """Method name -> where its ranking (ground truth) and its stored state live, and its family."""
+    methods = {
+        TEACHER: {"family": "unlearning", "truth": reference_split_dir("test") / "ground_truth",
+                  "storage": [SHIPPED_FISHER]},
+    }  # fmt: skip
+    for alpha in args.alphas:
+        methods[f"AbU+ (EK-FAC), α = {alpha}"] = {
+            "family": "unlearning", "truth": out / f"teacher-a{alpha}" / "ground_truth",
+            "storage": [SHIPPED_FISHER], "alpha": float(alpha),
+        }  # fmt: skip
+    methods["AbU (diagonal), α = 1e-2"] = {
+        "family": "unlearning", "truth": out / "teacher-diag" / "ground_truth",
+        "storage": [out / "fisher-diag"],
+    }  # fmt: skip
+    influence = ["ekfac", "dtrak"] + (["trak"] if args.with_trak else [])
+    names = {"ekfac": "EK-FAC influence", "dtrak": "D-TRAK", "trak": "TRAK"}
+    for m in influence:
+        methods[names[m]] = {
+            "family": "influence", "truth": out / f"influence-{m}" / "ground_truth",
+            "storage": [out / f"grad-{m}"] + ([SHIPPED_FISHER] if m == "ekfac" else []), "influence": m,
+        }  # fmt: skip
+    return methods
+
+
+def prepare(args, out: Path, queries: str) -> None:
+    """Steps 1 and 2: every ranking the counterfactual compares (each command resumes or returns at once)."""
+    ids = ",".join(map(str, EXTENDED_QUERY_IDS))
+    common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
+    teacher = ["teacher", "run", *common, "--data", args.world, "--queries", queries, "--query-ids", ids,
+               "--cache-dir", str(out / "before_losses")]  # fmt: skip
+    for alpha in args.alphas:
+        cli(
+            *teacher,
+            "--fisher",
+            str(SHIPPED_FISHER),
+            "--alpha",
+            alpha,
+            "--out",
+            str(out / f"teacher-a{alpha}"),
+        )
+    if not (out / "fisher-diag" / "manifest.json").is_file():
+        # The reference EK-FAC's samples (10,000) and padding handling, so only the Fisher's form differs.
+        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "diagonal", "--samples", "10000",
+            "--batch-size", "64", "--padding", "included", "--out", str(out / "fisher-diag"))  # fmt: skip
+    cli(*teacher, "--fisher", str(out / "fisher-diag"), "--out", str(out / "teacher-diag"))
+    for m in ["ekfac", "dtrak"] + (["trak"] if args.with_trak else []):
+        cli(
+            "influence",
+            "features",
+            *common,
+            "--method",
+            m,
+            "--data",
+            args.world,
+            "--out",
+            str(out / f"grad-{m}"),
+        )
+        fisher = ["--fisher", str(SHIPPED_FISHER)] if m == "ekfac" else []
+        cli("influence", "rank", *common, "--method", m, "--features", str(out / f"grad-{m}"), *fisher,
+            "--queries", queries, "--query-ids", ids, "--out", str(out / f"influence-{m}"))  # fmt: skip
+
+
+def counterfactual(args, out: Path, demo: Path, methods: dict) -> dict:
+    """Step 3: the coupled leave-K-out run over every method (resumable), as ``counterfactual.json``."""
+    extra = [
+        a
+        for name, m in methods.items()
+        if name != TEACHER
+        for a in ("--method", f"{name}={m['truth']}")
+    ]
+    cli("eval", "counterfactual", "--model", "shipped", "--data", args.world,
+        "--query-set", str(demo / "queries-test"), "--items", str(demo / "features" / "items"),
+        "--queries", str(demo / "features" / "q-test"), "--ground-truth", str(methods[TEACHER]["truth"]),
+        "--ranker", str(demo / "ranker"), "--baselines", "text", *extra,
+        "--query-ids", ",".join(map(str, EXTENDED_QUERY_IDS)), "--k", "68", "--steps", "400",
+        "--random-seeds", "0", "1", "2", "--coupled", "--executor", args.executor, "--workers", str(args.workers),
+        "--threads", "1", "--out", str(out / "counterfactual"), "--json")  # fmt: skip
+    return json.loads((out / "counterfactual" / "counterfactual.json").read_text(encoding="utf-8"))
+
+
+def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]:
+    """Step 4: seconds per query of each method on one test query, in this process, and bytes stored."""
+    import torch
+
+    from fastgda.app.pack import resolve_model_dir
+    from fastgda.attributor import Attributor
+    from fastgda.data import ImageCaptionFolder, open_dataset
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.model import model_digest
+    from fastgda.diffusion.queries import QuerySet
+    from fastgda.diffusion.training import prepare_training_data
+    from fastgda.features import FeatureExtractor, Features
+    from fastgda.index import unit_rows
+    from fastgda.influence import GradientFeatures, InfluenceConfig, InfluenceScorer
+    from fastgda.unlearning import Fisher, ScoringConfig, Teacher, TeacherConfig, UnlearnConfig
+    from fastgda.unlearning.scoring import BeforeLosses
+
+    torch.set_num_threads(args.threads)
+    model_dir = resolve_model_dir("shipped")
+    model = TextToImageModel.from_pretrained(model_dir)
+    dataset = open_dataset(args.world)
+    data = prepare_training_data(model, dataset, progress=False)
+    key = {"model": model_digest(model_dir), "data": dataset.content_hash}
+    before = BeforeLosses.load(out / "before_losses", ScoringConfig(), key)
+    queries = QuerySet(demo / "queries-test")
+    q, everything = COST_QUERY, np.arange(len(dataset))
+    costs = {}
+    for name, method in methods.items():
+        began = time.perf_counter()
+        if method["family"] == "unlearning":
+            fisher = Fisher.load(method["storage"][0])
+            config = TeacherConfig(unlearn=UnlearnConfig(alpha=method.get("alpha", 0.01)))
+            teacher = Teacher(
+                model, dataset, fisher, config, data=data, before_losses=before, progress=False
+            )
+            setup = time.perf_counter() - began
+            began = time.perf_counter()
+            teacher.scores(queries, q, everything)
+        else:
+            fisher = Fisher.load(SHIPPED_FISHER) if method["influence"] == "ekfac" else None
+            scorer = InfluenceScorer(
+                model,
+                GradientFeatures.load(method["storage"][0]),
+                InfluenceConfig(method["influence"]),
+                fisher,
+            )
+            if method["influence"] != "ekfac":
+                scorer.kernel()  # once per run, for every query
+            setup = time.perf_counter() - began
+            began = time.perf_counter()
+            scorer.scores(queries, [q])
+        seconds = time.perf_counter() - began
+        stored = sum(folder_bytes(p) for p in method["storage"])
+        costs[name] = {"seconds": seconds, "setup_seconds": setup, "storage_bytes": stored}
+        print(
+            f"# {name}: {seconds:.2f} s per query (set-up {setup:.1f} s), {stored / 1e6:.0f} MB",
+            flush=True,
+        )
+
+    image = queries.load_images()[q]
+    prompt = ImageCaptionFolder(demo / "queries-test").records[q]["prompt"]
+    attributor = Attributor.load(demo / "attributor")
+    attributor.attribute(image, prompt, k=10)  # warm: encoders loaded
+    timings = []
+    for _ in range(20):
+        began = time.perf_counter()
+        attributor.attribute(image, prompt, k=10)
+        timings.append(time.perf_counter() - began)
+    costs["ranker (ranker)"] = {"seconds": float(np.median(timings)), "setup_seconds": 0.0,
+                                "storage_bytes": folder_bytes(demo / "attributor")}  # fmt: skip
+    items = Features.load(demo / "features" / "items")
+    text = next(p for p in items.parts if p["modality"] == "text")
+    bank = unit_rows(items.values[:, text["offset"] : text["offset"] + text["dim"]])
+    encoder = FeatureExtractor(text["name"])
+    encoder.embed_pairs([image], [prompt])
+    timings = []
+    for _ in range(20):
+        began = time.perf_counter()
+        feature = encoder.embed_pairs([image], [prompt])
+        np.argsort(-(bank @ unit_rows(feature)[0]))[:10]
+        timings.append(time.perf_counter() - began)
+    costs["untuned text (minilm)"] = {"seconds": float(np.median(timings)), "setup_seconds": 0.0,
+                                      "storage_bytes": int(bank.nbytes)}  # fmt: skip
+    return costs
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="runs/demo-s16", help="a finished `fastgda demo` folder")
+    parser.add_argument("--world", default="runs/world")
+    parser.add_argument("--out", default="runs/method-comparison")
+    parser.add_argument(
+        "--alphas", nargs="*", default=["1e-4"], help="AbU+ steps besides the reference's 1e-2"
+    )
+    parser.add_argument("--with-trak", action="store_true", help="also TRAK (12 more retrains)")
+    parser.add_argument("--costs-only", action="store_true", help="skip the leave-K-out run")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    demo, out = Path(args.demo), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    began = time.perf_counter()
+    prepare(args, out, str(demo / "queries-test"))
+    methods = methods_of(args, out)
+    result = None if args.costs_only else counterfactual(args, out, demo, methods)
+    costs = measure_costs(args, out, demo, methods)
+    print(f"N = 2,000, K = 68, {len(EXTENDED_QUERY_IDS)} test queries (ids {list(EXTENDED_QUERY_IDS)}), coupled "
+          f"400-step retrains; costs on test query {COST_QUERY}, {args.threads} threads; this run "
+          f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
+    print()
+    names = {TEACHER: "teacher"}
+    header = "| family | method | latency per query | storage |"
+    if result:
+        header += (
+            " " + " | ".join(label for _, _, label in METRICS) + " | ΔL − AbU+ α=1e-2 (paired) |"
+        )
+    print(header)
+    print("|---|---|---:|---:|" + ("---:|" * (len(METRICS) + 1) if result else ""))
+    rows = (
+        list(methods)
+        + ["ranker (ranker)", "untuned text (minilm)"]
+        + (["random"] if result else [])
+    )
+    family = {**{n: m["family"] for n, m in methods.items()}, "ranker (ranker)": "fastgda",
+              "untuned text (minilm)": "feature", "random": "–"}  # fmt: skip
+    summary = {}
+    for name in rows:
+        cost = costs.get(name)
+        cells = [family[name], name, seconds_text(cost["seconds"]) if cost else "–",
+                 f"{cost['storage_bytes'] / 1e6:,.0f} MB" if cost else "–"]  # fmt: skip
+        summary[name] = {"cost": cost}
+        if result:
+            per_query = result["per_query"][names.get(name, name)]
+            for metric, scale, _ in METRICS:
+                v = np.asarray(per_query[metric])
+                se = v.std(ddof=1) / np.sqrt(len(v))
+                cells.append(f"{v.mean() / scale:.2f} ± {se / scale:.2f}")
+                summary[name][metric] = {"mean": float(v.mean()), "stderr": float(se)}
+            diff = np.subtract(
+                per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
+            )
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+            cells.append("–" if name == TEACHER else f"{diff.mean() * 1e3:+.2f} ± {se * 1e3:.2f}")
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"methods": summary, "costs": costs}, indent=1), encoding="utf-8"
+        )
+
+
+if __name__ == "__main__":
+    main()
