@@ -4,12 +4,6 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them
 pytest's temporary folder, or in ``$FASTGDA_TEST_ARTIFACTS`` when it names one.
 """
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 
 httpx = pytest.importorskip("httpx")
@@ -18,43 +12,20 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from _live_server import live_server  # noqa: E402
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TOKEN = "browser-test-token"
 PROMPT = "a large cyan circle in the center on a black background"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", str(served["attributor"])]
-    argv += ["--model", str(served["model"]), "--port", str(port), "--token", TOKEN]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if process.poll() is not None:
-                pytest.fail(f"the server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
+    flags = ("--model", str(served["model"]), "--token", TOKEN)
+    with live_server(served["attributor"], log, *flags) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def gallery_ids(driver, list_id: str, k: int) -> list[int]:

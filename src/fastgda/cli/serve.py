@@ -41,6 +41,11 @@ def add_parser(sub) -> None:
         [
             "max_body_bytes",
             "max_image_pixels",
+            "max_request_pixels",
+            "max_inflight_pixels",
+            "body_timeout_s",
+            "head_timeout_s",
+            "max_connections",
             "max_prompt_chars",
             "max_k",
             "max_batch",
@@ -71,6 +76,8 @@ def handle_serve(args) -> int:
         model=args.model if args.model in (None, "shipped") else os.path.abspath(args.model),
         token=args.token or os.environ.get(TOKEN_ENV) or None,
     )
+    from ..service.protocol import HeadDeadlineH11Protocol
+
     # Worker processes rebuild the app from this variable; the token travels with it, never on a command line.
     os.environ[CONFIG_ENV] = config_to_environment(config)
     uvicorn.run(
@@ -82,5 +89,8 @@ def handle_serve(args) -> int:
         log_level="info",
         access_log=False,  # one structured line per request comes from the app instead
         server_header=False,
+        http=HeadDeadlineH11Protocol,  # idle and trickling connections are closed (head_timeout_s)
+        limit_concurrency=config.max_connections,  # beyond it, 503 before any work
+        timeout_keep_alive=5,
     )
     return 0

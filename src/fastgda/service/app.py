@@ -1,7 +1,9 @@
 """The HTTP API and web page: FastAPI over one loaded ``Attributor`` (and optionally its text-to-image model).
 
-Everything heavy loads once in ``create_app``. Request handlers only parse and validate; encoders, the ranker,
-the search and generation run in a bounded thread pool so the event loop never blocks on CPU work.
+Everything heavy loads once in ``create_app``. Request handlers only parse and validate; image decoding, the
+encoders, the ranker, the search and generation run in a bounded thread pool so the event loop never blocks on
+CPU work. Decoded pixels are budgeted per request and for the whole server, and every error answer is one line
+of at most a few hundred bytes, ``{"detail": "..."}``, whatever the request held.
 """
 
 from __future__ import annotations
@@ -12,23 +14,35 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from ..attributor import Attribution, Attributor
 from ..errors import FastGDAError
 from .config import CONFIG_ENV, ServiceConfig
 from .metrics import Metrics
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware
-from .uploads import UploadError, decode_base64_image, decode_image, encode_png, thumbnail_png
+from .middleware import CLIENT_CLOSED, AccessLogMiddleware, BodyLimitMiddleware
+from .uploads import (
+    PixelBudget,
+    UploadError,
+    base64_bytes,
+    encode_png,
+    load_rgb,
+    one_line,
+    open_image,
+    thumbnail_png,
+)
 
 logger = logging.getLogger("fastgda.service")
 STATIC_DIR = Path(__file__).with_name("static")
@@ -82,6 +96,7 @@ class Service:
         self.attributor = Attributor.load(config.attributor, config.device, config.dtype)
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
+        self.pixels = PixelBudget(config.max_inflight_pixels)
         self.model = None
         if config.model:
             from ..app.pack import resolve_model_dir
@@ -112,6 +127,14 @@ class Service:
     def check_prompt(self, prompt) -> str:
         if not isinstance(prompt, str) or not prompt.strip():
             raise HTTPException(422, "a non-empty prompt is required")
+        try:
+            prompt.encode("utf-8")
+        except (
+            UnicodeEncodeError
+        ):  # a lone surrogate (JSON "\ud800") is not text any tokenizer can read
+            raise HTTPException(
+                422, "the prompt is not valid Unicode text (it holds a lone surrogate)"
+            ) from None
         if len(prompt) > self.config.max_prompt_chars:
             raise HTTPException(
                 422,
@@ -120,24 +143,67 @@ class Service:
         return prompt.strip()
 
     def check_features(self, values) -> np.ndarray:
-        features = np.asarray(values, dtype=np.float32)
         dim = self.attributor.ranker.in_dim
-        if features.shape != (dim,):
+        if not isinstance(values, list) or len(values) != dim:
+            found = len(values) if isinstance(values, list) else type(values).__name__
             raise HTTPException(
                 422,
-                f"features must have {dim} values ({self.attributor.spec}); got {features.size}",
+                f"features must have {dim} numbers ({self.attributor.spec}); got {found}",
             )
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise HTTPException(
+                422, f"features must have {dim} numbers; some values are not numbers"
+            )
+        features = np.asarray(values, dtype=np.float32)
         if not np.isfinite(features).all():
             raise HTTPException(422, "features contain NaN or infinite values")
         return features
 
-    def decode(self, data: bytes | str) -> np.ndarray:
+    def _decode_all(self, uploads: list[bytes | str]) -> tuple[list[np.ndarray], int]:
+        """Decode a request's images (in the pool): headers first, so the request's declared pixels are checked
+        against its own limit and reserved from the server's budget before any pixel is decoded.
+
+        Returns:
+            uint8 (H, W, 3) arrays, and the pixels reserved (release them with ``self.pixels.release``).
+        """
+        config = self.config
+        opened = []
+        for n, data in enumerate(uploads):
+            try:
+                opened.append(open_image(base64_bytes(data) if isinstance(data, str) else data,
+                                         config.max_image_pixels))  # fmt: skip
+            except UploadError as exc:
+                where = f"query {n}: " if len(uploads) > 1 else ""
+                raise UploadError(exc.status, where + exc.message) from None
+        pixels = sum(image.width * image.height for image in opened)
+        if pixels > config.max_request_pixels:
+            raise UploadError(
+                413,
+                f"the request's images declare {pixels} pixels in all; the limit is {config.max_request_pixels} "
+                "pixels per request: send fewer or smaller images per request",
+            )
+        if not self.pixels.try_reserve(pixels):
+            raise UploadError(
+                503, "the server is decoding as many pixels as it holds at once; retry shortly"
+            )
         try:
-            if isinstance(data, str):
-                return decode_base64_image(data, self.config.max_image_pixels)
-            return decode_image(data, self.config.max_image_pixels)
+            return [load_rgb(image) for image in opened], pixels
+        except BaseException:
+            self.pixels.release(pixels)
+            raise
+
+    @asynccontextmanager
+    async def decoded(self, uploads: list[bytes | str]):
+        """The request's images decoded in the pool, held within the pixel budgets until the block ends."""
+        try:
+            images, pixels = await self.run(self._decode_all, uploads)
         except UploadError as exc:
-            raise HTTPException(exc.status, exc.message) from None
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            raise HTTPException(exc.status, exc.message, headers=headers) from None
+        try:
+            yield images
+        finally:
+            self.pixels.release(pixels)
 
     # -- CPU work (runs in the pool) ---------------------------------------------------------------------
     async def run(self, function, *args):
@@ -244,6 +310,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         summary="Which training images made this generated image? Fast data attribution.",
         version=_version(),
         docs_url="/docs" if docs_assets is None else None,
+        redoc_url=None,  # ReDoc loads its script from a CDN; /docs is served from local files
     )
     app.state.service = service
     guarded = [Depends(_bearer_token_check(config.token))]
@@ -259,20 +326,25 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if docs_assets is not None:
         _serve_offline_docs(app, docs_assets)
+    # The access log is the outermost layer, so every answer is logged and counted, the body limit's included.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
+    )
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    _install_schemas(app, [AttributeRequest, BatchRequest, GenerateRequest], bool(config.token))
     return app
 
 
 def _bearer_token_check(token: str | None):
-    """A dependency that refuses requests without ``Authorization: Bearer <token>`` (a no-op without a token)."""
+    """A dependency that refuses requests without ``Authorization: Bearer <token>`` (a no-op without a token).
+    With a token it is declared as the OpenAPI bearer scheme, so /docs can send it ("Authorize")."""
+    if not token:
+        return lambda: None
+    scheme = HTTPBearer(auto_error=False, description="the token the server was started with")
 
-    def authorised(request: Request) -> None:
-        if not token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> None:  # noqa: B008
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -281,9 +353,24 @@ def _bearer_token_check(token: str | None):
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is ``{"detail": "<one line>"}``; a client that left gets no traceback in the log."""
+
     @app.exception_handler(FastGDAError)
     async def library_error(request: Request, exc: FastGDAError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": one_line(str(exc))}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        return JSONResponse(
+            {"detail": _first_problem(list(errors[:1]), len(errors))}, status_code=422
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect):
+        return Response(
+            status_code=CLIENT_CLOSED
+        )  # nobody reads it; the access log and metrics record it
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -375,7 +462,7 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
     @app.post("/v1/attribute", dependencies=guarded, openapi_extra=_ATTRIBUTE_REQUEST_BODY)
     async def attribute(request: Request):
         """Top-k training images for a generated image and its prompt (multipart or JSON), or for features."""
-        timings = _Timings()
+        timings, stack = _Timings(), AsyncExitStack()
         body, image_bytes = await _read_attribute_request(request, service)
         k = service.check_k(body.k)
         if body.features is not None:
@@ -385,50 +472,76 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
             with timings.stage("decode_ms"):
-                image = service.decode(image_bytes)
+                images = await stack.enter_async_context(service.decoded([image_bytes]))
             with timings.stage("features_ms"):
-                features = await service.run(service.features_of, [image], [prompt])
+                features = await service.run(service.features_of, images, [prompt])
+            await stack.aclose()  # the decoded pixels go back to the budget
         answer = await service.run(service.answer, features, k, body.baseline)
         timings["search_ms"] = answer.pop("search_ms")
         out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
         return {**out, **_first_baseline(answer)}
 
-    @app.post("/v1/attribute/batch", dependencies=guarded)
-    async def attribute_batch(body: BatchRequest):
+    @app.post("/v1/attribute/batch", dependencies=guarded, openapi_extra=_json_body(BatchRequest))
+    async def attribute_batch(request: Request):
         """Top-k for many queries at once (JSON): each an image + prompt, or features."""
         timings = _Timings()
-        k = service.check_k(body.k)
-        if not 1 <= len(body.queries) <= config.max_batch:
+        data = await _read_json(request)
+        queries = data.get("queries") if isinstance(data, dict) else None
+        if not isinstance(queries, list) or not 1 <= len(queries) <= config.max_batch:
+            found = len(queries) if isinstance(queries, list) else "none"
             raise HTTPException(
-                422, f"send between 1 and {config.max_batch} queries, got {len(body.queries)}"
+                422,
+                f"send a JSON object whose 'queries' holds 1 to {config.max_batch} queries; got {found}",
             )
+        for n, query in enumerate(
+            queries
+        ):  # bounded before validation, so errors stay few and cheap
+            if isinstance(query, dict) and query.get("features") is not None:
+                try:
+                    service.check_features(query["features"])
+                except HTTPException as exc:
+                    raise HTTPException(422, f"query {n}: {exc.detail}") from None
+        body = _validated(data, BatchRequest)
+        k = service.check_k(body.k)
         rows: list[np.ndarray | None] = [None] * len(body.queries)
-        pending_images, pending_prompts, pending_rows = [], [], []
+        uploads, prompts, pending_rows = [], [], []
         for n, query in enumerate(body.queries):
             if query.features is not None:
                 rows[n] = service.check_features(query.features)
             elif query.image is not None:
-                pending_prompts.append(service.check_prompt(query.prompt))
-                pending_images.append(service.decode(query.image))
+                prompts.append(service.check_prompt(query.prompt))
+                uploads.append(query.image)
                 pending_rows.append(n)
             else:
                 raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
         if pending_rows:
-            computed = await service.run(service.features_of, pending_images, pending_prompts)
+            with timings.stage("decode_ms"):
+                decoded = service.decoded(uploads)
+                images = await decoded.__aenter__()
+            try:
+                with timings.stage("features_ms"):
+                    computed = await service.run(service.features_of, images, prompts)
+            finally:
+                await decoded.__aexit__(None, None, None)
             for n, features in zip(pending_rows, computed, strict=True):
                 rows[n] = features
         answer = await service.run(service.answer, np.stack(rows), k, False)
         timings["search_ms"] = answer["search_ms"]
         return {"k": k, "results": answer["results"], "timings": timings.done()}
 
-    @app.post("/v1/generate-and-attribute", dependencies=guarded)
-    async def generate_and_attribute(body: GenerateRequest):
+    @app.post(
+        "/v1/generate-and-attribute",
+        dependencies=guarded,
+        openapi_extra=_json_body(GenerateRequest),
+    )
+    async def generate_and_attribute(request: Request):
         """Generate an image from the prompt with the served model (seeded, deterministic), then attribute it."""
         if service.model is None:
             raise HTTPException(
                 501, "no text-to-image model is attached; start the server with --model"
             )
         timings = _Timings()
+        body = _validated(await _read_json(request), GenerateRequest)
         prompt, k = service.check_prompt(body.prompt), service.check_k(body.k)
         with timings.stage("generate_ms"):
             image = await service.run(service.generate, prompt, body.seed)
@@ -482,10 +595,65 @@ def _first_baseline(answer: dict) -> dict:
 
 
 def _parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel:
+    return _validated(_loads(raw), model)
+
+
+async def _read_json(request: Request):
+    """The request's JSON body (any JSON value); 415 for another content type, 422 for invalid JSON. The body is
+    read here, not by FastAPI, so the body limit answers 413 and a client that leaves is not a server error."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, "send application/json")
+    return _loads(await request.body())
+
+
+def _loads(raw: bytes):
     try:
-        return model.model_validate_json(raw)
-    except ValueError as exc:
-        raise HTTPException(422, f"invalid JSON body: {exc}") from None
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, one_line(f"invalid JSON body: {exc}")) from None
+
+
+def _validated(data, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(
+            422, _first_problem(exc.errors(include_url=False), exc.error_count())
+        ) from None
+
+
+def _first_problem(errors: list[dict], count: int) -> str:
+    """One line for a list of validation errors: the first one, where it is, and how many more there are."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    more = f" (and {count - 1} more problems)" if count > 1 else ""
+    return one_line(f"invalid request: {where}: {first.get('msg', 'invalid')}{more}")
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """OpenAPI for a JSON body the handler reads itself (``_install_schemas`` adds the model's schema)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _install_schemas(app: FastAPI, models: list[type[BaseModel]], bearer: bool) -> None:
+    """Add the request models' schemas (and the bearer security scheme) to the OpenAPI document."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_settings, setting
 
 CONFIG_ENV = "FASTGDA_SERVICE_CONFIG"  # JSON ServiceConfig, for uvicorn worker processes
 TOKEN_ENV = "FASTGDA_TOKEN"
@@ -21,6 +21,27 @@ class ServiceConfig:
     token: str | None = None  # bearer token for everything but /healthz and the page itself
     max_body_bytes: int = setting(8 * 2**20, "largest request body", bounds=AT_LEAST_ONE)
     max_image_pixels: int = setting(4096 * 4096, "largest decoded query image", bounds=AT_LEAST_ONE)
+    max_request_pixels: int = setting(
+        2 * 4096 * 4096,
+        "decoded pixels one request's images may declare in all (else 413)",
+        bounds=AT_LEAST_ONE,
+    )
+    max_inflight_pixels: int = setting(
+        4 * 4096 * 4096,
+        "decoded pixels the server holds at once, all requests together (else 503 and Retry-After)",
+        bounds=AT_LEAST_ONE,
+    )
+    body_timeout_s: float = setting(
+        30.0, "seconds a request body may take to arrive (else 408)", bounds=POSITIVE
+    )
+    head_timeout_s: float = setting(
+        10.0,
+        "seconds a connection may take to send a request's headers (else closed)",
+        bounds=POSITIVE,
+    )
+    max_connections: int = setting(
+        256, "concurrent connections and requests a worker accepts (else 503)", bounds=AT_LEAST_ONE
+    )
     max_prompt_chars: int = setting(1000, "longest prompt", bounds=AT_LEAST_ONE)
     max_k: int = setting(100, "most training images one answer may hold", bounds=AT_LEAST_ONE)
     max_batch: int = setting(64, "most queries in one batch request", bounds=AT_LEAST_ONE)

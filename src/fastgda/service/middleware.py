@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+import anyio
 from starlette.routing import Match
 
 from .metrics import Metrics
@@ -15,6 +16,10 @@ logger = logging.getLogger("fastgda.service")
 
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTooSlow(Exception):
     pass
 
 
@@ -36,25 +41,34 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
 
 class BodyLimitMiddleware:
     """Answer 413 to a body above ``max_bytes``: at once from Content-Length, or as soon as a streamed (chunked)
-    body passes the limit, before the application reads any more of it."""
+    body passes the limit, before the application reads any more of it; and 408 to a body that has not fully
+    arrived ``timeout_s`` seconds after the application began reading it (slow or stalled clients)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = {"detail": f"the request body is larger than {self.max_bytes} bytes"}
+        too_large = {"detail": f"the request body is larger than {self.max_bytes} bytes"}
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _send_json(send, 413, message)
-        received, started = 0, False
+            return await _send_json(send, 413, too_large)
+        received, started, complete, deadline = 0, False, False, None
 
         async def limited_receive():
-            nonlocal received
-            event = await receive()
+            nonlocal received, complete, deadline
+            if complete:  # after the body, receive only waits for a disconnect: no deadline
+                return await receive()
+            deadline = deadline or time.monotonic() + self.timeout_s
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    event = await receive()
+            except TimeoutError:
+                raise _BodyTooSlow from None
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
+                complete = not event.get("more_body", False)
                 if received > self.max_bytes:
                     raise _BodyTooLarge
             return event
@@ -68,7 +82,16 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_json(send, 413, message)
+                await _send_json(send, 413, too_large)
+        except _BodyTooSlow:
+            if not started:
+                detail = f"the request body did not arrive within {self.timeout_s:g} s"
+                await _send_json(send, 408, {"detail": detail}, [(b"connection", b"close")])
+
+
+# Methods a metric may be labelled with: clients choose the method, and any other string would add a series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer (never sent)
 
 
 class AccessLogMiddleware:
@@ -107,13 +130,14 @@ class AccessLogMiddleware:
         finally:
             seconds = time.perf_counter() - began
             route = self._route(scope)
-            self.metrics.observe(scope["method"], route, status, seconds)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.observe(method, route, status, seconds)
             logger.info(
                 json.dumps(
                     {
                         "event": "request",
                         "request_id": request_id,
-                        "method": scope["method"],
+                        "method": method,
                         "route": route,
                         "status": status,
                         "ms": round(seconds * 1000, 2),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -27,12 +28,12 @@ class UploadError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode an uploaded image to uint8 RGB (H, W, 3).
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read an uploaded image's header only (no pixels decoded yet): its format and declared size are checked.
 
     Raises:
-        UploadError: 415 for bytes that are not an accepted image format, 422 for an empty, truncated, corrupt
-            or oversized (declared width x height above ``max_pixels``) image.
+        UploadError: 415 for bytes that are not an accepted image format, 422 for an empty, unreadable or
+            oversized (declared width x height above ``max_pixels``) image.
     """
     if not data:
         raise UploadError(422, "the image is empty")
@@ -48,34 +49,77 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         except Image.DecompressionBombError:
             raise UploadError(422, f"the image declares more than {max_pixels} pixels") from None
         except (OSError, ValueError, SyntaxError) as exc:
-            raise UploadError(422, f"cannot read the image: {exc}") from None
-        if image.format not in ACCEPTED_FORMATS:
-            raise UploadError(
-                415,
-                f"{image.format} images are not accepted; send one of {', '.join(sorted(ACCEPTED_FORMATS))}",
-            )
-        width, height = image.size
-        if width < 1 or height < 1 or width * height > max_pixels:
-            raise UploadError(
-                422,
-                f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels in all",
-            )
+            raise UploadError(422, one_line(f"cannot read the image: {exc}")) from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise UploadError(
+            415,
+            f"{image.format} images are not accepted; send one of {', '.join(sorted(ACCEPTED_FORMATS))}",
+        )
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise UploadError(
+            422,
+            f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels in all",
+        )
+    return image
+
+
+def load_rgb(image: Image.Image) -> np.ndarray:
+    """Decode an image from ``open_image`` to uint8 RGB (H, W, 3); 422 if it is truncated or corrupt."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
             return np.asarray(image.convert("RGB"))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise UploadError(422, f"the image is truncated or corrupt: {exc}") from None
+            raise UploadError(422, one_line(f"the image is truncated or corrupt: {exc}")) from None
 
 
-def decode_base64_image(text: str, max_pixels: int) -> np.ndarray:
-    """Decode a base64 image (optionally a ``data:image/...;base64,`` URI) like ``decode_image``."""
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode an uploaded image to uint8 RGB (H, W, 3) (``open_image``, then ``load_rgb``)."""
+    return load_rgb(open_image(data, max_pixels))
+
+
+def base64_bytes(text: str) -> bytes:
+    """The bytes of a base64 image field: a ``data:image/...;base64,`` URI or plain base64, line-wrapped or
+    not (GNU ``base64`` wraps at 76 columns)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        data = base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise UploadError(422, "the image field is not valid base64") from None
-    return decode_image(data, max_pixels)
+
+
+def decode_base64_image(text: str, max_pixels: int) -> np.ndarray:
+    """Decode a base64 image like ``decode_image``."""
+    return decode_image(base64_bytes(text), max_pixels)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters: error bodies stay small whatever the input was."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class PixelBudget:
+    """Decoded pixels the server holds at once: requests reserve their images' declared pixels before decoding
+    and release them once their features are computed; a reservation that does not fit is refused."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.held = capacity, 0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, pixels: int) -> bool:
+        with self._lock:
+            if self.held + pixels > self.capacity:
+                return False
+            self.held += pixels
+            return True
+
+    def release(self, pixels: int) -> None:
+        with self._lock:
+            self.held -= pixels
 
 
 def encode_png(image: np.ndarray) -> bytes:
