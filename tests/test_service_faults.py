@@ -79,8 +79,9 @@ def test_validation_errors_are_one_short_line_in_one_shape(app_client):
 def test_a_lone_surrogate_in_a_prompt_is_422_everywhere(app_client, served):
     surrogate = '{"prompt": "red \\ud800 circle", "seed": 0}'
     image = base64.b64encode(served["query_image"].read_bytes()).decode()
-    batch = '{"queries": [{"prompt": "red \\ud800 circle", "image": "%s"}]}' % image
-    single = '{"prompt": "red \\ud800 circle", "image": "%s"}' % image
+    prompt = '"red \\ud800 circle"'  # JSON text: the escape reaches the server as a lone surrogate
+    batch = '{"queries": [{"prompt": ' + prompt + ', "image": "' + image + '"}]}'
+    single = '{"prompt": ' + prompt + ', "image": "' + image + '"}'
     headers = {"content-type": "application/json"}
     for path, body in [("/v1/generate-and-attribute", surrogate), ("/v1/attribute/batch", batch),
                        ("/v1/attribute", single)]:  # fmt: skip
