@@ -23,7 +23,7 @@ PROMPT = "a large cyan circle in the center on a black background"
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    flags = ("--model", str(served["model"]), "--token", TOKEN)
+    flags = ("--model", str(served["model"]), "--token", TOKEN, "--max-k", "60")
     with live_server(served["attributor"], log, *flags) as (url, _):
         yield url
 
@@ -50,10 +50,16 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     browser.get(server)
     token = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "token"))
     WebDriverWait(browser, 30).until(lambda d: token.is_displayed())
-    token.send_keys(TOKEN, Keys.TAB)  # the change event stores it and reconnects
-    WebDriverWait(browser, 30).until(
-        lambda d: "training images indexed" in d.find_element(By.ID, "server-info").text
-    )
+    info = browser.find_element(By.ID, "server-info")
+    token.send_keys(
+        "wrong-token", Keys.ENTER
+    )  # a wrong token says so, not "cannot reach the server"
+    WebDriverWait(browser, 30).until(lambda d: "refused the access token" in info.text)
+    token.clear()
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "token-button").click()
+    WebDriverWait(browser, 30).until(lambda d: "training images indexed" in info.text)
+    assert "refused" not in info.text and browser.find_element(By.ID, "status").text == ""
 
     # Upload an image with its prompt; the gallery must show the API's answer.
     k = browser.find_element(By.ID, "k")
@@ -65,6 +71,14 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     browser.find_element(By.ID, "upload-button").click()
     shown = gallery_ids(browser, "gallery", 6)
     shown_baseline = gallery_ids(browser, "baseline-gallery", 6)
+    # Each card says which number is the score and which the share; both galleries explain their numbers.
+    card = browser.find_element(By.CSS_SELECTOR, "#gallery li").text
+    assert "score" in card and "share" in card and f"training image {shown[0]}" in card
+    assert "add up to 100%" in browser.find_element(By.CSS_SELECTOR, "#results .legend").text
+    legend = browser.find_element(By.ID, "baseline-legend").text
+    assert (
+        "another scale" in legend and "untuned" not in browser.find_element(By.ID, "baseline").text
+    )
     files = {"image": ("q.png", served["query_image"].read_bytes(), "image/png")}
     api = httpx.post(
         f"{server}/v1/attribute",
@@ -105,6 +119,26 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     assert browser.find_element(By.ID, "query-image").get_attribute("src") == answer["image"]
     browser.save_screenshot(str(artifacts / "service-page.png"))
     assert (artifacts / "service-page.png").stat().st_size > 10_000
+
+    # k above the server's limit is capped with a note, not silently.
+    k.clear()
+    k.send_keys("500")
+    browser.find_element(By.ID, "generate-button").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery li")) == 60
+    )
+    assert "at most 60" in browser.find_element(By.ID, "k-note").text
+
+    # After an error the previous answer is gone, so nothing on screen reads as the failed request's.
+    bad = served["query_image"].parent.parent / "not-an-image.png"
+    bad.write_bytes(b"#!/bin/sh\necho not an image\n")
+    browser.find_element(By.ID, "upload-image").send_keys(str(bad.resolve()))
+    browser.find_element(By.ID, "upload-button").click()
+    status = browser.find_element(By.ID, "status")
+    WebDriverWait(browser, 30).until(lambda d: "415" in status.text)
+    assert not browser.find_element(By.ID, "results").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "#gallery li") == []
+    browser.save_screenshot(str(artifacts / "service-error.png"))
 
 
 def test_api_docs_render_without_a_cdn(server, browser, artifacts):

@@ -2,7 +2,21 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("fastgda-token") || "", objectUrls: [] };
+const state = { token: sessionStorage.getItem("fastgda-token") || "", objectUrls: [], maxK: 100 };
+
+// Plain words for the baselines the API names ("untuned minilm"): what was compared with what.
+const BASELINES = {
+  minilm: "text similarity: the prompt against each training caption (MiniLM)",
+  effnet: "image similarity: the query image against each training image (EfficientNet)",
+  dino: "image similarity: the query image against each training image (DINO)",
+  "clip-text": "text similarity: the prompt against each training caption (CLIP)",
+  "clip-image": "image similarity: the query image against each training image (CLIP)",
+};
+
+function baselineWords(method) {
+  const part = method.replace(/^untuned /, "");
+  return BASELINES[part] || `similarity of plain ${part} features`;
+}
 
 function headers(extra = {}) {
   return state.token ? { ...extra, Authorization: `Bearer ${state.token}` } : extra;
@@ -21,7 +35,10 @@ async function api(path, options = {}) {
       const body = await response.json();
       detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
     } catch (_) { /* not JSON */ }
-    throw new Error(`${response.status}: ${detail}`);
+    if (response.status === 401) {
+      throw new Error("The server refused the access token (401). Enter the token the server was started with.");
+    }
+    throw new Error(`The server answered ${response.status}: ${detail}`);
   }
   return response;
 }
@@ -40,7 +57,17 @@ function forgetImages() {
 }
 
 function k() {
-  return Math.max(1, Math.min(100, parseInt($("k").value, 10) || 10));
+  const asked = parseInt($("k").value, 10) || 10;
+  const used = Math.max(1, Math.min(state.maxK, asked));
+  $("k-note").textContent = used !== asked ? `This server shows at most ${state.maxK}; showing ${used}.` : "";
+  return used;
+}
+
+function clearResults() {
+  forgetImages();
+  ["query", "results", "baseline"].forEach((id) => { $(id).hidden = true; });
+  $("gallery").replaceChildren();
+  $("baseline-gallery").replaceChildren();
 }
 
 function showDetail(item, rank) {
@@ -66,7 +93,12 @@ function renderGallery(list, items) {
     const img = document.createElement("img");
     img.alt = item.captions[0] || `training image ${item.id}`;
     const label = document.createElement("span");
-    label.innerHTML = `<span class="rank">#${n + 1}</span> id ${item.id} · ${item.score.toFixed(3)} · ${(100 * item.share).toFixed(1)}%`;
+    const rank = Object.assign(document.createElement("span"), { className: "rank", textContent: `#${n + 1}` });
+    const numbers = Object.assign(document.createElement("span"), {
+      className: "numbers",
+      textContent: `score ${item.score.toFixed(3)} · share ${(100 * item.share).toFixed(1)}%`,
+    });
+    label.append(rank, ` training image ${item.id}`, numbers);
     const caption = Object.assign(document.createElement("span"), { className: "caption", textContent: item.captions[0] || "" });
     button.append(img, label, caption);
     button.addEventListener("click", () => showDetail(item, n + 1));
@@ -87,7 +119,9 @@ function render(answer, prompt, queryImageUrl) {
   renderGallery($("gallery"), answer.results);
   $("baseline").hidden = !answer.baseline;
   if (answer.baseline) {
-    $("baseline-title").textContent = `Baseline: ${answer.baseline.method}`;
+    $("baseline-title").textContent = "Plain similarity search (no attribution training)";
+    $("baseline-legend").textContent = `Ranked by ${baselineWords(answer.baseline.method)}. Its scores are ` +
+      "cosine similarities, on another scale than fastgda's scores: compare the images and their order, not the numbers.";
     renderGallery($("baseline-gallery"), answer.baseline.results);
   }
   setStatus(`Found ${answer.results.length} training images.`);
@@ -99,6 +133,7 @@ async function busy(button, work) {
   try {
     await work();
   } catch (error) {
+    clearResults(); // what is left on screen must never read as the failed request's answer
     setStatus(error.message, true);
   } finally {
     button.disabled = false;
@@ -132,9 +167,11 @@ $("generate-form").addEventListener("submit", (event) => {
   });
 });
 
-$("token").addEventListener("change", () => {
+$("token-section").addEventListener("submit", (event) => {
+  event.preventDefault();
   state.token = $("token").value;
   sessionStorage.setItem("fastgda-token", state.token);
+  setStatus("");
   connect();
 });
 
@@ -147,14 +184,16 @@ async function connect() {
       return;
     }
     const info = await (await api("/v1/info")).json();
-    $("server-info").textContent = `${info.items} training images indexed · features ${info.spec}` +
-      (info.baseline ? ` · baseline ${info.baseline}` : "");
+    $("server-info").textContent = `${info.items} training images indexed (query features: ${info.spec}).`;
+    state.maxK = info.limits.max_k;
+    setStatus("");
     $("generate-button").disabled = !info.generate;
     $("generate-unavailable").hidden = info.generate;
     $("compare").disabled = !info.baseline;
     $("k").max = info.limits.max_k;
   } catch (error) {
-    $("server-info").textContent = `Cannot reach the server: ${error.message}`;
+    $("server-info").textContent = error.message.startsWith("The server refused")
+      ? error.message : `Cannot reach the server: ${error.message}`;
   }
 }
 
