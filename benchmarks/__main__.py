@@ -44,6 +44,7 @@ class Benchmark:
     takes: str  # wall time on the development machine, for --list
     data_json: str | None = None  # where the script writes its own JSON, if it does
     needs: tuple[str, ...] = ()
+    headline: tuple[str, ...] = ()  # keys of the script's JSON also kept at the top of its record
 
 
 BENCHMARKS = (
@@ -61,6 +62,11 @@ BENCHMARKS = (
               ("--attributor", "{work}/demo-time/demo/attributor", "--concurrency", "32", "--seconds", "30",
                "--out", "{results}/serve_load.data.json"),
               "3 min", "{results}/serve_load.data.json", needs=("demo_time",)),
+    Benchmark("serve_faults", "standard",
+              ("--attributor", "{work}/demo-time/demo/attributor", "--seconds", "60",
+               "--json", "{results}/serve_faults.data.json"),
+              "2 min", "{results}/serve_faults.data.json", needs=("demo_time",),
+              headline=("healthz_p99_ms", "peak_rss_mb", "valid_errors", "status_500")),
     Benchmark("candidate_pools", "standard", ("--world", "{world}", "--work", "{work}/quality"), "10 min",
               "{work}/quality/candidate_pools.json"),
     Benchmark("attribution_quality", "standard",
@@ -136,6 +142,8 @@ def render_block(record: dict) -> str:
             lines.append(line)
         elif line.strip():
             text.append(line)
+        elif lines[-1].startswith("|"):
+            lines.append("")  # a blank line ends a table, so two tables in a row stay two
     flush_text()
     if lines[-1] != "":
         lines.append("")
@@ -187,6 +195,7 @@ def run_one(bench: Benchmark, world: str, work: str, results: Path) -> dict:
         data_path = ROOT / bench.data_json.format(world=world, work=work, results=results)
         if data_path.is_file():
             record["data"] = json.loads(data_path.read_text(encoding="utf-8"))
+            record.update({key: record["data"][key] for key in bench.headline})
     out = results / f"{bench.name}.json"
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")

@@ -159,6 +159,17 @@ class Service:
             raise HTTPException(422, "features contain NaN or infinite values")
         return features
 
+    def precheck_query(self, data) -> None:
+        """Bound a query's JSON before validation: validating a million bad list elements costs seconds on the
+        event loop and a million errors, so the features list must have the right length first."""
+        if not isinstance(data, dict):
+            raise HTTPException(422, "a query must be a JSON object")
+        if data.get("features") is not None:
+            self.check_features(data["features"])
+        for name in ("image", "prompt"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise HTTPException(422, f"{name} must be a string")
+
     def _decode_all(self, uploads: list[bytes | str]) -> tuple[list[np.ndarray], int]:
         """Decode a request's images (in the pool): headers first, so the request's declared pixels are checked
         against its own limit and reserved from the server's budget before any pixel is decoded.
@@ -187,7 +198,11 @@ class Service:
                 503, "the server is decoding as many pixels as it holds at once; retry shortly"
             )
         try:
-            return [load_rgb(image) for image in opened], pixels
+            arrays = []
+            for n in range(len(opened)):
+                arrays.append(load_rgb(opened[n]))
+                opened[n] = None  # the decoded PIL image goes as soon as its array exists
+            return arrays, pixels
         except BaseException:
             self.pixels.release(pixels)
             raise
@@ -450,7 +465,9 @@ async def _read_attribute_request(request: Request, service: Service):
             )
             return body, await upload.read()
     if content_type.startswith("application/json"):
-        body = _parse_json(await request.body(), AttributeRequest)
+        data = _loads(await request.body())
+        service.precheck_query(data)
+        body = _validated(data, AttributeRequest)
         return body, body.image
     raise HTTPException(415, "send multipart/form-data (image + prompt) or application/json")
 
@@ -496,11 +513,10 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         for n, query in enumerate(
             queries
         ):  # bounded before validation, so errors stay few and cheap
-            if isinstance(query, dict) and query.get("features") is not None:
-                try:
-                    service.check_features(query["features"])
-                except HTTPException as exc:
-                    raise HTTPException(422, f"query {n}: {exc.detail}") from None
+            try:
+                service.precheck_query(query)
+            except HTTPException as exc:
+                raise HTTPException(422, f"query {n}: {exc.detail}") from None
         body = _validated(data, BatchRequest)
         k = service.check_k(body.k)
         rows: list[np.ndarray | None] = [None] * len(body.queries)
@@ -592,10 +608,6 @@ def _first_baseline(answer: dict) -> dict:
         return {}
     baseline = answer["baseline"]
     return {"baseline": {"method": baseline["method"], "results": baseline["results"][0]}}
-
-
-def _parse_json(raw: bytes, model: type[BaseModel]) -> BaseModel:
-    return _validated(_loads(raw), model)
 
 
 async def _read_json(request: Request):
