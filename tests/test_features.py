@@ -50,3 +50,20 @@ def test_an_interrupted_embedding_reuses_its_finished_chunks(small_world, tmp_pa
     assert resumed.values[0, 0] == 42.0  # reused, not recomputed
     np.testing.assert_array_equal(resumed.values[16:], whole.values[16:])
     assert not partial.exists()
+
+
+def test_a_specs_encoders_run_side_by_side_with_the_same_features(small_world):
+    """On a CPU the encoders of a two-part spec run concurrently in threads (a query costs its slowest encoder,
+    not their sum); the features are the sequential ones, up to the order of float sums (1e-5)."""
+    from fastgda.features import FeatureExtractor
+
+    rows = [0, 7, 19]
+    images, texts = small_world.load_images(rows), [small_world.captions(i)[0] for i in rows]
+    side_by_side = FeatureExtractor("effnet+minilm")
+    assert side_by_side.concurrent
+    sequential = FeatureExtractor("effnet+minilm", concurrent=False)
+    assert not FeatureExtractor("minilm").concurrent  # one encoder: nothing to overlap
+    got, expected = side_by_side.embed_pairs(images, texts), sequential.embed_pairs(images, texts)
+    assert got.shape == expected.shape == (3, side_by_side.dim)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert {t.name.split("_")[0] for t in side_by_side._pool._threads} == {"encoder"}

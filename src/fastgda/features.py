@@ -134,9 +134,12 @@ class FeatureExtractor:
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int | None = None,
+        concurrent: bool | None = None,
     ):
         """``batch_size``: items per encoder pass (default: each encoder's own on a CPU; on a GPU the most its
-        free memory holds)."""
+        free memory holds). ``concurrent``: run a spec's encoders side by side in threads in ``embed_pairs``
+        (default: on a CPU with two or more encoders). A query then costs its slowest encoder, not their sum;
+        give torch about one thread per encoder (``torch.set_num_threads``), since threads share the cores."""
         from .devices import resolve_device, resolve_dtype
 
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.parse(spec)
@@ -147,6 +150,10 @@ class FeatureExtractor:
                 encoder.batch_size = batch_size or self._batch_size_for(encoder)
         self.parts = encoder_layout(self.encoders)
         self.dim = sum(encoder.dim for encoder in self.encoders)
+        if concurrent is None:
+            concurrent = self.device.type == "cpu" and len(self.encoders) > 1
+        self.concurrent = concurrent
+        self._pool = None  # made on the first concurrent call
 
     def _batch_size_for(self, encoder) -> int:
         """The encoder's own batch size on a CPU; on a GPU the most its free memory holds, probed at 1 and 2."""
@@ -192,22 +199,39 @@ class FeatureExtractor:
             values, np.arange(len(dataset), dtype=np.int64), str(self.spec), self.parts, source
         )
 
-    def embed_pairs(self, images, texts: list[str]) -> np.ndarray:
-        """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D), computed in ``self.dtype``."""
+    def embed_pairs(self, images, texts: list[str], concurrent: bool | None = None) -> np.ndarray:
+        """Embed aligned images (uint8 (B, H, W, 3)) and texts: float32 (B, D), computed in ``self.dtype``.
+
+        ``concurrent``: the encoders side by side (default: ``self.concurrent``, which the query path uses;
+        bulk embedding of datasets runs them one after the other, each with all of torch's threads).
+        """
         from .devices import autocast
 
-        with autocast(self.device, self.dtype):
+        concurrent = self.concurrent if concurrent is None else concurrent
+
+        def run(encoder) -> np.ndarray:
+            with autocast(
+                self.device, self.dtype
+            ):  # autocast is per thread: entered where the encoder runs
+                return encoder.encode(images if encoder.modality == "image" else texts)
+
+        if concurrent and len(self.encoders) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(len(self.encoders), thread_name_prefix="encoder")
             columns = [
-                encoder.encode(images if encoder.modality == "image" else texts)
-                for encoder in self.encoders
+                future.result() for future in [self._pool.submit(run, e) for e in self.encoders]
             ]
+        else:
+            columns = [run(encoder) for encoder in self.encoders]
         return np.concatenate(columns, axis=1).astype(np.float32)
 
     def embed(self, dataset, rows) -> np.ndarray:
         rows = list(rows)
         images = dataset.load_images(rows)
         texts = [dataset.captions(i)[0] for i in rows]
-        return self.embed_pairs(images, texts)
+        return self.embed_pairs(images, texts, concurrent=False)
 
 
 def encoder_layout(encoders) -> list[dict]:
