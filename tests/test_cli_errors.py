@@ -63,6 +63,14 @@ BAD = [
                            "--members", "0"], "--members: must be at least 1, got 0"),
     (("model", "train"), ["--data", "{tmp}/d", "--out", "{tmp}/m", "--preset", "huge"], "--preset: invalid choice"),
     (("serve",), ["--attributor", "{tmp}/a", "--port", "70000"], "--port: must be at least 0 and at most 65535"),
+    (("serve",), ["--attributor", "{tmp}/a", "--body-timeout-s", "0"], "--body-timeout-s: must be greater than 0"),
+    (("influence", "features"), ["--method", "dtrak", "--model", "m", "--data", "d", "--out", "{tmp}/g",
+                                 "--projection-dim", "0"], "--projection-dim: must be at least 1, got 0"),
+    (("influence", "rank"), ["--method", "tracin", "--model", "m", "--features", "f", "--queries", "q",
+                             "--out", "{tmp}/r"], "--method: invalid choice"),
+    (("eval", "counterfactual"), ["--data", "d", "--query-set", "s", "--items", "i", "--queries", "q",
+                                  "--ground-truth", "g", "--out", "{tmp}/c", "--method", "no-folder"],
+     "expected NAME=FOLDER"),
     (("demo",), ["--out", "{tmp}/demo", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
 ]  # fmt: skip
 
