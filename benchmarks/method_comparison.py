@@ -7,7 +7,7 @@ Every step is resumable and reuses what an earlier invocation finished, so the r
    counterfactual's test queries (α = 1e-2 is the shipped reference ground truth);
 2. gradient features and rankings of EK-FAC influence and D-TRAK (and TRAK with ``--with-trak``);
 3. one coupled leave-K-out run over all of them, the demo's ranker, untuned text and random removal
-   (``fastgda eval counterfactual``; about 90 retrains of the 400-step recipe);
+   (``fastgda eval counterfactual`` into ``--out`` itself; about 90 retrains of the 400-step recipe);
 4. each method's cost for one query (query 20) measured in one process, and its storage.
 
     python benchmarks/method_comparison.py --demo runs/demo-s16 --world runs/world --out runs/cf18 \\
@@ -122,8 +122,8 @@ def counterfactual(args, out: Path, demo: Path, methods: dict) -> dict:
         "--ranker", str(demo / "ranker"), "--baselines", "text", *extra,
         "--query-ids", ",".join(map(str, EXTENDED_QUERY_IDS)), "--k", "68", "--steps", "400",
         "--random-seeds", "0", "1", "2", "--coupled", "--executor", args.executor, "--workers", str(args.workers),
-        "--threads", "1", "--out", str(out / "counterfactual"), "--json")  # fmt: skip
-    return json.loads((out / "counterfactual" / "counterfactual.json").read_text(encoding="utf-8"))
+        "--threads", "1", "--out", str(out), "--json")  # fmt: skip
+    return json.loads((out / "counterfactual.json").read_text(encoding="utf-8"))
 
 
 def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]:
@@ -226,7 +226,7 @@ def main() -> None:
     )
     parser.add_argument("--with-trak", action="store_true", help="also TRAK (12 more retrains)")
     parser.add_argument("--costs-only", action="store_true", help="skip the leave-K-out run")
-    parser.add_argument("--executor", default="local", choices=["local", "ray"])
+    parser.add_argument("--executor", default="ray", choices=["local", "ray"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
