@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,encoders,index,influence,ray,serve,worlds,dev]'
+	$(PY) -m pip install -q -c requirements-cpu.txt -e '.[diffusion,encoders,index,influence,onnx,ray,serve,worlds,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -125,7 +125,8 @@ class Attributor:
         self.temperature: float = config["share_temperature"]
         self.data_root = Path(config["data_root"])
         self._embedder: FeatureExtractor | None = None
-        self._compute = ("cpu", "float32")  # where the query encoders run, and in what precision
+        # Where the query encoders run, in what precision, and on which runtime (fastgda.encoders.runtime).
+        self._compute = ("cpu", "float32", "torch")
         self._untuned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- building, saving, loading ------------------------------------------------------------------------
@@ -242,10 +243,14 @@ class Attributor:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike, device: str = "cpu", dtype: str = "float32"
+        cls,
+        folder: str | os.PathLike,
+        device: str = "cpu",
+        dtype: str = "float32",
+        runtime: str = "torch",
     ) -> Attributor:
         """Load an attributor folder; its query encoders will run on ``device`` in ``dtype``
-        (``fastgda.devices``)."""
+        (``fastgda.devices``) on ``runtime``: torch, onnx or auto (``fastgda.encoders.runtime``)."""
         folder = Path(folder)
         manifest = read_manifest(folder, ATTRIBUTOR_KIND, ATTRIBUTOR_FORMAT_VERSION)
         ranker = load_scorer(folder / "ranker")
@@ -253,7 +258,7 @@ class Attributor:
         lines = (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()
         items = {(rec := json.loads(line))["id"]: rec for line in lines if line.strip()}
         attributor = cls(ranker, index, items, manifest["config"], root=folder)
-        attributor._compute = (device, dtype)
+        attributor._compute = (device, dtype, runtime)
         return attributor
 
     # -- changing the training set ----------------------------------------------------------------------
@@ -286,7 +291,8 @@ class Attributor:
     @property
     def embedder(self) -> FeatureExtractor:
         if self._embedder is None:
-            self._embedder = FeatureExtractor(self.spec, *self._compute)
+            device, dtype, runtime = self._compute
+            self._embedder = FeatureExtractor(self.spec, device, dtype, runtime=runtime)
         return self._embedder
 
     def query_features(self, images, prompts: list[str]) -> np.ndarray:

@@ -135,12 +135,16 @@ class FeatureExtractor:
         dtype: str = "float32",
         batch_size: int | None = None,
         concurrent: bool | None = None,
+        runtime: str = "torch",
     ):
         """``batch_size``: items per encoder pass (default: each encoder's own on a CPU; on a GPU the most its
         free memory holds). ``concurrent``: run a spec's encoders side by side in threads in ``embed_pairs``
         (default: on a CPU with two or more encoders). A query then costs its slowest encoder, not their sum;
-        give torch about one thread per encoder (``torch.set_num_threads``), since threads share the cores."""
+        give torch about one thread per encoder (``torch.set_num_threads``), since threads share the cores.
+        ``runtime``: ``torch`` (the reference), ``onnx`` (the encoders' networks under ONNX Runtime on a CPU,
+        checked against torch when loaded) or ``auto`` (onnx where it can run); ``self.runtime`` says which."""
         from .devices import resolve_device, resolve_dtype
+        from .encoders.runtime import resolve_runtime
 
         self.spec = spec if isinstance(spec, FeatureSpec) else FeatureSpec.parse(spec)
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
@@ -154,6 +158,14 @@ class FeatureExtractor:
             concurrent = self.device.type == "cpu" and len(self.encoders) > 1
         self.concurrent = concurrent
         self._pool = None  # made on the first concurrent call
+        self.runtime = resolve_runtime(runtime, self.device, self.dtype)
+        self._sessions = {}
+        if self.runtime == "onnx":
+            import torch
+
+            # One intra-op thread per encoder when they run side by side, else torch's count.
+            threads = 1 if self.concurrent else torch.get_num_threads()
+            self._sessions = {e.name: e.onnx_session(threads) for e in self.encoders}
 
     def _batch_size_for(self, encoder) -> int:
         """The encoder's own batch size on a CPU; on a GPU the most its free memory holds, probed at 1 and 2."""
@@ -210,10 +222,12 @@ class FeatureExtractor:
         concurrent = self.concurrent if concurrent is None else concurrent
 
         def run(encoder) -> np.ndarray:
-            with autocast(
-                self.device, self.dtype
-            ):  # autocast is per thread: entered where the encoder runs
-                return encoder.encode(images if encoder.modality == "image" else texts)
+            batch = images if encoder.modality == "image" else texts
+            session = self._sessions.get(encoder.name)
+            if session is not None:
+                return encoder.encode_onnx(batch, session)
+            with autocast(self.device, self.dtype):  # per thread: entered where the encoder runs
+                return encoder.encode(batch)
 
         if concurrent and len(self.encoders) > 1:
             if self._pool is None:

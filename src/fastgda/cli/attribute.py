@@ -21,6 +21,13 @@ def add_parser(sub) -> None:
         "--html", help="also write a page showing the query beside its top-k images"
     )
     add_compute_flags(parser, "query encoders")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["torch", "onnx", "auto"],
+        help="the query encoders' runtime: "
+        "torch (the reference), onnx (ONNX Runtime, CPU float32), auto (onnx where it can run)",
+    )
     parser.add_argument("--threads", type=COUNT)
     add_json_flag(parser)
     parser.set_defaults(handler=handle)
@@ -39,7 +46,7 @@ def handle(args) -> int:
     if not args.prompt.strip():
         raise FastGDAError("--prompt is empty; pass the prompt that generated the image")
     device, dtype = compute_from_args(args)
-    attributor = Attributor.load(args.attributor, device, dtype)
+    attributor = Attributor.load(args.attributor, device, dtype, args.runtime)
     image = load_query_image(args.image)
     began = time.perf_counter()
     results = attributor.attribute(image, args.prompt, args.k)[0]

@@ -140,7 +140,9 @@ def named_folder(text: str) -> tuple[str, str]:
     """``NAME=FOLDER`` -> (name, folder)."""
     import argparse
 
-    name, sep, folder = text.rpartition("=")  # the last "=": a method's name may hold one ("α = 1e-4")
+    name, sep, folder = text.rpartition(
+        "="
+    )  # the last "=": a method's name may hold one ("α = 1e-4")
     if not sep or not name.strip() or not folder.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=FOLDER, got {text!r}")
     return name.strip(), folder.strip()

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
             "pool_size",
             "generate_steps",
             "guidance_scale",
+            "runtime",
         ],
     )
     add_compute_flags(parser, "query encoders and the model")

@@ -43,6 +43,29 @@ class Encoder(ABC):
         """What identifies this encoder's output in a features manifest."""
         return {"name": self.name, "modality": self.modality, "dim": self.dim}
 
+    def onnx_session(self, threads: int = 1):
+        """This encoder's network under ONNX Runtime (``fastgda.encoders.runtime``), or None where it has no
+        network to export (``encode_onnx`` then is ``encode``)."""
+        return None
+
+    def encode_onnx(self, batch: Sequence, session) -> np.ndarray:
+        """``encode`` with the network run by ``session`` (same preprocessing, same output)."""
+        return self.encode(batch)
+
+    def weights_key(self) -> str:
+        """A digest of the network's weights: part of the name of its cached ONNX export."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(
+                tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            )
+        return digest.hexdigest()[:16]
+
 
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
 

@@ -124,3 +124,35 @@ class EfficientNetEncoder(Encoder):
             "resolution": self.resolution,
             "weights": "efficientnet-lite0 ImageNet",
         }
+
+    def onnx_session(self, threads: int = 1):
+        from .runtime import OnnxEncoderSession
+
+        example = resize_normalise(
+            [np.zeros((16, 16, 3), np.uint8)] * 2, self.resolution, IMAGENET_MEAN, IMAGENET_STD
+        )
+        network = _PooledFeatures(self.model).eval()
+        key = {**self.config(), "weights_sha256": self.weights_key()}
+        return OnnxEncoderSession(
+            network, (example,), ["pixels"], {"pixels": {0: "batch"}}, key, threads
+        )
+
+    def encode_onnx(self, batch, session) -> np.ndarray:
+        images = as_image_batch(batch)
+        out = [
+            session(resize_normalise(images[s : s + self.batch_size], self.resolution, IMAGENET_MEAN,
+                                     IMAGENET_STD).numpy())
+            for s in range(0, len(images), self.batch_size)
+        ]  # fmt: skip
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class _PooledFeatures(torch.nn.Module):
+    """EfficientNet's final features, averaged over the spatial grid: what ``encode`` computes, as one module."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(pixels).mean(dim=(2, 3))

@@ -93,7 +93,9 @@ class Service:
 
         torch.set_num_threads(config.threads)
         self.config = config
-        self.attributor = Attributor.load(config.attributor, config.device, config.dtype)
+        self.attributor = Attributor.load(
+            config.attributor, config.device, config.dtype, config.runtime
+        )
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.pixels = PixelBudget(config.max_inflight_pixels)

@@ -59,6 +59,11 @@ class ServiceConfig:
     dtype: str = setting(
         "float32", "their compute precision", choices=("float32", "bfloat16", "float16")
     )
+    runtime: str = setting(
+        "auto",
+        "query encoders on torch, onnx (ONNX Runtime, CPU float32) or auto (onnx where it can run)",
+        choices=("torch", "onnx", "auto"),
+    )
 
     def __post_init__(self):
         check_settings(self)
