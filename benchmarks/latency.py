@@ -181,7 +181,24 @@ def main() -> None:
     drift = float(
         np.abs(side_by_side.embed_pairs(image[None], prompt) - features).max()
     )  # threads change only the order of float sums
+    # ONNX Runtime for the encoders' networks, side by side (one thread each) and in turn (all threads).
+    onnx_side = FeatureExtractor("effnet+minilm", runtime="onnx")
+    onnx_side.embed_pairs(image[None], prompt)
+    onnx_e2e = timed(lambda: rank_and_search(onnx_side.embed_pairs(image[None], prompt)), 100)
+    onnx_drift = float(np.abs(onnx_side.embed_pairs(image[None], prompt) - features).max())
     torch.set_num_threads(args.threads)
+    onnx_turn = FeatureExtractor("effnet+minilm", concurrent=False, runtime="onnx")
+    onnx_turn_e2e = timed(lambda: rank_and_search(onnx_turn.embed_pairs(image[None], prompt)), 100)
+    for e in onnx_turn.encoders:
+        session = onnx_turn._sessions[e.name]
+        batch = image[None] if e.modality == "image" else prompt
+        stages[f"{e.name}, ONNX Runtime ({args.threads} threads)"] = timed(
+            lambda e=e, s=session, b=batch: e.encode_onnx(b, s), 60
+        )
+    results["end_to_end_onnx_p50_ms"] = percentile_ms(onnx_e2e, 50)
+    results["end_to_end_onnx_p99_ms"] = percentile_ms(onnx_e2e, 99)
+    results["end_to_end_onnx_in_turn_p50_ms"] = percentile_ms(onnx_turn_e2e, 50)
+    results["end_to_end_onnx_in_turn_p99_ms"] = percentile_ms(onnx_turn_e2e, 99)
     results["end_to_end_p50_ms"] = percentile_ms(e2e, 50)
     results["end_to_end_p99_ms"] = percentile_ms(e2e, 99)
     results["end_to_end_concurrent_p50_ms"] = percentile_ms(concurrent_e2e, 50)
@@ -203,7 +220,14 @@ def main() -> None:
           f"{results['end_to_end_p50_ms']:.1f} | {results['end_to_end_p99_ms']:.1f} |")  # fmt: skip
     p50, p99 = results["end_to_end_concurrent_p50_ms"], results["end_to_end_concurrent_p99_ms"]
     print(f"| encoders side by side, {per_encoder} torch thread each | {p50:.1f} | {p99:.1f} |")
-    print(f"side-by-side features against the reference: max |difference| {drift:.2e}")
+    for label, key in ((f"encoders under ONNX Runtime in turn, {args.threads} threads", "onnx_in_turn"),
+                       (f"encoders under ONNX Runtime side by side, {per_encoder} thread each", "onnx")):  # fmt: skip
+        print(
+            f"| {label} | {results[f'end_to_end_{key}_p50_ms']:.1f} | {results[f'end_to_end_{key}_p99_ms']:.1f} |"
+        )
+    print(
+        f"features against the reference: max |difference| side by side {drift:.2e}, ONNX Runtime {onnx_drift:.2e}"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)

@@ -31,9 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(attributor: str, port: int, workers: int, threads: int, log: Path):
+def start_server(
+    attributor: str, port: int, workers: int, threads: int, log: Path, runtime: str = "auto"
+):
     argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", attributor]
-    argv += ["--port", str(port), "--workers", str(workers), "--threads", str(threads)]
+    argv += [
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--runtime",
+        runtime,
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
@@ -99,6 +110,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per request")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch", "onnx"],
+        help="query-encoder runtimes, served one after the other",
+    )
     parser.add_argument("--out", default="runs/serve_load.json")
     args = parser.parse_args()
 
@@ -125,19 +142,24 @@ def main() -> None:
 
     log = Path(args.out).with_suffix(".server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    process, url = start_server(args.attributor, free_port(), args.workers, args.threads, log)
-    try:
-        results = {}
-        for name, request in [
-            ("image + prompt (multipart)", image_query),
-            ("features only (JSON)", features_query),
-        ]:
-            asyncio.run(load(url, request, args.concurrency, 2))  # warm-up, not counted
-            results[name] = asyncio.run(load(url, request, args.concurrency, args.seconds))
-            print(f"{name}: {json.dumps(results[name])}", flush=True)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    results = {}
+    for runtime in args.runtimes:  # side by side in one run: the machine's noise hits both
+        process, url = start_server(
+            args.attributor, free_port(), args.workers, args.threads, log, runtime
+        )
+        try:
+            kinds = [
+                ("image + prompt (multipart)", image_query),
+                ("features only (JSON)", features_query),
+            ]
+            for name, request in kinds:
+                asyncio.run(load(url, request, args.concurrency, 2))  # warm-up, not counted
+                key = f"{name}, {runtime}"
+                results[key] = asyncio.run(load(url, request, args.concurrency, args.seconds))
+                print(f"{key}: {json.dumps(results[key])}", flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     out = {
         "attributor": args.attributor,
         "items": len(attributor.index),
@@ -146,12 +168,15 @@ def main() -> None:
         "seconds": args.seconds,
         "workers": args.workers,
         "threads_per_request": args.threads,
+        "runtimes": args.runtimes,
         "cpu_count": os.cpu_count(),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
     print()
-    print("| query kind | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |")
+    print(
+        "| query kind, encoder runtime | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
