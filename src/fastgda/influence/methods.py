@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
+from .._artifacts import MANIFEST_NAME, sha256_file
 from ..config import NON_NEGATIVE, check_settings, setting
 from ..errors import ConfigError, IncompatibleArtifactError
 from ..ground_truth import GroundTruth, finished_queries, write_query_result
@@ -228,20 +228,9 @@ class InfluenceJob:
 
     def run(self, query_ids=None, batch: int = 16, progress: bool = True) -> GroundTruth:
         """Rank the pending queries (or the pending ones of ``query_ids``), ``batch`` at a time, then merge."""
-        from ..unlearning.jobs import merge_run
+        from ..unlearning.jobs import check_or_write_run_info, merge_run
 
-        path = self.out_dir / "run.json"
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            differing = sorted(k for k in self.run_info if saved.get(k) != self.run_info[k])
-            if differing:
-                raise IncompatibleArtifactError(
-                    f"{self.out_dir} holds an influence run with other {differing}; resume with the original "
-                    "inputs and settings, or choose a new --out"
-                )
-        else:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, self.run_info)
+        check_or_write_run_info(self.out_dir, self.run_info, "an influence")
         todo = self.pending()
         if query_ids is not None:
             todo = [q for q in todo if q in {int(i) for i in query_ids}]

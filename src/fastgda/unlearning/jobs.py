@@ -172,19 +172,7 @@ class TeacherJob:
         return self
 
     def _check_or_write_run_info(self) -> None:
-        path = self.out_dir / "run.json"
-        if path.is_file():
-            saved = _as_compared(json.loads(path.read_text(encoding="utf-8")))
-            ours = _as_compared(self.run_info)
-            differing = [k for k in ours if saved.get(k) != ours[k]]
-            if differing:
-                raise IncompatibleArtifactError(
-                    f"{self.out_dir} holds a teacher run with other {differing}; resume with the original "
-                    "inputs and settings, or choose a new --out"
-                )
-        else:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, self.run_info)
+        check_or_write_run_info(self.out_dir, self.run_info, "a teacher", _as_compared)
 
     def _check_reusable(self, run: Path) -> None:
         """Refuse to copy scores from a run whose scores would differ (only the candidate pools may)."""
@@ -243,6 +231,28 @@ class TeacherJob:
     def merge(self, overwrite: bool = True) -> GroundTruth:
         """Gather all per-query results into ``out_dir/ground_truth``."""
         return merge_run(self.out_dir, overwrite=overwrite)
+
+
+def check_or_write_run_info(out_dir, run_info: dict, kind: str, compared=lambda info: info) -> None:
+    """Start a run folder (``run.json``, ``results/``), or refuse to resume one whose settings and inputs differ.
+
+    ``kind``: "a teacher", "an influence" (for the message). ``compared``: how both records are compared (e.g.
+    with settings added since at their defaults).
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "run.json"
+    if path.is_file():
+        saved = compared(json.loads(path.read_text(encoding="utf-8")))
+        ours = compared(run_info)
+        differing = sorted(k for k in ours if saved.get(k) != ours[k])
+        if differing:
+            raise IncompatibleArtifactError(
+                f"{out_dir} holds {kind} run with other {differing}; resume with the original inputs and "
+                "settings, or choose a new --out"
+            )
+    else:
+        (out_dir / "results").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, run_info)
 
 
 def merge_run(out_dir, overwrite: bool = True, partial: bool = False) -> GroundTruth:
