@@ -162,13 +162,3 @@ def query_gradients(
 def flatten_layers(grads: dict[str, torch.Tensor], layer_names) -> torch.Tensor:
     """Layer name -> (d_out, d_in) gradients as one float32 (P,) vector in ``layer_names`` order."""
     return torch.cat([grads[name].float().flatten() for name in layer_names])
-
-
-def unflatten_layers(vector: torch.Tensor, layers) -> dict[str, torch.Tensor]:
-    """Inverse of ``flatten_layers`` for ``layers`` (name -> nn.Linear)."""
-    out, offset = {}, 0
-    for name, layer in layers.items():
-        n = layer.weight.numel()
-        out[name] = vector[offset : offset + n].view_as(layer.weight)
-        offset += n
-    return out

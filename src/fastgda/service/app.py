@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -249,6 +249,17 @@ class Service:
     def features_of(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
         return self.attributor.query_features(images, prompts)
 
+    async def upload_features(
+        self, uploads: list[bytes | str], prompts: list[str], timings
+    ) -> np.ndarray:
+        """Query features (Q, D) of uploaded images and their prompts: decoded within the pixel budgets, which
+        get the pixels back however the features end (errors included)."""
+        began = time.perf_counter()
+        async with self.decoded(uploads) as images:
+            timings["decode_ms"] = (time.perf_counter() - began) * 1000
+            with timings.stage("features_ms"):
+                return await self.run(self.features_of, images, prompts)
+
     def generate(self, prompt: str, seed: int) -> np.ndarray:
         x0 = self.model.sample(
             [prompt], [seed], self.config.generate_steps, self.config.guidance_scale
@@ -481,7 +492,7 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
     @app.post("/v1/attribute", dependencies=guarded, openapi_extra=_ATTRIBUTE_REQUEST_BODY)
     async def attribute(request: Request):
         """Top-k training images for a generated image and its prompt (multipart or JSON), or for features."""
-        timings, stack = _Timings(), AsyncExitStack()
+        timings = _Timings()
         body, image_bytes = await _read_attribute_request(request, service)
         k = service.check_k(body.k)
         if body.features is not None:
@@ -490,11 +501,7 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
             if image_bytes is None:
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
-            with timings.stage("decode_ms"):
-                images = await stack.enter_async_context(service.decoded([image_bytes]))
-            with timings.stage("features_ms"):
-                features = await service.run(service.features_of, images, [prompt])
-            await stack.aclose()  # the decoded pixels go back to the budget
+            features = await service.upload_features([image_bytes], [prompt], timings)
         answer = await service.run(service.answer, features, k, body.baseline)
         timings["search_ms"] = answer.pop("search_ms")
         out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
@@ -533,14 +540,7 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
             else:
                 raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
         if pending_rows:
-            with timings.stage("decode_ms"):
-                decoded = service.decoded(uploads)
-                images = await decoded.__aenter__()
-            try:
-                with timings.stage("features_ms"):
-                    computed = await service.run(service.features_of, images, prompts)
-            finally:
-                await decoded.__aexit__(None, None, None)
+            computed = await service.upload_features(uploads, prompts, timings)
             for n, features in zip(pending_rows, computed, strict=True):
                 rows[n] = features
         answer = await service.run(service.answer, np.stack(rows), k, False)
