@@ -64,7 +64,7 @@ BENCHMARKS = (
     Benchmark("serve_load", "standard",
               ("--attributor", "{work}/demo-time/demo/attributor", "--concurrency", "32", "--seconds", "30",
                "--out", "{results}/serve_load.data.json"),
-              "3 min", "{results}/serve_load.data.json", needs=("demo_time",)),
+              "6 min", "{results}/serve_load.data.json", needs=("demo_time",)),
     Benchmark("serve_faults", "standard",
               ("--attributor", "{work}/demo-time/demo/attributor", "--seconds", "60",
                "--json", "{results}/serve_faults.data.json"),

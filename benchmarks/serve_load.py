@@ -2,7 +2,9 @@
 
 Starts the server as a separate process, then for each query kind keeps ``--concurrency`` requests in flight for
 ``--seconds``: multipart image + prompt queries (encoders + ranker + search) and feature-only JSON queries
-(ranker + search). Queries cycle through the reference test split's generated images and prompts.
+(ranker + search). Queries cycle through the reference test split's generated images and prompts. Each server
+setting (query-encoder runtime x micro-batch size) is served in turn in one run, so the machine's noise hits
+them all: micro-batch 1 answers each request alone (the service before micro-batching).
 
     fastgda attributor build --ranker runs/quality/effnet_minilm/ranker-seed0 \
         --items runs/quality/effnet_minilm/items --data runs/world --out runs/attributor
@@ -32,7 +34,13 @@ def free_port() -> int:
 
 
 def start_server(
-    attributor: str, port: int, workers: int, threads: int, log: Path, runtime: str = "auto"
+    attributor: str,
+    port: int,
+    workers: int,
+    threads: int,
+    log: Path,
+    runtime: str = "auto",
+    micro_batch: int = 16,
 ):
     argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", attributor]
     argv += [
@@ -44,6 +52,8 @@ def start_server(
         str(threads),
         "--runtime",
         runtime,
+        "--micro-batch",
+        str(micro_batch),
     ]
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -116,6 +126,13 @@ def main() -> None:
         default=["torch", "onnx"],
         help="query-encoder runtimes, served one after the other",
     )
+    parser.add_argument(
+        "--micro-batches",
+        nargs="+",
+        type=int,
+        default=[1, 16],
+        help="serve --micro-batch sizes, each served with each runtime",
+    )
     parser.add_argument("--out", default="runs/serve_load.json")
     args = parser.parse_args()
 
@@ -143,9 +160,10 @@ def main() -> None:
     log = Path(args.out).with_suffix(".server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     results = {}
-    for runtime in args.runtimes:  # side by side in one run: the machine's noise hits both
+    settings = [(r, m) for m in args.micro_batches for r in args.runtimes]
+    for runtime, micro_batch in settings:  # side by side in one run: the machine's noise hits all
         process, url = start_server(
-            args.attributor, free_port(), args.workers, args.threads, log, runtime
+            args.attributor, free_port(), args.workers, args.threads, log, runtime, micro_batch
         )
         try:
             kinds = [
@@ -154,7 +172,7 @@ def main() -> None:
             ]
             for name, request in kinds:
                 asyncio.run(load(url, request, args.concurrency, 2))  # warm-up, not counted
-                key = f"{name}, {runtime}"
+                key = f"{name}, {runtime}, micro-batch {micro_batch}"
                 results[key] = asyncio.run(load(url, request, args.concurrency, args.seconds))
                 print(f"{key}: {json.dumps(results[key])}", flush=True)
         finally:
@@ -169,13 +187,14 @@ def main() -> None:
         "workers": args.workers,
         "threads_per_request": args.threads,
         "runtimes": args.runtimes,
+        "micro_batches": args.micro_batches,
         "cpu_count": os.cpu_count(),
         "results": results,
     }
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
     print()
     print(
-        "| query kind, encoder runtime | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |"
+        "| query kind, encoder runtime, micro-batch | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |"
     )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():

@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
             "max_batch",
             "threads",
             "pool_size",
+            "micro_batch",
             "generate_steps",
             "guidance_scale",
             "runtime",

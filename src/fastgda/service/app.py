@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -30,6 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from ..attributor import Attribution, Attributor
 from ..errors import FastGDAError
+from .batching import MicroBatcher
 from .config import CONFIG_ENV, ServiceConfig
 from .metrics import Metrics
 from .middleware import CLIENT_CLOSED, AccessLogMiddleware, BodyLimitMiddleware
@@ -85,6 +87,19 @@ def _attribution_json(item: Attribution) -> dict:
     }
 
 
+@dataclass
+class QueryJob:
+    """One request's queries for a pass: Q feature rows (None where an image and its prompt give them, in
+    order), the decoded images (uint8 (H, W, 3)) and prompts of those rows, k, and whether the untuned
+    baseline's top-k is wanted too."""
+
+    features: list[np.ndarray | None]
+    images: list[np.ndarray] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    k: int = 10
+    baseline: bool = False
+
+
 class Service:
     """The loaded state shared by all requests."""
 
@@ -99,6 +114,9 @@ class Service:
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.pixels = PixelBudget(config.max_inflight_pixels)
+        self.batcher = MicroBatcher(
+            self.answer_jobs, self.run, config.pool_size, config.micro_batch
+        )
         self.model = None
         if config.model:
             from ..app.pack import resolve_model_dir
@@ -111,10 +129,10 @@ class Service:
             self.attributor.baseline_part() if self.attributor.has_features else None
         )
         # Build the encoders and touch every code path once, so the first request is not the slow one.
-        warm = self.attributor.query_features([np.zeros((16, 16, 3), np.uint8)], ["warm up"])
-        self.attributor.attribute_features(warm, 1)
-        if self.baseline_part:
-            self.attributor.untuned(warm, 1, self.baseline_part)
+        blank = np.zeros((16, 16, 3), np.uint8)
+        self.answer_jobs(
+            [QueryJob([None], [blank], ["warm up"], 1, self.baseline_part is not None)]
+        )
 
     # -- validation ---------------------------------------------------------------------------------------
     def check_k(self, k) -> int:
@@ -226,39 +244,81 @@ class Service:
     async def run(self, function, *args):
         return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
 
-    def answer(self, features: np.ndarray, k: int, baseline: bool) -> dict:
-        """Top-k for query features (Q, D): results per query, and the baseline's when asked."""
+    def check_baseline(self, wanted: bool) -> None:
+        if wanted and self.baseline_part is None:
+            raise HTTPException(
+                409, "this attributor has no stored features, so it cannot serve a baseline"
+            )
+
+    def answer_jobs(self, jobs: list[QueryJob]) -> list[dict]:
+        """One pass over many requests' queries (runs in the pool): the missing features in one call of the
+        encoders, then one ranker pass and search per distinct k. Per job: ``results`` (its Q rows of top-k),
+        ``baseline`` when asked, and the pass's ``features_ms`` and ``search_ms``."""
         began = time.perf_counter()
-        results = self.attributor.attribute_features(features, k)
-        out = {
-            "results": [[_attribution_json(a) for a in row] for row in results],
-            "search_ms": (time.perf_counter() - began) * 1000,
-        }
-        if baseline:
-            if self.baseline_part is None:
-                raise HTTPException(
-                    409, "this attributor has no stored features, so it cannot serve a baseline"
-                )
-            rows = self.attributor.untuned(features, k, self.baseline_part)
-            out["baseline"] = {
-                "method": f"untuned {self.baseline_part}",
-                "results": [[_attribution_json(a) for a in row] for row in rows],
-            }
+        images = [image for job in jobs for image in job.images]
+        encoded = iter(
+            self.attributor.query_features(images, [p for job in jobs for p in job.prompts])
+            if images
+            else ()
+        )
+        rows = [np.stack([next(encoded) if f is None else f for f in job.features]) for job in jobs]
+        features_ms = (time.perf_counter() - began) * 1000
+        began = time.perf_counter()
+        out = [{"results": None, "features_ms": features_ms} for _ in jobs]
+        for k in sorted(
+            {job.k for job in jobs}
+        ):  # shares are a softmax over the top k, so k groups a pass
+            group = [n for n, job in enumerate(jobs) if job.k == k]
+            self._search_group([rows[n] for n in group], k, [out[n] for n in group], None)
+            wanting = [n for n in group if jobs[n].baseline]
+            if wanting:
+                self._search_group([rows[n] for n in wanting], k, [out[n] for n in wanting],
+                                   self.baseline_part)  # fmt: skip
+        search_ms = (time.perf_counter() - began) * 1000
+        for answer in out:
+            answer["search_ms"] = search_ms
         return out
 
-    def features_of(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-        return self.attributor.query_features(images, prompts)
+    def _search_group(self, rows: list[np.ndarray], k: int, answers: list[dict], part) -> None:
+        """Top-k of the jobs' feature rows (each (Q_j, D)) in one search, by the ranker or, with ``part``, by
+        that part's untuned cosine; each job's rows go into its answer."""
+        features = np.concatenate(rows)
+        found = (
+            self.attributor.untuned(features, k, part)
+            if part
+            else self.attributor.attribute_features(features, k)
+        )
+        listed = [[_attribution_json(a) for a in row] for row in found]
+        start = 0
+        for answer, job_rows in zip(answers, rows, strict=True):
+            mine = listed[start : start + len(job_rows)]
+            start += len(job_rows)
+            if part:
+                answer["baseline"] = {"method": f"untuned {part}", "results": mine}
+            else:
+                answer["results"] = mine
 
-    async def upload_features(
-        self, uploads: list[bytes | str], prompts: list[str], timings
-    ) -> np.ndarray:
-        """Query features (Q, D) of uploaded images and their prompts: decoded within the pixel budgets, which
-        get the pixels back however the features end (errors included)."""
+    async def attribute(self, job: QueryJob, timings: _Timings) -> dict:
+        """The job's answer, computed in a pass with whatever other queries wait for the pool."""
+        self.check_baseline(job.baseline)
+        answer = await self.batcher.submit(job, len(job.features))
+        if job.images:
+            timings["features_ms"] = answer.pop("features_ms")
+        else:
+            answer.pop("features_ms")
+        timings["search_ms"] = answer.pop("search_ms")
+        return answer
+
+    async def attribute_uploads(
+        self, features: list, uploads: list[bytes | str], prompts: list[str], k: int,
+        baseline: bool, timings: _Timings,
+    ) -> dict:  # fmt: skip
+        """``attribute`` for queries whose missing features (None) come from uploaded images and prompts,
+        decoded within the pixel budgets, which get the pixels back however the answer ends."""
         began = time.perf_counter()
         async with self.decoded(uploads) as images:
             timings["decode_ms"] = (time.perf_counter() - began) * 1000
-            with timings.stage("features_ms"):
-                return await self.run(self.features_of, images, prompts)
+            return await self.attribute(QueryJob(features, images, prompts, k, baseline), timings)
 
     def generate(self, prompt: str, seed: int) -> np.ndarray:
         x0 = self.model.sample(
@@ -417,8 +477,13 @@ def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None
 
     @app.get("/metrics", dependencies=guarded, tags=["operations"])
     async def metrics():
+        batcher = service.batcher
+        counters = {
+            "fastgda_passes_total": ("Passes of the encoders, ranker and search.", batcher.passes),
+            "fastgda_pass_queries_total": ("Queries those passes answered.", batcher.queries),
+        }
         return PlainTextResponse(
-            service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+            service.metrics.render(counters), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
     @app.get("/v1/info", dependencies=guarded)
@@ -495,15 +560,17 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         timings = _Timings()
         body, image_bytes = await _read_attribute_request(request, service)
         k = service.check_k(body.k)
+        service.check_baseline(body.baseline)
         if body.features is not None:
-            features = service.check_features(body.features)[None]
+            job = QueryJob([service.check_features(body.features)], k=k, baseline=body.baseline)
+            answer = await service.attribute(job, timings)
         else:
             if image_bytes is None:
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
-            features = await service.upload_features([image_bytes], [prompt], timings)
-        answer = await service.run(service.answer, features, k, body.baseline)
-        timings["search_ms"] = answer.pop("search_ms")
+            answer = await service.attribute_uploads(
+                [None], [image_bytes], [prompt], k, body.baseline, timings
+            )
         out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
         return {**out, **_first_baseline(answer)}
 
@@ -529,22 +596,19 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         body = _validated(data, BatchRequest)
         k = service.check_k(body.k)
         rows: list[np.ndarray | None] = [None] * len(body.queries)
-        uploads, prompts, pending_rows = [], [], []
+        uploads, prompts = [], []
         for n, query in enumerate(body.queries):
             if query.features is not None:
                 rows[n] = service.check_features(query.features)
             elif query.image is not None:
                 prompts.append(service.check_prompt(query.prompt))
                 uploads.append(query.image)
-                pending_rows.append(n)
             else:
                 raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
-        if pending_rows:
-            computed = await service.upload_features(uploads, prompts, timings)
-            for n, features in zip(pending_rows, computed, strict=True):
-                rows[n] = features
-        answer = await service.run(service.answer, np.stack(rows), k, False)
-        timings["search_ms"] = answer["search_ms"]
+        if uploads:
+            answer = await service.attribute_uploads(rows, uploads, prompts, k, False, timings)
+        else:
+            answer = await service.attribute(QueryJob(rows, k=k), timings)
         return {"k": k, "results": answer["results"], "timings": timings.done()}
 
     @app.post(
@@ -561,12 +625,12 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         timings = _Timings()
         body = _validated(await _read_json(request), GenerateRequest)
         prompt, k = service.check_prompt(body.prompt), service.check_k(body.k)
+        service.check_baseline(body.baseline)  # before the costly generation
         with timings.stage("generate_ms"):
             image = await service.run(service.generate, prompt, body.seed)
-        with timings.stage("features_ms"):
-            features = await service.run(service.features_of, [image], [prompt])
-        answer = await service.run(service.answer, features, k, body.baseline)
-        timings["search_ms"] = answer["search_ms"]
+        answer = await service.attribute(
+            QueryJob([None], [image], [prompt], k, body.baseline), timings
+        )
         out = {
             "k": k,
             "prompt": prompt,
@@ -605,7 +669,7 @@ def _add_training_item_routes(app: FastAPI, service: Service, guarded: list) -> 
 
 
 def _first_baseline(answer: dict) -> dict:
-    """The single query's baseline entry of ``Service.answer``'s output, if it was asked for."""
+    """The single query's baseline entry of ``Service.attribute``'s answer, if it was asked for."""
     if "baseline" not in answer:
         return {}
     baseline = answer["baseline"]

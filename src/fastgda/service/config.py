@@ -51,6 +51,12 @@ class ServiceConfig:
     pool_size: int = setting(
         max(1, os.cpu_count() or 1), "requests doing CPU work at once", bounds=AT_LEAST_ONE
     )
+    micro_batch: int = setting(
+        16,
+        "most queries joined into one pass of the encoders, ranker and search while they wait for the pool "
+        "(1: each request alone)",
+        bounds=AT_LEAST_ONE,
+    )
     generate_steps: int = setting(
         50, "DDIM steps of /v1/generate-and-attribute", bounds=AT_LEAST_ONE
     )

@@ -32,8 +32,12 @@ class Metrics:
             self._sums[key] += seconds
             self._counts[key] += 1
 
-    def render(self) -> str:
-        lines = [
+    def render(self, counters: dict[str, tuple[str, float]] | None = None) -> str:
+        """The exposition text; ``counters``: more counters, name -> (help, value)."""
+        lines = []
+        for name, (text, value) in (counters or {}).items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
+        lines += [
             "# HELP fastgda_requests_total HTTP requests by method, route and status.",
             "# TYPE fastgda_requests_total counter",
         ]
