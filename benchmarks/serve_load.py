@@ -174,7 +174,7 @@ def main() -> None:
                 asyncio.run(load(url, request, args.concurrency, 2))  # warm-up, not counted
                 key = f"{name}, {runtime}, micro-batch {micro_batch}"
                 results[key] = asyncio.run(load(url, request, args.concurrency, args.seconds))
-                print(f"{key}: {json.dumps(results[key])}", flush=True)
+                print(f"{key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)
