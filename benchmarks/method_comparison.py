@@ -3,8 +3,9 @@ leave-K-out run, with each method's cost per query measured side by side (issue 
 
 Every step is resumable and reuses what an earlier invocation finished, so the run can span days:
 
-1. the teacher at other steps (AbU+ at α = 1e-4, and any of ``--alphas``) and AbU with a diagonal Fisher, on the
-   counterfactual's test queries (α = 1e-2 is the shipped reference ground truth);
+1. the teacher at other steps (AbU+ at α = 1e-4, and any of ``--alphas``), with an EK-FAC that leaves padded
+   text slots out (the reference's counts them), and AbU with a diagonal Fisher, on the counterfactual's test
+   queries (α = 1e-2 is the shipped reference ground truth);
 2. gradient features and rankings of EK-FAC influence and D-TRAK (and TRAK with ``--with-trak``);
 3. one coupled leave-K-out run over all of them, the demo's ranker, untuned text and random removal
    (``fastgda eval counterfactual`` into ``--out`` itself; about 90 retrains of the 400-step recipe);
@@ -32,6 +33,7 @@ from fastgda.counterfactual import EXTENDED_QUERY_IDS
 
 SHIPPED_FISHER = reference_split_dir("test").parent / "fisher"
 TEACHER = "AbU+ (EK-FAC), α = 1e-2"  # the shipped reference: the counterfactual's "teacher"
+PADDING_EXCLUDED = "AbU+ (EK-FAC, padding excluded), α = 1e-2"
 COST_QUERY = 20  # a planted query ("a large yellow cross"), as the demo's side-by-side timing
 METRICS = (("delta_loss", 1e-3, "ΔL ×1e-3 ↑"), ("delta_mse", 1e-2, "ΔG-MSE ×1e-2 ↑"),
            ("delta_sim", 1e-1, "ΔG-sim ×1e-1 ↓"))  # fmt: skip
@@ -56,6 +58,12 @@ def methods_of(args, out: Path) -> dict[str, dict]:
             "family": "unlearning", "truth": out / f"teacher-a{alpha}" / "ground_truth",
             "storage": [SHIPPED_FISHER], "alpha": float(alpha),
         }  # fmt: skip
+    # The reference Fisher counts padded text slots; this one leaves them out (the mask-aware default since
+    # issue 18), so the table decides the Fisher's padding handling too.
+    methods[PADDING_EXCLUDED] = {
+        "family": "unlearning", "truth": out / "teacher-padding-excluded" / "ground_truth",
+        "storage": [out / "fisher-padding-excluded"],
+    }  # fmt: skip
     methods["AbU (diagonal), α = 1e-2"] = {
         "family": "unlearning", "truth": out / "teacher-diag" / "ground_truth",
         "storage": [out / "fisher-diag"],
@@ -86,6 +94,12 @@ def prepare(args, out: Path, queries: str) -> None:
             "--out",
             str(out / f"teacher-a{alpha}"),
         )
+    if not (out / "fisher-padding-excluded" / "manifest.json").is_file():
+        # The reference EK-FAC's samples and settings, its padded text slots left out.
+        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "ekfac", "--samples", "10000",
+            "--batch-size", "64", "--padding", "excluded", "--out", str(out / "fisher-padding-excluded"))  # fmt: skip
+    cli(*teacher, "--fisher", str(out / "fisher-padding-excluded"), "--out",
+        str(out / "teacher-padding-excluded"))  # fmt: skip
     if not (out / "fisher-diag" / "manifest.json").is_file():
         # The reference EK-FAC's samples (10,000) and padding handling, so only the Fisher's form differs.
         cli("teacher", "fisher", *common, "--data", args.world, "--kind", "diagonal", "--samples", "10000",
