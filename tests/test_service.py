@@ -276,6 +276,26 @@ def test_metrics_count_requests_by_route_template(client):
         in text
     )
 
+    def counter(text: str, name: str) -> int:
+        return int(
+            next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1]
+        )
+
+    passes, queries = (
+        counter(text, "fastgda_passes_total"),
+        counter(text, "fastgda_pass_queries_total"),
+    )
+    client.post(
+        "/v1/attribute/batch", json={"k": 3, "queries": [{"features": [0.0] * dim(client)}] * 2}
+    )
+    text = client.get("/metrics").text
+    assert counter(text, "fastgda_passes_total") == passes + 1
+    assert counter(text, "fastgda_pass_queries_total") == queries + 2
+
+
+def dim(client) -> int:
+    return client.get("/v1/info").json()["feature_dim"]
+
 
 def test_openapi_documents_the_api(client):
     schema = client.get("/openapi.json").json()
