@@ -265,9 +265,8 @@ class Service:
         features_ms = (time.perf_counter() - began) * 1000
         began = time.perf_counter()
         out = [{"results": None, "features_ms": features_ms} for _ in jobs]
-        for k in sorted(
-            {job.k for job in jobs}
-        ):  # shares are a softmax over the top k, so k groups a pass
+        # Shares are a softmax over the top k, so each k is searched on its own.
+        for k in sorted({job.k for job in jobs}):
             group = [n for n, job in enumerate(jobs) if job.k == k]
             self._search_group([rows[n] for n in group], k, [out[n] for n in group], None)
             wanting = [n for n in group if jobs[n].baseline]
