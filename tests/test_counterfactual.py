@@ -41,7 +41,9 @@ def rankings(n: int, seed: int) -> np.ndarray:
     return np.stack([np.random.default_rng(seed + q).permutation(n) for q in range(3)])
 
 
-def test_leave_k_out_plans_shares_resumes_and_measures(trained, small_world, tmp_path):
+def test_leave_k_out_plans_shares_resumes_and_measures(
+    trained, small_world, tmp_path, tmp_path_factory
+):
     n = len(small_world)
     ranked = rankings(n, 0)
     methods = {
@@ -75,13 +77,31 @@ def test_leave_k_out_plans_shares_resumes_and_measures(trained, small_world, tmp
     # Interrupted work: only the missing retrain is redone.
     import shutil
 
-    shutil.rmtree(tmp_path / "retrains" / key / "model")
+    shutil.rmtree(tmp_path / "retrains" / key)
     untouched = tmp_path / "retrains" / first.baseline_key / "model" / "manifest.json"
     before = untouched.stat().st_mtime_ns
     again = job()
     assert again.pending() == [key]
     again.run()
     assert again.pending() == [] and untouched.stat().st_mtime_ns == before
+    # Each retrain measured itself as it finished, so its figures outlive its weights: a run carried to another
+    # machine (or kept in version control) without them is finished, and evaluates from the measurements.
+    name = again.measurement.cache_name()
+    assert all((tmp_path / "retrains" / k / name).is_file() for k in again.plan)
+    weightless = retrain_key(again.recipe, sorted(rankings(n, 9)[0, :5].tolist()))
+    shutil.rmtree(tmp_path / "retrains" / weightless / "model")
+    again = job()
+    assert again.pending() == []
+    # The measurements alone, exported and imported into an empty run folder, finish the run there.
+    from fastgda.counterfactual import export_measurements, import_measurements
+
+    kept, elsewhere = tmp_path_factory.mktemp("kept") / "m", tmp_path_factory.mktemp("elsewhere")
+    assert export_measurements(tmp_path, kept) == len(again.plan)
+    assert import_measurements(kept, elsewhere) == len(again.plan)
+    carried = CounterfactualJob(
+        trained / "model", small_world.root, trained / "queries", methods, elsewhere, config, progress=False
+    )  # fmt: skip
+    assert carried.pending() == [] and not list(elsewhere.rglob("model"))
 
     result = again.evaluate().summary()
     assert set(result) == {"method a", "method b (same top-K)", "method c", RANDOM}
@@ -124,6 +144,14 @@ def test_leave_k_out_plans_shares_resumes_and_measures(trained, small_world, tmp
             ]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7, err_msg=f"{method} {q}")
     assert len(saved["per_query"]["method c"]["delta_loss"]) == 3
+    for (
+        method,
+        metrics,
+    ) in carried.evaluate().per_query.items():  # the same figures, read from the copies
+        for metric, values in metrics.items():
+            np.testing.assert_allclose(
+                values, saved["per_query"][method][metric], rtol=1e-6, atol=1e-9
+            )
     # A stored evaluation is reused for the same plan only.
     assert job().cached_result().per_query == saved["per_query"]
     assert job(dataclasses.replace(config, k=4)).cached_result() is None

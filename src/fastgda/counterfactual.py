@@ -24,19 +24,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._artifacts import MANIFEST_NAME, write_json_atomic
+from ._artifacts import (
+    MANIFEST_NAME,
+    atomic_dir,
+    read_manifest,
+    verify_checksums,
+    write_json_atomic,
+    write_manifest,
+)
 from .config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from .errors import FastGDAError
 from .evaluation import mean_and_stderr
 from .index import unit_rows
 
 RANDOM = "random"
+MEASUREMENTS_KIND = "counterfactual-measurements"
 # The standard world's test queries a standard run uses: every kind in its share of the 40 (the first query of
 # each of the first four held-out scenes, the first two planted, the first two two-object queries).
 STANDARD_QUERY_IDS = (0, 3, 6, 9, 20, 21, 30, 31)
@@ -167,20 +176,86 @@ def retrain_key(recipe: dict, removed: list[int]) -> str:
 
 
 @dataclass(frozen=True)
+class _Measurement:
+    """What a retrain is measured on: the query set's rows and the settings of ΔL and the regenerations."""
+
+    queries_dir: str
+    query_rows: tuple[int, ...]
+    config: CounterfactualConfig
+
+    def cache_name(self) -> str:
+        """One file per rows and measuring settings: measuring other queries never reads stale figures."""
+        c = self.config
+        payload = [
+            list(self.query_rows),
+            c.loss_stride,
+            c.loss_noise_seed,
+            c.generate_steps,
+            c.guidance_scale,
+        ]
+        return f"eval-{hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]}.npz"
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, np.ndarray]:
+        """The model's query losses (Q, T') and regenerations (Q, H, W, 3 uint8)."""
+        from .data import ImageCaptionFolder
+        from .diffusion.queries import load_query_tensors
+
+        rows = list(self.query_rows)
+        tensors = {k: v[rows] for k, v in load_query_tensors(self.queries_dir).items()}
+        records = ImageCaptionFolder(self.queries_dir).records
+        prompts = [records[r].get("prompt") or records[r]["captions"][0] for r in rows]
+        seeds = [int(records[r].get("seed", r)) for r in rows]
+        device = model.device
+        x0, states = tensors["x0"].to(device), tensors["text_states"].to(device)
+        mask = tensors.get("text_mask")
+        mask = None if mask is None else mask.to(device)
+        steps = torch.arange(0, model.scheduler.config.num_train_timesteps, self.config.loss_stride)
+        losses = []
+        for q in range(len(x0)):
+            gen = torch.Generator().manual_seed(self.config.loss_noise_seed * 1_000_003 + q)
+            # On the host: the same noise bits on any device.
+            noise = torch.randn((len(steps), *x0.shape[1:]), generator=gen)
+            losses.append(
+                model.loss(
+                    x0[q].expand(len(steps), *x0.shape[1:]),
+                    states[q].expand(len(steps), *states.shape[1:]),
+                    None if mask is None else mask[q].expand(len(steps), *mask.shape[1:]),
+                    noise.to(device),
+                    steps.to(device),
+                )
+                .cpu()
+                .numpy()
+            )
+        images = model.decode(
+            model.sample(prompts, seeds, self.config.generate_steps, self.config.guidance_scale)
+        )
+        return {"losses": np.stack(losses), "images": images}
+
+    def save(self, retrain_dir: Path, measured: dict[str, np.ndarray]) -> None:
+        cache = retrain_dir / self.cache_name()
+        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **measured)
+        os.replace(tmp, cache)
+
+
+@dataclass(frozen=True)
 class _RetrainTask:
-    """Picklable worker factory for executors: retrains the model without a removed set (resumable)."""
+    """Picklable worker factory for executors: retrains the model without a removed set (resumable), then
+    measures the retrain on the queries, so a finished retrain's figures survive without its weights."""
 
     model_dir: str
     data_dir: str
     out_dir: str
     recipe: dict
+    measurement: _Measurement | None = None
     progress: bool = False
     device: str = "cpu"  # resolved in each worker: a Ray worker uses the GPU it was given
     dtype: str = "float32"
 
     def __call__(self):
         from .data import open_dataset
-        from .diffusion import DiffusionTrainConfig, train_diffusion
+        from .diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
         from .diffusion.training import prepare_training_data
 
         dataset = open_dataset(self.data_dir)
@@ -189,25 +264,32 @@ class _RetrainTask:
         def run(item: tuple[str, list[int]]) -> str:
             key, removed = item
             target = Path(self.out_dir) / key
-            if (target / "model" / MANIFEST_NAME).exists():
-                return key
-            model = retrain_start(self.model_dir, self.recipe["seed"], self.device, self.dtype)
-            if not encoded:
-                encoded.append(prepare_training_data(model, dataset, progress=self.progress))
-            drop = set(removed)
-            kept = [i for i in range(len(dataset)) if i not in drop]
-            write_json_atomic(target / "removed.json", {"removed": removed, "recipe": self.recipe})
-            train_diffusion(
-                model,
-                dataset.without(removed),
-                target / "model",
-                DiffusionTrainConfig(**self.recipe),
-                checkpoint_dir=target / "checkpoints",
-                command=f"leave-{len(removed)}-out retrain {key}",
-                progress=self.progress,
-                overwrite=True,
-                data=encoded[0].subset(kept),
-            )
+            if not (target / "model" / MANIFEST_NAME).exists():
+                model = retrain_start(self.model_dir, self.recipe["seed"], self.device, self.dtype)
+                if not encoded:
+                    encoded.append(prepare_training_data(model, dataset, progress=self.progress))
+                drop = set(removed)
+                kept = [i for i in range(len(dataset)) if i not in drop]
+                write_json_atomic(
+                    target / "removed.json", {"removed": removed, "recipe": self.recipe}
+                )
+                train_diffusion(
+                    model,
+                    dataset.without(removed),
+                    target / "model",
+                    DiffusionTrainConfig(**self.recipe),
+                    checkpoint_dir=target / "checkpoints",
+                    command=f"leave-{len(removed)}-out retrain {key}",
+                    progress=self.progress,
+                    overwrite=True,
+                    data=encoded[0].subset(kept),
+                )
+            m = self.measurement
+            if m is not None and not (target / m.cache_name()).exists():
+                model = TextToImageModel.from_pretrained(
+                    target / "model", device=self.device, dtype=self.dtype
+                ).eval()
+                m.save(target, m(model))
             return key
 
         return run
@@ -384,12 +466,19 @@ class CounterfactualJob:
     def retrains_dir(self) -> Path:
         return self.out_dir / "retrains"
 
+    @property
+    def measurement(self) -> _Measurement:
+        return _Measurement(self.queries_dir, tuple(self.query_rows), self.config)
+
     def pending(self) -> list[str]:
-        """Retrain keys without a finished model."""
+        """Retrain keys neither measured on these queries nor with a finished model. A measured retrain needs
+        no weights: its folder can travel (or be kept in version control) without them."""
+        name = self.measurement.cache_name()
         return [
             key
             for key in self.plan
-            if not (self.retrains_dir / key / "model" / MANIFEST_NAME).exists()
+            if not (self.retrains_dir / key / name).exists()
+            and not (self.retrains_dir / key / "model" / MANIFEST_NAME).exists()
         ]
 
     def run(self, executor=None) -> None:
@@ -404,6 +493,7 @@ class CounterfactualJob:
             self.data_dir,
             str(self.retrains_dir),
             recipe,
+            measurement=self.measurement,
             progress=self.progress,
             device=self.device,
             dtype=self.dtype,
@@ -412,61 +502,19 @@ class CounterfactualJob:
         executor.map(task, [(key, self.plan[key]) for key in pending], desc="leave-K-out retrains")
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def _query_tensors(self):
-        from .data import ImageCaptionFolder
-        from .diffusion.queries import load_query_tensors
-
-        rows = self.query_rows
-        tensors = {k: v[rows] for k, v in load_query_tensors(self.queries_dir).items()}
-        records = ImageCaptionFolder(self.queries_dir).records
-        prompts = [records[r].get("prompt") or records[r]["captions"][0] for r in rows]
-        seeds = [int(records[r].get("seed", r)) for r in rows]
-        return tensors, prompts, seeds
-
-    @torch.no_grad()
     def _measure(self, key: str) -> dict:
-        """The model ``key``'s query losses (Q, T') and regenerations (Q, H, W, 3), cached in ``<key>/eval``."""
+        """The model ``key``'s query losses (Q, T') and regenerations (Q, H, W, 3), cached in its folder."""
         from .diffusion import TextToImageModel
 
-        # One cache per selection of query rows: measuring other queries never reads stale figures.
-        cache = self.retrains_dir / key / f"eval-{_rows_digest(self.query_rows)}.npz"
-        if cache.exists():
-            with np.load(cache, allow_pickle=False) as saved:
-                return {name: saved[name] for name in saved.files}
-        model = TextToImageModel.from_pretrained(
-            self.retrains_dir / key / "model", device=self.device, dtype=self.dtype
-        ).eval()
-        device = model.device
-        tensors, prompts, seeds = self._query_tensors()
-        x0, states = tensors["x0"].to(device), tensors["text_states"].to(device)
-        mask = tensors.get("text_mask")
-        mask = None if mask is None else mask.to(device)
-        steps = torch.arange(0, model.scheduler.config.num_train_timesteps, self.config.loss_stride)
-        losses = []
-        for q in range(len(x0)):
-            gen = torch.Generator().manual_seed(self.config.loss_noise_seed * 1_000_003 + q)
-            noise = torch.randn(
-                (len(steps), *x0.shape[1:]), generator=gen
-            )  # on the host: same bits anywhere
-            losses.append(
-                model.loss(
-                    x0[q].expand(len(steps), *x0.shape[1:]),
-                    states[q].expand(len(steps), *states.shape[1:]),
-                    None if mask is None else mask[q].expand(len(steps), *mask.shape[1:]),
-                    noise.to(device),
-                    steps.to(device),
-                )
-                .cpu()
-                .numpy()
-            )
-        images = model.decode(
-            model.sample(prompts, seeds, self.config.generate_steps, self.config.guidance_scale)
-        )
-        out = {"losses": np.stack(losses), "images": images}
-        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **out)
-        os.replace(tmp, cache)
-        return out
+        measurement = self.measurement
+        cache = self.retrains_dir / key / measurement.cache_name()
+        if not cache.exists():
+            model = TextToImageModel.from_pretrained(
+                self.retrains_dir / key / "model", device=self.device, dtype=self.dtype
+            ).eval()
+            measurement.save(self.retrains_dir / key, measurement(model))
+        with np.load(cache, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
 
     def evaluate(self) -> CounterfactualResult:
         """ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished."""
@@ -541,10 +589,6 @@ class CounterfactualJob:
         return CounterfactualResult(per_query=stored["per_query"])
 
 
-def _rows_digest(rows: list[int]) -> str:
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
-
-
 def _recipe_of(model_dir: Path, config: CounterfactualConfig) -> dict:
     """The training recipe every retrain reuses (bookkeeping fields dropped).
 
@@ -599,3 +643,45 @@ def retrain_start(model_dir, seed: int, device: str = "cpu", dtype: str = "float
     )
     model = TextToImageModel.from_preset(preset, seed=seed).to(device)
     return model.set_precision(dtype)
+
+
+def import_measurements(source, run_dir) -> int:
+    """Put the measured retrains of ``source`` (an ``export_measurements`` folder; checksums verified) into the
+    counterfactual run folder ``run_dir``, where they count as finished; files it already holds are kept.
+
+    Returns:
+        How many retrains ``source`` holds.
+    """
+    source = Path(source)
+    verify_checksums(source, read_manifest(source, MEASUREMENTS_KIND, 1))
+    retrains = [d for d in sorted(source.iterdir()) if d.is_dir()]
+    for retrain in retrains:
+        target = Path(run_dir) / "retrains" / retrain.name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in retrain.iterdir():
+            if not (target / file.name).exists():
+                shutil.copy2(file, target / file.name)
+    return len(retrains)
+
+
+def export_measurements(run_dir, dest) -> int:
+    """Write every measured retrain of the run folder ``run_dir`` (its measurements and removed set, not its
+    weights: about 20 KB a retrain) into the artifact folder ``dest``, keeping what ``dest`` already held.
+
+    Returns:
+        How many retrains ``dest`` holds.
+    """
+    if (Path(dest) / MANIFEST_NAME).is_file():
+        import_measurements(dest, run_dir)
+    with atomic_dir(dest, overwrite=True) as tmp:
+        count = 0
+        for retrain in sorted((Path(run_dir) / "retrains").iterdir()):
+            measured = sorted(retrain.glob("eval-*.npz"))
+            if not measured:
+                continue
+            (tmp / retrain.name).mkdir()
+            for file in [*measured, retrain / "removed.json"]:
+                shutil.copy2(file, tmp / retrain.name / file.name)
+            count += 1
+        write_manifest(tmp, MEASUREMENTS_KIND, 1, extra={"retrains": count})
+    return count
