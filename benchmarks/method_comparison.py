@@ -16,13 +16,15 @@ Every step is resumable and reuses what an earlier invocation finished, so the r
 
 ``--costs-only`` skips the counterfactual (steps 1, 2 and 4). Every retrain is measured as it finishes, and
 the measurements (about 20 KB a retrain, no weights) are kept in ``--measurements``, a folder in version
-control: a run on a new machine starts from them, and ``--export-only`` saves what an unfinished run measured.
+control, as are the rankings (``--rankings``): a run on a new machine starts from them, and ``--export-only``
+saves what an unfinished run measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -80,48 +82,54 @@ def methods_of(args, out: Path) -> dict[str, dict]:
     return methods
 
 
+def ranking_done(run: Path) -> bool:
+    return (run / "ground_truth" / "manifest.json").is_file()
+
+
 def prepare(args, out: Path, queries: str) -> None:
-    """Steps 1 and 2: every ranking the counterfactual compares (each command resumes or returns at once)."""
+    """Steps 1 and 2: every ranking the counterfactual compares (each command resumes or returns at once).
+
+    The rankings (ground truths of the 12 queries, about 0.2 MB each) are kept in ``--rankings`` beside the
+    measurements, so a new machine reuses them, and with them every retrain key; the Fishers and gradient
+    features behind them are refitted there, for the costs of step 4.
+    """
+    kept = Path(args.rankings)
+    if kept.is_dir():
+        for folder in sorted(kept.iterdir()):
+            if folder.is_dir() and not ranking_done(out / folder.name):
+                shutil.copytree(folder, out / folder.name / "ground_truth")
     ids = ",".join(map(str, EXTENDED_QUERY_IDS))
     common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
     teacher = ["teacher", "run", *common, "--data", args.world, "--queries", queries, "--query-ids", ids,
                "--cache-dir", str(out / "before_losses")]  # fmt: skip
+
+    def rank(run: Path, *command: str) -> None:
+        """One method's rankings into ``run``, then kept (unless restored from ``kept`` already)."""
+        if not ranking_done(run):
+            cli(*command, "--out", str(run))
+        if not (kept / run.name / "manifest.json").is_file():
+            shutil.copytree(run / "ground_truth", kept / run.name)
+
     for alpha in args.alphas:
-        cli(
-            *teacher,
-            "--fisher",
-            str(SHIPPED_FISHER),
-            "--alpha",
-            alpha,
-            "--out",
-            str(out / f"teacher-a{alpha}"),
-        )
+        rank(out / f"teacher-a{alpha}", *teacher, "--fisher", str(SHIPPED_FISHER), "--alpha", alpha)
     if not (out / "fisher-padding-excluded" / "manifest.json").is_file():
         # The reference EK-FAC's samples and settings, its padded text slots left out.
         cli("teacher", "fisher", *common, "--data", args.world, "--kind", "ekfac", "--samples", "10000",
             "--batch-size", "64", "--padding", "excluded", "--out", str(out / "fisher-padding-excluded"))  # fmt: skip
-    cli(*teacher, "--fisher", str(out / "fisher-padding-excluded"), "--out",
-        str(out / "teacher-padding-excluded"))  # fmt: skip
+    rank(
+        out / "teacher-padding-excluded", *teacher, "--fisher", str(out / "fisher-padding-excluded")
+    )
     if not (out / "fisher-diag" / "manifest.json").is_file():
         # The reference EK-FAC's samples (10,000) and padding handling, so only the Fisher's form differs.
         cli("teacher", "fisher", *common, "--data", args.world, "--kind", "diagonal", "--samples", "10000",
             "--batch-size", "64", "--padding", "included", "--out", str(out / "fisher-diag"))  # fmt: skip
-    cli(*teacher, "--fisher", str(out / "fisher-diag"), "--out", str(out / "teacher-diag"))
+    rank(out / "teacher-diag", *teacher, "--fisher", str(out / "fisher-diag"))
     for m in ["ekfac", "dtrak"] + (["trak"] if args.with_trak else []):
-        cli(
-            "influence",
-            "features",
-            *common,
-            "--method",
-            m,
-            "--data",
-            args.world,
-            "--out",
-            str(out / f"grad-{m}"),
-        )
+        cli("influence", "features", *common, "--method", m, "--data", args.world,
+            "--out", str(out / f"grad-{m}"))  # fmt: skip
         fisher = ["--fisher", str(SHIPPED_FISHER)] if m == "ekfac" else []
-        cli("influence", "rank", *common, "--method", m, "--features", str(out / f"grad-{m}"), *fisher,
-            "--queries", queries, "--query-ids", ids, "--out", str(out / f"influence-{m}"))  # fmt: skip
+        rank(out / f"influence-{m}", "influence", "rank", *common, "--method", m, "--features",
+             str(out / f"grad-{m}"), *fisher, "--queries", queries, "--query-ids", ids)  # fmt: skip
 
 
 def counterfactual(args, out: Path, demo: Path, methods: dict) -> dict:
@@ -269,6 +277,11 @@ def main() -> None:
         "--measurements",
         default="bench-results/method_comparison.retrains",
         help="measured retrains kept across machines (read before the run, written after it)",
+    )
+    parser.add_argument(
+        "--rankings",
+        default="bench-results/method_comparison.rankings",
+        help="every compared method's rankings of the queries, kept across machines like --measurements",
     )
     parser.add_argument(
         "--export-only",
