@@ -114,9 +114,12 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
     )
     fisher = Fisher.load(reference_dir() / "fisher")
     layers = select_linear_layers(model.unet, fisher.config.layers)
+    # The pool's top 32 and every 10th item below them: the ranking at the top and across the whole pool, at a
+    # sixth of the cost of scoring all 512 (this test is among the suite's slowest).
+    kept = np.r_[0:32, 32 : truth.ids.shape[1] : 10]
     for row in rows:
         q = int(truth.query_ids[row])
-        candidates = truth.ids[row].astype(np.int64)
+        candidates = truth.ids[row][kept].astype(np.int64)
         before = BeforeLosses.compute(
             model, data, config.scoring, {}, progress=False, item_ids=candidates
         )
@@ -133,4 +136,4 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
         )
         with weights_shifted(layers, delta):
             scores = influence_scores(model, data, candidates, before)
-        assert spearman(scores, truth.scores[row]) >= 0.99, (q, records[q]["prompt"])
+        assert spearman(scores, truth.scores[row][kept]) >= 0.99, (q, records[q]["prompt"])
