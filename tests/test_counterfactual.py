@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _tolerance import RETRAINED
-from fastgda import FastGDAError
+from fastgda import FastGDAError, IncompatibleArtifactError
 from fastgda.counterfactual import (
     RANDOM,
     CounterfactualConfig,
@@ -152,6 +152,11 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
             np.testing.assert_allclose(
                 values, saved["per_query"][method][metric], rtol=1e-6, atol=1e-9
             )
+    # A changed measurement is refused, never read.
+    victim = next(kept.rglob("eval-*.npz"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(IncompatibleArtifactError, match="SHA-256"):
+        import_measurements(kept, tmp_path_factory.mktemp("third"))
     # A stored evaluation is reused for the same plan only.
     assert job().cached_result().per_query == saved["per_query"]
     assert job(dataclasses.replace(config, k=4)).cached_result() is None

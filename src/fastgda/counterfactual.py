@@ -675,7 +675,8 @@ def export_measurements(run_dir, dest) -> int:
         import_measurements(dest, run_dir)
     with atomic_dir(dest, overwrite=True) as tmp:
         count = 0
-        for retrain in sorted((Path(run_dir) / "retrains").iterdir()):
+        retrains = Path(run_dir) / "retrains"
+        for retrain in sorted(retrains.iterdir()) if retrains.is_dir() else []:
             measured = sorted(retrain.glob("eval-*.npz"))
             if not measured:
                 continue
