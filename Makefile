@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# The suite runs on pytest-xdist workers, one test file each at a time (module fixtures stay in one process).
-# Most tests run small models that leave a core idle, so 2 workers on 2 cores finish sooner; 1 runs serially.
+# The suite runs on pytest-xdist workers, one test file each at a time (module fixtures stay in one process),
+# each computing on TEST_THREADS threads: most tests run small models that one thread serves as well as two, so
+# two single-threaded workers fill two cores without oversubscribing them. TEST_WORKERS=1 runs serially.
 TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install browser test test-fast test-demo demo bench lint clean
@@ -34,13 +36,13 @@ browser:
 	 fi
 
 test: install browser
-	$(OFFLINE) $(PY) -m pytest -q $(XDIST) -m "not weights and not gpu and not demo"
+	$(OFFLINE) OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q $(XDIST) -m "not weights and not gpu and not demo"
 
 test-demo: install
 	$(OFFLINE) $(PY) -m pytest -q -m demo
 
 test-fast: install
-	$(OFFLINE) $(PY) -m pytest -q $(XDIST) -m "not slow and not ray and not weights and not gpu and not demo"
+	$(OFFLINE) OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q $(XDIST) -m "not slow and not ray and not weights and not gpu and not demo"
 
 DEMO_OUT ?= demo
 demo: install
