@@ -177,7 +177,11 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
     dataset = open_dataset(args.world)
     data = prepare_training_data(model, dataset, progress=False)
     key = {"model": model_digest(model_dir), "data": dataset.content_hash}
-    before = BeforeLosses.load(out / "before_losses", ScoringConfig(), key)
+    if (out / "before_losses" / "manifest.json").is_file():
+        before = BeforeLosses.load(out / "before_losses", ScoringConfig(), key)
+    else:  # every teacher ranking came from --rankings: the teachers' shared set-up, computed here once
+        before = BeforeLosses.compute(model, data, ScoringConfig(), key, progress=False)
+        before.save(out / "before_losses")
     queries = QuerySet(demo / "queries-test")
     q, everything = COST_QUERY, np.arange(len(dataset))
     costs = {}
