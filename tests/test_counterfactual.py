@@ -64,6 +64,15 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     assert plan["retrains"] == 1 + 3 + 3 + 2
     assert plan["sets"]["method a"] == plan["sets"]["method b (same top-K)"]
     assert plan["recipe"]["steps"] == 12 and plan["recipe"]["warmup_steps"] == 1
+    # θ₀ and the random seeds first, then query by query: a run stopped part-way has every method on its
+    # first queries.
+    by_query = [
+        retrain_key(first.recipe, sorted(r[q, :5].tolist()))
+        for q in range(3)
+        for r in (ranked, methods["method c"])
+    ]
+    assert list(first.plan)[3:] == by_query
+    assert list(first.plan)[0] == first.baseline_key
     first.run()
     assert first.pending() == []
 
@@ -82,6 +91,17 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     before = untouched.stat().st_mtime_ns
     again = job()
     assert again.pending() == [key]
+    # An unfinished run reports the queries it has finished, every method on the same ones (paired), apart
+    # from the full result.
+    assert again.finished_queries() == [0, 2]
+    with pytest.raises(FastGDAError, match="unfinished"):
+        again.evaluate()
+    partial = again.evaluate(partial=True).per_query
+    assert {len(v) for m in partial.values() for v in m.values()} == {2}
+    stored = json.loads((tmp_path / "counterfactual.partial.json").read_text())
+    assert (
+        stored["evaluated_query_rows"] == [0, 2] and not (tmp_path / "counterfactual.json").exists()
+    )
     again.run()
     assert again.pending() == [] and untouched.stat().st_mtime_ns == before
     # Each retrain measured itself as it finished, so its figures outlive its weights: a run carried to another
@@ -144,6 +164,13 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
             ]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7, err_msg=f"{method} {q}")
     assert len(saved["per_query"]["method c"]["delta_loss"]) == 3
+    for (
+        method,
+        metrics,
+    ) in partial.items():  # the partial figures are the full ones on their queries
+        for metric, values in metrics.items():
+            full = saved["per_query"][method][metric]
+            np.testing.assert_allclose(values, [full[0], full[2]], rtol=1e-6, atol=1e-9)
     for (
         method,
         metrics,

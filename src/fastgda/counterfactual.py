@@ -447,9 +447,15 @@ class CounterfactualJob:
         self.sets = removed_sets(rankings, config.k, self.num_train, config.random_seeds)
         self.baseline_key = retrain_key(recipe, [])
         self.plan = {self.baseline_key: []}
-        # Random removals first after θ₀: the noise floor every method is read against is known early.
-        for name in sorted(self.sets, key=lambda m: m != RANDOM):
-            for removed in self.sets[name]:
+        # Random removals first after θ₀: the noise floor every method is read against is known early. Then
+        # query by query, every method's set for one query before the next query's: a run stopped part-way
+        # has every method on its first queries, a paired comparison (``evaluate(partial=True)``).
+        for removed in self.sets[RANDOM]:
+            self.plan.setdefault(retrain_key(recipe, removed), removed)
+        methods = sorted(m for m in self.sets if m != RANDOM)
+        for row in range(num_queries):
+            for name in methods:
+                removed = self.sets[name][row]
                 self.plan.setdefault(retrain_key(recipe, removed), removed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
@@ -516,14 +522,45 @@ class CounterfactualJob:
         with np.load(cache, allow_pickle=False) as saved:
             return {name: saved[name] for name in saved.files}
 
-    def evaluate(self) -> CounterfactualResult:
-        """ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished."""
+    def finished_queries(self) -> list[int]:
+        """Positions (into ``query_rows``) of the queries whose retrains are all finished: θ₀, every random seed
+        and every method's removed set for that query."""
+        missing = set(self.pending())
+        shared = [self.baseline_key] + [retrain_key(self.recipe, r) for r in self.sets[RANDOM]]
+        if missing.intersection(shared):
+            return []
+        return [
+            q
+            for q in range(len(self.query_rows))
+            if not any(
+                retrain_key(self.recipe, lists[q]) in missing
+                for method, lists in self.sets.items()
+                if method != RANDOM
+            )
+        ]
+
+    def evaluate(self, partial: bool = False) -> CounterfactualResult:
+        """ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished.
+
+        With ``partial``, only the queries whose retrains are all finished (``finished_queries``), each method on
+        the same queries, so paired differences hold; written to ``counterfactual.partial.json`` with the
+        ``query_rows`` it covers, never mistaken for the full result.
+        """
         from .encoders import make_encoder
 
         missing = self.pending()
-        if missing:
+        rows = list(range(len(self.query_rows)))
+        if partial:
+            rows = self.finished_queries()
+            if not rows:
+                raise FastGDAError(
+                    f"no query has all its retrains finished yet ({len(missing)} of {len(self.plan)} unfinished, "
+                    "θ₀ and the random removals first); run the job longer"
+                )
+        elif missing:
             raise FastGDAError(
-                f"{len(missing)} of {len(self.plan)} retrains are unfinished; run the job again to finish them"
+                f"{len(missing)} of {len(self.plan)} retrains are unfinished; run the job again to finish them "
+                "(or evaluate the finished queries only with partial=True / --partial)"
             )
         encoder = make_encoder(self.config.similarity_encoder)
         base = self._measure(self.baseline_key)
@@ -545,7 +582,7 @@ class CounterfactualJob:
 
         for method, lists in self.sets.items():
             metrics = {"delta_loss": [], "delta_mse": [], "delta_sim": []}
-            for q in range(len(base["losses"])):
+            for q in rows:
                 # Random: every seed's model serves every query; the mean over seeds is the query's value.
                 removed_sets_of_q = lists if method == RANDOM else [lists[q]]
                 per_seed = [compare(retrain_key(self.recipe, r), q) for r in removed_sets_of_q]
@@ -553,12 +590,13 @@ class CounterfactualJob:
                     metrics[name].append(float(np.mean(values)))
             result.per_query[method] = metrics
         write_json_atomic(
-            self.out_dir / "counterfactual.json",
+            self.out_dir / ("counterfactual.partial.json" if partial else "counterfactual.json"),
             {
                 "summary": result.summary(),
                 "per_query": result.per_query,
                 "k": self.config.k,
                 "plan": self._signature(),
+                "evaluated_query_rows": [self.query_rows[q] for q in rows],
             },
         )
         return result

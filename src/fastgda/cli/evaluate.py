@@ -90,6 +90,12 @@ def add_parser(sub) -> None:
         "runs)",
     )
     c.add_argument("--out", required=True, help="job folder (resumable)")
+    c.add_argument(
+        "--partial",
+        action="store_true",
+        help="retrain nothing: report the queries whose retrains are all finished so far (a long run's "
+        "progress; written to counterfactual.partial.json)",
+    )
     add_compute_flags(c, "retrains")
     add_executor_flags(c)
     c.add_argument("--threads", type=COUNT)
@@ -193,10 +199,13 @@ def handle_counterfactual(args) -> int:
         device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
         dtype=args.dtype,
     )
-    job.run(executor_from_args(args))
-    result = job.evaluate()
+    if not args.partial:
+        job.run(executor_from_args(args))
+    result = job.evaluate(partial=args.partial)
+    evaluated = [int(rows[q]) for q in job.finished_queries()] if args.partial else rows.tolist()
     summary = result.summary()
-    lines = [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
+    lines = [f"{len(evaluated)} of {len(rows)} queries (ids {evaluated})"] if args.partial else []
+    lines += [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
     for name, metrics in summary.items():
         cells = [
             f"{metrics[m]['mean']:.5f} ± {metrics[m]['stderr']:.5f}"
@@ -210,7 +219,13 @@ def handle_counterfactual(args) -> int:
     verdict = {c.claim: c.holds for c in checks}
     emit(
         args,
-        {"k": k, "queries": len(rows), "summary": summary, "ordering": verdict},
+        {
+            "k": k,
+            "queries": len(evaluated),
+            "query_ids": evaluated,
+            "summary": summary,
+            "ordering": verdict,
+        },
         "\n".join(lines),
     )
     return 0
