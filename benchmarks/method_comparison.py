@@ -345,14 +345,22 @@ def main() -> None:
             per_query = result["per_query"][names.get(name, name)]
             for metric, scale, _ in METRICS:
                 v = np.asarray(per_query[metric])
-                se = v.std(ddof=1) / np.sqrt(len(v))
-                cells.append(f"{v.mean() / scale:.2f} ± {se / scale:.2f}")
-                summary[name][metric] = {"mean": float(v.mean()), "stderr": float(se)}
+                se = (
+                    v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+                )  # one query: none
+                cells.append(
+                    f"{v.mean() / scale:.2f}" + (f" ± {se / scale:.2f}" if len(v) > 1 else "")
+                )
+                summary[name][metric] = {
+                    "mean": float(v.mean()),
+                    "stderr": float(se) if len(v) > 1 else None,
+                }
             diff = np.subtract(
                 per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
             )
             se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-            cells.append("–" if name == TEACHER else f"{diff.mean() * 1e3:+.2f} ± {se * 1e3:.2f}")
+            spread = f" ± {se * 1e3:.2f}" if len(diff) > 1 else ""
+            cells.append("–" if name == TEACHER else f"{diff.mean() * 1e3:+.2f}{spread}")
         print("| " + " | ".join(cells) + " |")
     agree = agreement(methods)
     print()
