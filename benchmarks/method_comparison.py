@@ -346,15 +346,12 @@ def main() -> None:
             for metric, scale, _ in METRICS:
                 v = np.asarray(per_query[metric])
                 se = (
-                    v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+                    float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
                 )  # one query: none
                 cells.append(
-                    f"{v.mean() / scale:.2f}" + (f" ± {se / scale:.2f}" if len(v) > 1 else "")
+                    f"{v.mean() / scale:.2f}" + (f" ± {se / scale:.2f}" if se is not None else "")
                 )
-                summary[name][metric] = {
-                    "mean": float(v.mean()),
-                    "stderr": float(se) if len(v) > 1 else None,
-                }
+                summary[name][metric] = {"mean": float(v.mean()), "stderr": se}
             diff = np.subtract(
                 per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
             )
