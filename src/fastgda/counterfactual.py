@@ -300,6 +300,9 @@ class CounterfactualResult:
     """Per method: ΔL, ΔG-MSE, ΔG-sim per query (Q,), and their means and standard errors."""
 
     per_query: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    query_rows: list[int] | None = (
+        None  # the query-set rows the figures cover (a partial result: some)
+    )
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         out = {}
@@ -565,7 +568,7 @@ class CounterfactualJob:
         encoder = make_encoder(self.config.similarity_encoder)
         base = self._measure(self.baseline_key)
         base_emb = unit_rows(encoder.encode(base["images"]))
-        result = CounterfactualResult()
+        result = CounterfactualResult(query_rows=[self.query_rows[q] for q in rows])
         embeddings: dict[str, np.ndarray] = {}  # per retrain: its regenerations, encoded once
 
         def compare(key: str, q: int) -> tuple[float, float, float]:
@@ -596,7 +599,7 @@ class CounterfactualJob:
                 "per_query": result.per_query,
                 "k": self.config.k,
                 "plan": self._signature(),
-                "evaluated_query_rows": [self.query_rows[q] for q in rows],
+                "evaluated_query_rows": result.query_rows,
             },
         )
         return result

@@ -202,7 +202,7 @@ def handle_counterfactual(args) -> int:
     if not args.partial:
         job.run(executor_from_args(args))
     result = job.evaluate(partial=args.partial)
-    evaluated = [int(rows[q]) for q in job.finished_queries()] if args.partial else rows.tolist()
+    evaluated = [int(r) for r in result.query_rows]
     summary = result.summary()
     lines = [f"{len(evaluated)} of {len(rows)} queries (ids {evaluated})"] if args.partial else []
     lines += [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
