@@ -73,9 +73,8 @@ def methods_of(args, out: Path) -> dict[str, dict]:
         "family": "unlearning", "truth": out / "teacher-diag" / "ground_truth",
         "storage": [out / "fisher-diag"],
     }  # fmt: skip
-    influence = ["ekfac", "dtrak"] + (["trak"] if args.with_trak else [])
     names = {"ekfac": "EK-FAC influence", "dtrak": "D-TRAK", "trak": "TRAK"}
-    for m in influence:
+    for m in influence_methods(args):
         methods[names[m]] = {
             "family": "influence", "truth": out / f"influence-{m}" / "ground_truth",
             "storage": [out / f"grad-{m}"] + ([SHIPPED_FISHER] if m == "ekfac" else []), "influence": m,
@@ -87,12 +86,33 @@ def ranking_done(run: Path) -> bool:
     return (run / "ground_truth" / "manifest.json").is_file()
 
 
+def fit_state(args, out: Path) -> None:
+    """The Fishers and gradient features behind the rankings (each command returns at once when done)."""
+    common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
+    if not (out / "fisher-padding-excluded" / "manifest.json").is_file():
+        # The reference EK-FAC's samples and settings, its padded text slots left out.
+        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "ekfac", "--samples", "10000",
+            "--batch-size", "64", "--padding", "excluded", "--out", str(out / "fisher-padding-excluded"))  # fmt: skip
+    if not (out / "fisher-diag" / "manifest.json").is_file():
+        # The reference EK-FAC's samples (10,000) and padding handling, so only the Fisher's form differs.
+        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "diagonal", "--samples", "10000",
+            "--batch-size", "64", "--padding", "included", "--out", str(out / "fisher-diag"))  # fmt: skip
+    for m in influence_methods(args):
+        cli("influence", "features", *common, "--method", m, "--data", args.world,
+            "--out", str(out / f"grad-{m}"))  # fmt: skip
+
+
+def influence_methods(args) -> list[str]:
+    return ["ekfac", "dtrak"] + (["trak"] if args.with_trak else [])
+
+
 def prepare(args, out: Path, queries: str) -> None:
     """Steps 1 and 2: every ranking the counterfactual compares (each command resumes or returns at once).
 
     The rankings (ground truths of the 12 queries, about 0.2 MB each) are kept in ``--rankings`` beside the
-    measurements, so a new machine reuses them, and with them every retrain key; the Fishers and gradient
-    features behind them are refitted there, for the costs of step 4.
+    measurements, so a new machine reuses them, and with them every retrain key. The Fishers and gradient
+    features behind them (about 30 min here) are fitted now only when a ranking is missing, so a resumed run
+    goes straight to its retrains; the costs of step 4 fit them after the retrains.
     """
     kept = Path(args.rankings)
     if kept.is_dir():
@@ -103,34 +123,42 @@ def prepare(args, out: Path, queries: str) -> None:
     common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
     teacher = ["teacher", "run", *common, "--data", args.world, "--queries", queries, "--query-ids", ids,
                "--cache-dir", str(out / "before_losses")]  # fmt: skip
-
-    def rank(run: Path, *command: str) -> None:
-        """One method's rankings into ``run``, then kept (unless restored from ``kept`` already)."""
+    rankings = {
+        **{
+            out / f"teacher-a{alpha}": [*teacher, "--fisher", str(SHIPPED_FISHER), "--alpha", alpha]
+            for alpha in args.alphas
+        },
+        out / "teacher-padding-excluded": [
+            *teacher,
+            "--fisher",
+            str(out / "fisher-padding-excluded"),
+        ],
+        out / "teacher-diag": [*teacher, "--fisher", str(out / "fisher-diag")],
+        **{
+            out / f"influence-{m}": [
+                "influence",
+                "rank",
+                *common,
+                "--method",
+                m,
+                "--features",
+                str(out / f"grad-{m}"),
+                *(["--fisher", str(SHIPPED_FISHER)] if m == "ekfac" else []),
+                "--queries",
+                queries,
+                "--query-ids",
+                ids,
+            ]  # fmt: skip
+            for m in influence_methods(args)
+        },
+    }
+    if not all(ranking_done(run) for run in rankings):
+        fit_state(args, out)
+    for run, command in rankings.items():
         if not ranking_done(run):
             cli(*command, "--out", str(run))
         if not (kept / run.name / "manifest.json").is_file():
             shutil.copytree(run / "ground_truth", kept / run.name)
-
-    for alpha in args.alphas:
-        rank(out / f"teacher-a{alpha}", *teacher, "--fisher", str(SHIPPED_FISHER), "--alpha", alpha)
-    if not (out / "fisher-padding-excluded" / "manifest.json").is_file():
-        # The reference EK-FAC's samples and settings, its padded text slots left out.
-        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "ekfac", "--samples", "10000",
-            "--batch-size", "64", "--padding", "excluded", "--out", str(out / "fisher-padding-excluded"))  # fmt: skip
-    rank(
-        out / "teacher-padding-excluded", *teacher, "--fisher", str(out / "fisher-padding-excluded")
-    )
-    if not (out / "fisher-diag" / "manifest.json").is_file():
-        # The reference EK-FAC's samples (10,000) and padding handling, so only the Fisher's form differs.
-        cli("teacher", "fisher", *common, "--data", args.world, "--kind", "diagonal", "--samples", "10000",
-            "--batch-size", "64", "--padding", "included", "--out", str(out / "fisher-diag"))  # fmt: skip
-    rank(out / "teacher-diag", *teacher, "--fisher", str(out / "fisher-diag"))
-    for m in ["ekfac", "dtrak"] + (["trak"] if args.with_trak else []):
-        cli("influence", "features", *common, "--method", m, "--data", args.world,
-            "--out", str(out / f"grad-{m}"))  # fmt: skip
-        fisher = ["--fisher", str(SHIPPED_FISHER)] if m == "ekfac" else []
-        rank(out / f"influence-{m}", "influence", "rank", *common, "--method", m, "--features",
-             str(out / f"grad-{m}"), *fisher, "--queries", queries, "--query-ids", ids)  # fmt: skip
 
 
 def counterfactual(args, out: Path, demo: Path, methods: dict) -> dict:
@@ -314,6 +342,8 @@ def main() -> None:
     methods = methods_of(args, out)
     result = None if args.costs_only else counterfactual(args, out, demo, methods)
     # A partial table is a progress report: the costs are measured once, beside the finished run's figures.
+    if not args.partial:
+        fit_state(args, out)  # what the costs load: every method's Fisher or gradient features
     costs = {} if args.partial else measure_costs(args, out, demo, methods)
     evaluated = result["evaluated_query_rows"] if result else list(EXTENDED_QUERY_IDS)
     print(f"N = 2,000, K = 68, {len(evaluated)} test queries (ids {evaluated}), coupled "
