@@ -109,17 +109,19 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
         next(row for row, q in enumerate(truth.query_ids) if records[q]["kind"] == kind)
         for kind in ("planted", "held-out")
     ]
-    data = prepare_training_data(
-        model, ensure_world(tmp_path / "world", progress=False), progress=False
-    )
     fisher = Fisher.load(reference_dir() / "fisher")
     layers = select_linear_layers(model.unet, fisher.config.layers)
     # The pool's top 32 and every 10th item below them: the ranking at the top and across the whole pool, at a
     # sixth of the cost of scoring all 512 (this test is among the suite's slowest).
     kept = np.r_[0:32, 32 : truth.ids.shape[1] : 10]
+    # Only the candidates are encoded (their noise keyed by their ids in the world, as the teacher's was).
+    encoded_ids = np.unique(truth.ids[rows][:, kept])
+    data = prepare_training_data(
+        model, ensure_world(tmp_path / "world", progress=False), progress=False, rows=encoded_ids
+    )
     for row in rows:
         q = int(truth.query_ids[row])
-        candidates = truth.ids[row][kept].astype(np.int64)
+        candidates = np.searchsorted(encoded_ids, truth.ids[row][kept])  # rows of the encoding
         before = BeforeLosses.compute(
             model, data, config.scoring, {}, progress=False, item_ids=candidates
         )
@@ -131,7 +133,7 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
             queries["text_states"][q],
             queries["text_mask"][q] if "text_mask" in queries else None,
             config.unlearn,
-            data.x0.shape[0],
+            data.num_full,
             query_key=q,
         )
         with weights_shifted(layers, delta):

@@ -166,7 +166,9 @@ def test_keyed_noise_depends_only_on_its_key():
     assert not torch.equal(a[0], keyed_noise((3, 4, 4), 1, [(1, 0, 100, 0)])[0])
 
 
-def test_cached_before_losses_equal_a_recomputation_on_any_subset(tiny_model, world_data, tmp_path):
+def test_cached_before_losses_equal_a_recomputation_on_any_subset(
+    tiny_model, world_data, small_world, tmp_path
+):
     config = ScoringConfig(timesteps=(100, 600), batch_size=7)
     before = BeforeLosses.compute(
         tiny_model, world_data, config, key={"model": "m"}, progress=False
@@ -183,6 +185,14 @@ def test_cached_before_losses_equal_a_recomputation_on_any_subset(tiny_model, wo
         influence_scores(tiny_model, world_data, subset, cached), 0, atol=1e-6
     )
     assert mean_item_loss(cached.losses).shape == (60, 1)
+    # Only the subset encoded: the same losses, its noise keyed by the full set's ids, not by its own rows.
+    encoded = prepare_training_data(tiny_model, small_world, progress=False, rows=subset)
+    assert encoded.num_full == 60 and encoded.full_ids([2, 0]).tolist() == [17, 41]
+    np.testing.assert_allclose(
+        mean_item_loss(item_losses(tiny_model, encoded, np.arange(3), config)),
+        mean_item_loss(cached.losses[subset]),
+        rtol=1e-5,
+    )
     partial = BeforeLosses.compute(
         tiny_model, world_data, config, {}, progress=False, item_ids=subset
     )

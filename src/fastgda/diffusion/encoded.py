@@ -116,6 +116,12 @@ class TrainingData:
         }
         return {k: v.contiguous() for k, v in named.items() if v is not None}
 
+    def full_ids(self, rows) -> np.ndarray:
+        """The ids in the full set of ``rows`` (int (n,)): what keys each item's noise, so a subset's losses and
+        gradients equal the full set's."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows if self.item_ids is None else self.item_ids.numpy()[rows]
+
     def subset(self, rows) -> TrainingData:
         """The data of ``rows`` only, in that order (leave-K-out retrains reuse one encoding of the full set).
 
@@ -149,13 +155,24 @@ def prepare_training_data(
     dataset: ImageCaptionDataset,
     progress: bool = True,
     cache: str | os.PathLike | None = None,
+    rows=None,
 ) -> TrainingData:
     """Encode every image and caption once (the text encoder and VAE are frozen).
 
     ``cache``: a folder (e.g. ``fastgda._artifacts.cache_dir()``) that keeps one encoding per (dataset content,
     ``model.encoding_key()``) on disk, memory-mapped when read, so the Fisher, the teacher and training share it
     and none holds it in RAM. Without ``cache`` the encoding is held in RAM, float32.
+
+    ``rows``: encode only these items (int (n,)), in RAM, as a subset of the full set (``TrainingData.subset``):
+    scoring a few candidates then costs their encoding, not the whole set's.
     """
+    if rows is not None:
+        if cache is not None:
+            raise ValueError("a cached encoding is of the whole set: pass rows or cache, not both")
+        rows = np.asarray(rows, dtype=np.int64)
+        data = _encode(model, dataset, progress, _in_memory, rows)
+        data.item_ids, data.num_full = torch.from_numpy(rows), len(dataset)
+        return data
     if cache is None:
         return _encode(model, dataset, progress, _in_memory)
     dtype = storage_dtype(model)
@@ -222,21 +239,26 @@ def _on_disk(folder: Path, dtype: str):
     return allocate
 
 
-def _encode(model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool, allocate):
-    """Encode chunk by chunk into ``allocate(name, shape)`` arrays, so the whole encoding is never in RAM twice."""
+def _encode(
+    model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool, allocate, items=None
+):
+    """Encode chunk by chunk into ``allocate(name, shape)`` arrays, so the whole encoding is never in RAM twice.
+
+    ``items``: the dataset rows to encode (int (n,)), in that order; every row when None."""
     size = model.image_size
-    counts = torch.tensor([len(dataset.captions(i)) for i in range(len(dataset))], dtype=torch.long)
+    items = np.arange(len(dataset)) if items is None else items
+    counts = torch.tensor([len(dataset.captions(int(i))) for i in items], dtype=torch.long)
     starts = torch.cumsum(counts, 0) - counts
     x0 = states = mask = None
     chunk = 256
-    for start in tqdm(range(0, len(dataset), chunk), desc="encoding data", disable=not progress):
-        rows = range(start, min(start + chunk, len(dataset)))
+    for start in tqdm(range(0, len(items), chunk), desc="encoding data", disable=not progress):
+        rows = [int(i) for i in items[start : start + chunk]]
         chunk_x0 = model.encode_images(dataset.load_images(rows, size=size)).cpu()
         chunk_states, chunk_mask = model.encode_prompts(
             [c for i in rows for c in dataset.captions(i)]
         )
         if x0 is None:  # the shapes are known once the first chunk is encoded
-            x0 = allocate("x0", (len(dataset), *chunk_x0.shape[1:]))
+            x0 = allocate("x0", (len(items), *chunk_x0.shape[1:]))
             states = allocate("states", (int(counts.sum()), *chunk_states.shape[1:]))
             if chunk_mask is not None:
                 mask = torch.empty((int(counts.sum()), chunk_mask.shape[1]), dtype=chunk_mask.dtype)

@@ -99,6 +99,9 @@ def item_gradients(
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     timesteps = list(config.timesteps)
+    ids = data.full_ids(
+        item_ids
+    )  # the noise is keyed by the full set's id, so a subset's gradients match
     rows = [
         (row, int(item), c, t)
         for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))
@@ -120,7 +123,7 @@ def item_gradients(
         items = torch.tensor([r[1] for r in batch])
         captions = data.caption_start[items] + torch.tensor([r[2] for r in batch])
         t = torch.tensor([r[3] for r in batch])
-        noise = keyed_noise(shape, config.noise_seed, [(r[1], r[2], r[3], 0) for r in batch])
+        noise = keyed_noise(shape, config.noise_seed, [(ids[r[0]], r[2], r[3], 0) for r in batch])
         mask = None if data.mask is None else data.mask[captions].to(device)
         grads = _row_gradients(
             model, layers, data.x0[items].to(device), data.states[captions].to(device), mask,

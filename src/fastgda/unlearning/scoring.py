@@ -75,6 +75,9 @@ def item_losses(
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     c_max = int(data.caption_count.max())
+    ids = data.full_ids(
+        item_ids
+    )  # the noise is keyed by the full set's id, so a subset scores the same
     timesteps = list(config.timesteps)
     # Flatten (item, flip, caption, t) into rows so batches stay full whatever the caption counts.
     rows = [
@@ -102,7 +105,7 @@ def item_losses(
             flips = torch.tensor([r[2] for r in batch], dtype=torch.bool)
             captions = data.caption_start[items] + torch.tensor([r[3] for r in batch])
             t = torch.tensor([timesteps[r[4]] for r in batch])
-            keys = [(r[1], r[3], timesteps[r[4]], r[2]) for r in batch]
+            keys = [(ids[r[0]], r[3], timesteps[r[4]], r[2]) for r in batch]
             noise = keyed_noise(shape, config.noise_seed, keys)
             x0 = data.x0[items]
             x0 = torch.where(flips.view(-1, 1, 1, 1), x0.flip(-1), x0)  # mirror along the width
