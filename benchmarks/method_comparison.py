@@ -39,6 +39,7 @@ from fastgda.counterfactual import EXTENDED_QUERY_IDS, export_measurements, impo
 SHIPPED_FISHER = reference_split_dir("test").parent / "fisher"
 TEACHER = "AbU+ (EK-FAC), α = 1e-2"  # the shipped reference: the counterfactual's "teacher"
 PADDING_EXCLUDED = "AbU+ (EK-FAC, padding excluded), α = 1e-2"
+K, STEPS = 68, 400  # the counterfactual's removal (3.4% of N) and retrain recipe, as the demo's
 COST_QUERY = 20  # a planted query ("a large yellow cross"), as the demo's side-by-side timing
 METRICS = (("delta_loss", 1e-3, "ΔL ×1e-3 ↑"), ("delta_mse", 1e-2, "ΔG-MSE ×1e-2 ↑"),
            ("delta_sim", 1e-1, "ΔG-sim ×1e-1 ↓"))  # fmt: skip
@@ -176,7 +177,7 @@ def counterfactual(args, out: Path, demo: Path, methods: dict) -> dict:
         "--query-set", str(demo / "queries-test"), "--items", str(demo / "features" / "items"),
         "--queries", str(demo / "features" / "q-test"), "--ground-truth", str(methods[TEACHER]["truth"]),
         "--ranker", str(demo / "ranker"), "--baselines", "text", *extra,
-        "--query-ids", ",".join(map(str, EXTENDED_QUERY_IDS)), "--k", "68", "--steps", "400",
+        "--query-ids", ",".join(map(str, EXTENDED_QUERY_IDS)), "--k", str(K), "--steps", str(STEPS),
         "--random-seeds", "0", "1", "2", "--coupled", "--executor", args.executor, "--workers", str(args.workers),
         "--threads", "1", "--out", str(out), "--json", *(["--partial"] if args.partial else []))  # fmt: skip
     if args.partial:  # nothing new was measured
@@ -289,6 +290,45 @@ def agreement(methods: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
+def write_report(path: Path, summary: dict, family: dict, result: dict, partial: bool) -> None:
+    """The table as a self-contained page (``fastgda.app.report``): Table 1's columns and the ΔL chart."""
+    from fastgda.app.report import (
+        CounterfactualRow,
+        CounterfactualSection,
+        render_counterfactual_report,
+    )
+
+    def pair(figures: dict | None):
+        return None if figures is None else (figures["mean"], figures["stderr"])
+
+    rows = []
+    for name, figures in summary.items():
+        cost = figures["cost"] or {}
+        rows.append(CounterfactualRow(
+            name, *(pair(figures[m]) for m, _, _ in METRICS), cost.get("seconds"), family[name],
+            cost.get("storage_bytes"), pair(figures.get("paired_delta_loss")),
+        ))  # fmt: skip
+    queries = result["evaluated_query_rows"]
+    section = CounterfactualSection(rows, K, len(queries), STEPS, teacher=TEACHER)
+    title = "Attribution methods under one leave-K-out run" + (" (unfinished)" if partial else "")
+    summary_lines = [
+        f"N = 2,000 training images of the standard world; K = {K} removed per method and query; test "
+        f"queries {queries}; coupled {STEPS}-step retrains (θ₀ retrained the same way).",
+        "Produced by benchmarks/method_comparison.py; the figures are those it printed.",
+    ]
+    notes = [
+        "Latency: seconds to answer one query (test query 20) in one process on this machine, set-up (loading "
+        "the Fisher or the gradient features) excluded; storage: what the method keeps to answer a query.",
+        "ΔL − teacher's: each method's ΔL minus AbU+ α = 1e-2's on the same query, mean ± standard error of the "
+        "differences.",
+    ]
+    if partial:
+        notes.append("Unfinished run: only the queries whose retrains are all measured; no costs.")
+    path.write_text(
+        render_counterfactual_report(title, summary_lines, section, 2000, notes), encoding="utf-8"
+    )
+
+
 def seconds_text(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
@@ -314,6 +354,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument(
+        "--report",
+        help="the table as an HTML page (default: report.html in --out, report.partial.html with --partial)",
+    )
     parser.add_argument(
         "--measurements",
         default="bench-results/method_comparison.retrains",
@@ -346,8 +390,8 @@ def main() -> None:
         fit_state(args, out)  # what the costs load: every method's Fisher or gradient features
     costs = {} if args.partial else measure_costs(args, out, demo, methods)
     evaluated = result["evaluated_query_rows"] if result else list(EXTENDED_QUERY_IDS)
-    print(f"N = 2,000, K = 68, {len(evaluated)} test queries (ids {evaluated}), coupled "
-          f"400-step retrains; costs on test query {COST_QUERY}, {args.threads} threads; this run "
+    print(f"N = 2,000, K = {K}, {len(evaluated)} test queries (ids {evaluated}), coupled "
+          f"{STEPS}-step retrains; costs on test query {COST_QUERY}, {args.threads} threads; this run "
           f"{(time.perf_counter() - began) / 60:.1f} min")  # fmt: skip
     print()
     names = {TEACHER: "teacher"}
@@ -385,9 +429,11 @@ def main() -> None:
             diff = np.subtract(
                 per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
             )
-            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-            spread = f" ± {se * 1e3:.2f}" if len(diff) > 1 else ""
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+            spread = f" ± {se * 1e3:.2f}" if se is not None else ""
             cells.append("–" if name == TEACHER else f"{diff.mean() * 1e3:+.2f}{spread}")
+            if name != TEACHER:
+                summary[name]["paired_delta_loss"] = {"mean": float(diff.mean()), "stderr": se}
         print("| " + " | ".join(cells) + " |")
     agree = agreement(methods)
     print()
@@ -395,6 +441,10 @@ def main() -> None:
     print("|---|---:|")
     for name, (mean, se) in agree.items():
         print(f"| {name} | {mean:.3f} ± {se:.3f} |")
+    if result:
+        report = Path(args.report or out / f"report{'.partial' if args.partial else ''}.html")
+        write_report(report, summary, family, result, args.partial)
+        print(f"\nreport: {report}")
     if args.json:
         figures = {"methods": summary, "costs": costs, "agreement_map17": agree}
         Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")

@@ -11,6 +11,7 @@ from fastgda.app.report import (
     MethodRow,
     PanelRow,
     QueryPanel,
+    render_counterfactual_report,
     render_report,
 )
 
@@ -67,6 +68,29 @@ def test_the_counterfactual_section_shows_the_table_and_delta_loss_against_speed
         html.count("<svg") == 3 and html.count("<circle") == 3 + 2
     )  # only timed methods are plotted
     assert "a caveat" in html
+
+
+def test_a_method_comparison_page_has_the_papers_table_1_columns():
+    """Family, latency and storage where measured, the paired ΔL difference, and no ± for one query."""
+    rows = [
+        CounterfactualRow("AbU+ α = 1e-2", (7e-4, 3e-4), (2e-3, 1e-3), (0.92, 0.03), 52.0,
+                          "unlearning", 3_000_000),
+        CounterfactualRow("D-TRAK", (4e-4, 3e-4), (1e-3, 7e-4), (0.93, 0.03), 0.5, "influence",
+                          250_000_000, (-3e-4, 4e-5)),
+        CounterfactualRow("random", (-6e-5, None), (5e-4, None), (0.957, None), family="–",
+                          paired_delta_loss=(-7.5e-4, None)),
+    ]  # fmt: skip
+    section = CounterfactualSection(rows, 68, 12, 400, teacher="AbU+ α = 1e-2")
+    html = render_counterfactual_report("comparison", ["N = 2,000"], section, 2000, ["a note"])
+    assert not re.search(r"""(src|href)=["']?https?:""", html)
+    assert "<th>family</th><th>latency per query</th><th>storage</th><th>ΔL ×1e-3</th>" in html
+    assert "<td>influence</td><td>500 ms (2/s)</td><td>0.25 GB</td><td>0.40 ± 0.30</td>" in html
+    assert (
+        "<td>57%</td><td>-0.30 ± 0.04</td>" in html
+    )  # D-TRAK's share of the teacher's ΔL, and the paired gap
+    assert "<td>-0.06</td>" in html and "<td>-0.75</td>" in html  # one query: no standard error
+    assert "<td>3.0 MB</td>" in html and html.count("<circle") == 2  # the two timed methods
+    assert "a note" in html
 
 
 @pytest.mark.browser

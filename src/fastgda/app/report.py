@@ -48,35 +48,71 @@ class QueryPanel:
 
 @dataclass
 class CounterfactualRow:
-    """One method's leave-K-out result: (mean, standard error) over queries of each metric."""
+    """One method's leave-K-out result: (mean, standard error) over queries of each metric (the error None for
+    one query), with its family, cost and storage where they were measured (the papers' Table 1 columns)."""
 
     name: str
-    delta_loss: tuple[float, float]
-    delta_mse: tuple[float, float]
-    delta_sim: tuple[float, float]
+    delta_loss: tuple[float, float | None]
+    delta_mse: tuple[float, float | None]
+    delta_sim: tuple[float, float | None]
     seconds_per_query: float | None = None
+    family: str | None = None  # "unlearning", "influence", "feature", ...
+    storage_bytes: int | None = None  # what the method keeps to answer a query
+    # ΔL minus the teacher's, paired over the same queries: (mean, standard error of the differences)
+    paired_delta_loss: tuple[float, float | None] | None = None
 
 
 @dataclass
 class CounterfactualSection:
-    """The counterfactual table's context: K, the queries, and the retrain recipe's length."""
+    """The counterfactual table's context: K, the queries, and the retrain recipe's length.
+
+    ``teacher``: the row every other is compared with (default: the first whose name starts "teacher")."""
 
     rows: list[CounterfactualRow]
     k: int
     num_queries: int
     retrain_steps: int
     notes: list[str] = field(default_factory=list)
+    teacher: str | None = None
+
+    def teacher_row(self) -> CounterfactualRow | None:
+        if self.teacher is not None:
+            return next(r for r in self.rows if r.name == self.teacher)
+        return next((r for r in self.rows if r.name.startswith("teacher")), None)
+
+
+def _mean_se(value: tuple[float, float | None], scale: float, signed: bool = False) -> str:
+    mean, se = value
+    text = f"{mean / scale:+.2f}" if signed else f"{mean / scale:.2f}"
+    return text if se is None else f"{text} ± {se / scale:.2f}"
+
+
+def _storage(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB" if size < 1e8 else f"{size / 1e9:,.2f} GB"
 
 
 def counterfactual_html(section: CounterfactualSection, num_train: int, colours) -> str:
-    """The leave-K-out table (ΔL x1e-3, ΔG-MSE x1e-2, ΔG-sim x1e-1, ΔL as a share of the teacher's) and ΔL
-    against queries per second for the timed methods."""
-    teacher = next((r for r in section.rows if r.name.startswith("teacher")), None)
+    """The leave-K-out table (ΔL x1e-3, ΔG-MSE x1e-2, ΔG-sim x1e-1, ΔL as a share of the teacher's; family,
+    latency, storage and the paired ΔL difference when rows carry them) and ΔL against queries per second for
+    the timed methods."""
+    teacher = section.teacher_row()
+    rows = section.rows
+    # The papers' Table 1 columns appear only where some row measured them (the demo's table has no family).
+    optional = [
+        ("family", any(r.family for r in rows), lambda r: escape(r.family or "–")),
+        ("latency per query", any(r.seconds_per_query for r in rows),
+         lambda r: _speed(r.seconds_per_query) if r.seconds_per_query else "–"),
+        ("storage", any(r.storage_bytes for r in rows),
+         lambda r: _storage(r.storage_bytes) if r.storage_bytes else "–"),
+    ]  # fmt: skip
+    shown = [(title, cell) for title, present, cell in optional if present]
+    paired = any(r.paired_delta_loss for r in rows)
     body = []
-    for row in section.rows:
-        cells = "".join(
-            f"<td>{mean / scale:.2f} ± {se / scale:.2f}</td>"
-            for (mean, se), scale in (
+    for row in rows:
+        cells = "".join(f"<td>{cell(row)}</td>" for _, cell in shown)
+        cells += "".join(
+            f"<td>{_mean_se(value, scale)}</td>"
+            for value, scale in (
                 (row.delta_loss, 1e-3),
                 (row.delta_mse, 1e-2),
                 (row.delta_sim, 1e-1),
@@ -87,7 +123,14 @@ def counterfactual_html(section: CounterfactualSection, num_train: int, colours)
             if teacher and teacher.delta_loss[0] > 0
             else "–"
         )
-        body.append(f"<tr><th scope='row'>{escape(row.name)}</th>{cells}<td>{share}</td></tr>")
+        cells += f"<td>{share}</td>"
+        if paired:
+            difference = row.paired_delta_loss
+            cells += f"<td>{_mean_se(difference, 1e-3, signed=True) if difference else '–'}</td>"
+        body.append(f"<tr><th scope='row'>{escape(row.name)}</th>{cells}</tr>")
+    head = "".join(f"<th>{title}</th>" for title, _ in shown)
+    head += "<th>ΔL ×1e-3</th><th>ΔG-MSE ×1e-2</th><th>ΔG-sim ×1e-1</th><th>ΔL / teacher's</th>"
+    head += "<th>ΔL − teacher's ×1e-3 (paired)</th>" if paired else ""
     points = [
         (r.name, 1.0 / r.seconds_per_query, r.delta_loss[0] * 1e3)
         for r in section.rows
@@ -103,8 +146,8 @@ def counterfactual_html(section: CounterfactualSection, num_train: int, colours)
         f"({100 * section.k / num_train:.2g}% of N) removed, the model retrained from scratch "
         f"({section.retrain_steps} steps, same seed), on {section.num_queries} test queries; mean ± standard "
         f"error over queries. ΔL and ΔG-MSE: higher means more forgotten; ΔG-sim: lower means more "
-        f"forgotten.</p><table><thead><tr><th>method</th><th>ΔL ×1e-3</th><th>ΔG-MSE ×1e-2</th>"
-        f"<th>ΔG-sim ×1e-1</th><th>ΔL / teacher's</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"forgotten.</p><table><thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+        f"</table>"
         f"<div class='charts'><figure>{chart}<figcaption>Counterfactual impact against speed (FastGDA Fig. 1): "
         f"ΔL of each timed method against its queries per second.</figcaption></figure></div>"
         f"<ul class='muted'>{notes}</ul>"
@@ -314,11 +357,9 @@ def render_report(
     names = [row.name for row in rows] + list(curves)
     names += [r.name for r in counterfactual.rows] if counterfactual else []
     colours = _colours(list(dict.fromkeys(names)))
-    summary_html = "".join(f"<li>{escape(line)}</li>" for line in summary)
-    notes_html = "".join(f"<li>{escape(line)}</li>" for line in notes)
-    return (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><ul>{summary_html}</ul>"
+    return _page(
+        title,
+        summary,
         f"<h2>Agreement with the teacher</h2>{metrics_table_html(rows, ls, num_train)}"
         f"<div class='charts'><figure>{quality_speed_svg(rows, mid, colours)}<figcaption>Quality against speed "
         f"(like FastGDA Fig. 1): each timed method's mAP(L={mid}) against queries per second.</figcaption>"
@@ -326,6 +367,25 @@ def render_report(
         f"</figure></div>"
         f"{counterfactual_html(counterfactual, num_train, colours) if counterfactual else ''}"
         f"<h2>Queries and their top training images</h2>"
-        f"{''.join(panel_html(p) for p in panels)}"
+        f"{''.join(panel_html(p) for p in panels)}",
+        notes,
+    )
+
+
+def render_counterfactual_report(
+    title: str, summary: list[str], section: CounterfactualSection, num_train: int, notes: list[str]
+) -> str:
+    """A page with the leave-K-out table and its chart only (``benchmarks/method_comparison.py``'s Table 1)."""
+    colours = _colours([row.name for row in section.rows])
+    return _page(title, summary, counterfactual_html(section, num_train, colours), notes)
+
+
+def _page(title: str, summary: list[str], body: str, notes: list[str]) -> str:
+    """A self-contained page: title, summary lines, ``body`` (HTML), then notes."""
+    summary_html = "".join(f"<li>{escape(line)}</li>" for line in summary)
+    notes_html = "".join(f"<li>{escape(line)}</li>" for line in notes)
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><ul>{summary_html}</ul>{body}"
         f"<h2>Notes</h2><ul class='muted'>{notes_html}</ul></body></html>"
     )
