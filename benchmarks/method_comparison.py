@@ -290,6 +290,39 @@ def agreement(methods: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
+def decisions(summary: dict, family: dict[str, str], num_queries: int, partial: bool) -> list[str]:
+    """The rule written down before the results (issue 18, with 1 of 12 queries measured), applied to the
+    paired ΔL gaps d ± s (method minus AbU+ α = 1e-2 with the reference Fisher, which counts padded slots):
+
+    - a teacher setting replaces the default only when d > s (it beats the default by more than one s.e.);
+    - the Fisher's padding: excluded is the default since issue 18's part 3; it goes back to included (the
+      reference's) only when included beats it by more than one s.e., i.e. when d < −s for the excluded row;
+    - an influence method is offered as a distillation teacher (part 4) when |d| <= s, or d > s.
+    """
+    unfinished = " (unfinished run: what the rule would say; nothing is decided)" if partial else ""
+    lines = [
+        f"Decisions (pre-registered rule, {num_queries} queries; ΔL gaps ×1e-3, paired){unfinished}:"
+    ]
+    for name, figures in summary.items():
+        gap = figures.get("paired_delta_loss")
+        if gap is None or gap["stderr"] is None:
+            continue
+        d, s = gap["mean"] * 1e3, gap["stderr"] * 1e3
+        if name == PADDING_EXCLUDED:
+            verdict = ("included (the reference's) beats it: the default goes back to included" if d < -s
+                       else "not beaten by more than one s.e.: excluded stays the default")  # fmt: skip
+        elif family[name] == "unlearning":
+            verdict = ("beats the default by more than one s.e.: it becomes the default" if d > s
+                       else "does not beat the default by more than one s.e.: the default stays")  # fmt: skip
+        elif family[name] == "influence":
+            verdict = ("within one s.e. of AbU+ or better: offer it as a distillation teacher" if d >= -s
+                       else "more than one s.e. below AbU+: not offered as a teacher")  # fmt: skip
+        else:
+            continue
+        lines.append(f"- {name}: {d:+.2f} ± {s:.2f}: {verdict}")
+    return lines
+
+
 def write_report(path: Path, summary: dict, family: dict, result: dict, partial: bool) -> None:
     """The table as a self-contained page (``fastgda.app.report``): Table 1's columns and the ΔL chart."""
     from fastgda.app.report import (
@@ -442,6 +475,9 @@ def main() -> None:
     for name, (mean, se) in agree.items():
         print(f"| {name} | {mean:.3f} ± {se:.3f} |")
     if result:
+        print()
+        for line in decisions(summary, family, len(evaluated), args.partial):
+            print(line)
         report = Path(args.report or out / f"report{'.partial' if args.partial else ''}.html")
         write_report(report, summary, family, result, args.partial)
         print(f"\nreport: {report}")
