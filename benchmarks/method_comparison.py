@@ -3,12 +3,12 @@ leave-K-out run, with each method's cost per query measured side by side (issue 
 
 Every step is resumable and reuses what an earlier invocation finished, so the run can span days:
 
-1. the teacher at other steps (AbU+ at α = 1e-4, and any of ``--alphas``), with an EK-FAC that leaves padded
+1. the teacher at other steps (AbU+ at α = 1e-4 and 1e-3: ``--alphas``), with an EK-FAC that leaves padded
    text slots out (the reference's counts them), and AbU with a diagonal Fisher, on the counterfactual's test
    queries (α = 1e-2 is the shipped reference ground truth);
 2. gradient features and rankings of EK-FAC influence and D-TRAK (and TRAK with ``--with-trak``);
 3. one coupled leave-K-out run over all of them, the demo's ranker, untuned text and random removal
-   (``fastgda eval counterfactual`` into ``--out`` itself; about 90 retrains of the 400-step recipe);
+   (``fastgda eval counterfactual`` into ``--out`` itself; about 110 retrains of the 400-step recipe);
 4. each method's cost for one query (query 20) measured in one process, and its storage.
 
     python benchmarks/method_comparison.py --demo runs/demo-s16 --world runs/world --out runs/cf18 \\
@@ -372,7 +372,10 @@ def main() -> None:
     parser.add_argument("--world", default="runs/world")
     parser.add_argument("--out", default="runs/method-comparison")
     parser.add_argument(
-        "--alphas", nargs="*", default=["1e-4"], help="AbU+ steps besides the reference's 1e-2"
+        "--alphas",
+        nargs="*",
+        default=["1e-4", "1e-3"],
+        help="AbU+ steps besides the reference's 1e-2",
     )
     parser.add_argument("--with-trak", action="store_true", help="also TRAK (12 more retrains)")
     parser.add_argument("--costs-only", action="store_true", help="skip the leave-K-out run")
