@@ -87,9 +87,14 @@ def ranking_done(run: Path) -> bool:
     return (run / "ground_truth" / "manifest.json").is_file()
 
 
+def common_options(args) -> list[str]:
+    """The model and the compute every ranking and fit runs with."""
+    return ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
+
+
 def fit_state(args, out: Path) -> None:
     """The Fishers and gradient features behind the rankings (each command returns at once when done)."""
-    common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
+    common = common_options(args)
     if not (out / "fisher-padding-excluded" / "manifest.json").is_file():
         # The reference EK-FAC's samples and settings, its padded text slots left out.
         cli("teacher", "fisher", *common, "--data", args.world, "--kind", "ekfac", "--samples", "10000",
@@ -121,7 +126,7 @@ def prepare(args, out: Path, queries: str) -> None:
             if folder.is_dir() and not ranking_done(out / folder.name):
                 shutil.copytree(folder, out / folder.name / "ground_truth")
     ids = ",".join(map(str, EXTENDED_QUERY_IDS))
-    common = ["--model", "shipped", "--device", args.device, "--threads", str(args.threads)]
+    common = common_options(args)
     teacher = ["teacher", "run", *common, "--data", args.world, "--queries", queries, "--query-ids", ids,
                "--cache-dir", str(out / "before_losses")]  # fmt: skip
     rankings = {

@@ -99,9 +99,8 @@ def item_gradients(
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     timesteps = list(config.timesteps)
-    ids = data.full_ids(
-        item_ids
-    )  # the noise is keyed by the full set's id, so a subset's gradients match
+    # The noise is keyed by the full set's id, so a subset's gradients equal the full set's.
+    ids = data.full_ids(item_ids)
     rows = [
         (row, int(item), c, t)
         for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))

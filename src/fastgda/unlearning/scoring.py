@@ -75,9 +75,8 @@ def item_losses(
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     c_max = int(data.caption_count.max())
-    ids = data.full_ids(
-        item_ids
-    )  # the noise is keyed by the full set's id, so a subset scores the same
+    # The noise is keyed by the full set's id, so a subset scores as the full set does.
+    ids = data.full_ids(item_ids)
     timesteps = list(config.timesteps)
     # Flatten (item, flip, caption, t) into rows so batches stay full whatever the caption counts.
     rows = [
