@@ -328,8 +328,36 @@ def decisions(summary: dict, family: dict[str, str], num_queries: int, partial: 
     return lines
 
 
-def write_report(path: Path, summary: dict, family: dict, result: dict, partial: bool) -> None:
-    """The table as a self-contained page (``fastgda.app.report``): Table 1's columns and the ΔL chart."""
+def robustness(result: dict, demo: Path, rows: list[str], names: dict) -> dict[str, dict]:
+    """Two readings of the paired ΔL gaps that one query cannot carry, beside the pre-registered rule (which
+    they do not change): on how many queries a method's removals beat AbU+ α = 1e-2's, and the paired gap on
+    the queries naming no planted concept (a planted query's ΔL is far larger than the others')."""
+    from fastgda.data import ImageCaptionFolder
+
+    records = ImageCaptionFolder(demo / "queries-test").records
+    query_rows = result["evaluated_query_rows"]
+    plain = [i for i, q in enumerate(query_rows) if not records[q].get("concept")]
+    teacher = np.asarray(result["per_query"]["teacher"]["delta_loss"])
+    out = {}
+    for name in rows:
+        if name == TEACHER:
+            continue
+        diff = np.asarray(result["per_query"][names.get(name, name)]["delta_loss"]) - teacher
+        rest = diff[plain]
+        se = float(rest.std(ddof=1) / np.sqrt(len(rest))) if len(rest) > 1 else None
+        out[name] = {
+            "wins": int((diff > 0).sum()),
+            "queries": len(diff),
+            "unplanted_gap": {"mean": float(rest.mean()), "stderr": se, "queries": len(rest)},
+        }
+    return out
+
+
+def write_report(
+    path: Path, summary: dict, family: dict, result: dict, partial: bool, findings: list[str]
+) -> None:
+    """The table as a self-contained page (``fastgda.app.report``): Table 1's columns, the ΔL chart, and
+    ``findings`` (the rule's verdicts and the robustness readings) as notes."""
     from fastgda.app.report import (
         CounterfactualRow,
         CounterfactualSection,
@@ -362,6 +390,7 @@ def write_report(path: Path, summary: dict, family: dict, result: dict, partial:
     ]
     if partial:
         notes.append("Unfinished run: only the queries whose retrains are all measured; no costs.")
+    notes += findings
     path.write_text(
         render_counterfactual_report(title, summary_lines, section, 2000, notes), encoding="utf-8"
     )
@@ -476,6 +505,12 @@ def main() -> None:
             if name != TEACHER:
                 summary[name]["paired_delta_loss"] = {"mean": float(diff.mean()), "stderr": se}
         print("| " + " | ".join(cells) + " |")
+    if costs.get(TEACHER):
+        base = costs[TEACHER]["seconds"]
+        print()
+        print(f"Per query against {TEACHER} ({seconds_text(base)}), side by side in this run: " + ", ".join(
+            f"{name} {base / cost['seconds']:,.1f}x" for name, cost in costs.items() if name != TEACHER
+        ) + " faster")  # fmt: skip
     agree = agreement(methods)
     print()
     print(f"| method | mAP(17) against {TEACHER}, {len(EXTENDED_QUERY_IDS)} queries |")
@@ -484,13 +519,44 @@ def main() -> None:
         print(f"| {name} | {mean:.3f} ± {se:.3f} |")
     if result:
         print()
-        for line in decisions(summary, family, len(evaluated), args.partial):
+        verdicts = decisions(summary, family, len(evaluated), args.partial)
+        for line in verdicts:
             print(line)
+        readings = robustness(result, demo, rows, names)
+        teacher = np.asarray(result["per_query"]["teacher"]["delta_loss"])
+        top = int(np.argmax(teacher))
+        print()
+        print(f"{TEACHER}'s ΔL on its largest query (test query {evaluated[top]}): "
+              f"{teacher[top] * 1e3:.2f} ×1e-3, {teacher[top] / teacher.sum():.0%} of its total over the "
+              f"{len(teacher)} queries")  # fmt: skip
+        some = next(iter(readings.values()))
+        print()
+        print(f"| method | queries its removals beat {TEACHER}'s on (ΔL) | ΔL gap ×1e-3 on the "
+              f"{some['unplanted_gap']['queries']} queries naming no planted concept (paired) |")  # fmt: skip
+        print("|---|---:|---:|")
+        for name, reading in readings.items():
+            gap = reading["unplanted_gap"]
+            spread = f" ± {gap['stderr'] * 1e3:.2f}" if gap["stderr"] is not None else ""
+            print(
+                f"| {name} | {reading['wins']} of {reading['queries']} | {gap['mean'] * 1e3:+.2f}{spread} |"
+            )
         report = Path(args.report or out / f"report{'.partial' if args.partial else ''}.html")
-        write_report(report, summary, family, result, args.partial)
+        findings = (
+            [verdicts[0]]
+            + [line[2:] for line in verdicts[1:]]
+            + [
+                f"{name}: its removals beat {TEACHER}'s on {r['wins']} of {r['queries']} queries; paired ΔL gap "
+                f"on the {r['unplanted_gap']['queries']} queries naming no planted concept "
+                f"{r['unplanted_gap']['mean'] * 1e3:+.2f} ± {r['unplanted_gap']['stderr'] * 1e3:.2f} ×1e-3"
+                for name, r in readings.items()
+            ]
+        )
+        write_report(report, summary, family, result, args.partial, findings)
         print(f"\nreport: {report}")
     if args.json:
         figures = {"methods": summary, "costs": costs, "agreement_map17": agree}
+        if result:
+            figures["robustness"] = readings
         Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")
 
 

@@ -13,6 +13,7 @@ from fastgda.app.report import (
     QueryPanel,
     render_counterfactual_report,
     render_report,
+    speed_scatter_svg,
 )
 
 LS = [8, 17, 68]
@@ -91,6 +92,25 @@ def test_a_method_comparison_page_has_the_papers_table_1_columns():
     assert "<td>-0.06</td>" in html and "<td>-0.75</td>" in html  # one query: no standard error
     assert "<td>3.0 MB</td>" in html and html.count("<circle") == 2  # the two timed methods
     assert "a note" in html
+
+
+def test_labels_of_methods_with_one_latency_and_score_do_not_print_over_each_other():
+    """AbU+ at three steps costs the same and scores nearly the same: three labels, three lines."""
+    points = [("AbU+ α = 1e-2", 0.016, 1.70), ("AbU+ α = 1e-4", 0.016, 1.71), ("AbU+ α = 1e-3", 0.016, 1.70),
+              ("ranker", 52.0, 1.79)]  # fmt: skip
+    colours = dict.fromkeys([p[0] for p in points], "#000")
+    svg = speed_scatter_svg(points, "ΔL", 2.0, colours, "t")
+    ys = {
+        name: float(y)
+        for y, name in re.findall(r'<text x="[^"]+" y="([^"]+)"[^>]*>(AbU[^<]+|ranker)<', svg)
+    }
+    assert len(ys) == 4
+    abu = sorted(y for name, y in ys.items() if name.startswith("AbU"))
+    assert min(np.diff(abu)) >= 12.9  # one 13 px text line apart, to the 0.1 px the SVG prints
+    alone = speed_scatter_svg([points[0], points[3]], "ΔL", 2.0, colours, "t")  # the same axes
+    assert (
+        f'y="{ys["ranker"]:.1f}"' in alone.split(">ranker<")[0].rsplit("<text", 1)[1]
+    )  # not moved
 
 
 @pytest.mark.browser

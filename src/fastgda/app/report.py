@@ -229,16 +229,31 @@ def speed_scatter_svg(
     x_ticks = [(x_of(10.0**e), f"{10.0**e:g}") for e in range(math.ceil(low), math.floor(high) + 1)]
     y_ticks = [(y_of(v), f"{v:.2g}") for v in np.linspace(0, y_max, 6)]
     parts = _svg_axes(width, height, margin, "queries per second (log)", y_label, x_ticks, y_ticks)
+    labels = []
     for name, qps, value in points:
-        colour = colours[name]
         x, y = x_of(qps), y_of(value)
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colour}"/>')
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{colours[name]}"/>')
         anchor = "end" if x > width * 0.7 else "start"
-        dx = -9 if anchor == "end" else 9
-        parts.append(
-            f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}">{escape(name)}</text>'
-        )
+        labels.append((name, x + (-9 if anchor == "end" else 9), y - 8, anchor))
+    for name, x, y, anchor in _spread_labels(labels):
+        parts.append(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}">{escape(name)}</text>')
     return _svg(width, height, parts, title)
+
+
+def _spread_labels(labels, line=13.0, char_width=6.5):
+    """(name, x, y, anchor) labels moved down, top first, until no two overlap: methods of one family often
+    share a latency and nearly a score, and their names would print over each other."""
+    placed = []
+    for name, x, y, anchor in sorted(labels, key=lambda label: label[2]):
+        extent = len(name) * char_width
+        span = (x, x + extent) if anchor == "start" else (x - extent, x)
+        while any(
+            abs(y - other_y) < line and span[0] < other_span[1] and other_span[0] < span[1]
+            for other_y, other_span in placed
+        ):
+            y += line
+        placed.append((y, span))
+        yield name, x, y, anchor
 
 
 def map_curves_svg(
