@@ -353,6 +353,35 @@ def robustness(result: dict, demo: Path, rows: list[str], names: dict) -> dict[s
     return out
 
 
+def gap_text(gap: dict) -> str:
+    """A paired gap ×1e-3 as "+0.12 ± 0.05", or "+0.12" where one query gives no standard error."""
+    spread = f" ± {gap['stderr'] * 1e3:.2f}" if gap["stderr"] is not None else ""
+    return f"{gap['mean'] * 1e3:+.2f}{spread}"
+
+
+def print_robustness(result: dict, readings: dict[str, dict]) -> list[str]:
+    """Print the largest query's share of the teacher's ΔL and the ``robustness`` table; return the same
+    readings as sentences for the report."""
+    teacher = np.asarray(result["per_query"]["teacher"]["delta_loss"])
+    top = int(np.argmax(teacher))
+    print()
+    print(f"{TEACHER}'s ΔL on its largest query (test query {result['evaluated_query_rows'][top]}): "
+          f"{teacher[top] * 1e3:.2f} ×1e-3, {teacher[top] / teacher.sum():.0%} of its total over the "
+          f"{len(teacher)} queries")  # fmt: skip
+    plain = next(iter(readings.values()))["unplanted_gap"]["queries"]
+    print()
+    print(f"| method | queries its removals beat {TEACHER}'s on (ΔL) | ΔL gap ×1e-3 on the {plain} queries "
+          "naming no planted concept (paired) |")  # fmt: skip
+    print("|---|---:|---:|")
+    for name, r in readings.items():
+        print(f"| {name} | {r['wins']} of {r['queries']} | {gap_text(r['unplanted_gap'])} |")
+    return [
+        f"{name}: its removals beat {TEACHER}'s on {r['wins']} of {r['queries']} queries; paired ΔL gap on "
+        f"the {plain} queries naming no planted concept {gap_text(r['unplanted_gap'])} ×1e-3"
+        for name, r in readings.items()
+    ]
+
+
 def write_report(
     path: Path, summary: dict, family: dict, result: dict, partial: bool, findings: list[str]
 ) -> None:
@@ -523,34 +552,10 @@ def main() -> None:
         for line in verdicts:
             print(line)
         readings = robustness(result, demo, rows, names)
-        teacher = np.asarray(result["per_query"]["teacher"]["delta_loss"])
-        top = int(np.argmax(teacher))
-        print()
-        print(f"{TEACHER}'s ΔL on its largest query (test query {evaluated[top]}): "
-              f"{teacher[top] * 1e3:.2f} ×1e-3, {teacher[top] / teacher.sum():.0%} of its total over the "
-              f"{len(teacher)} queries")  # fmt: skip
-        some = next(iter(readings.values()))
-        print()
-        print(f"| method | queries its removals beat {TEACHER}'s on (ΔL) | ΔL gap ×1e-3 on the "
-              f"{some['unplanted_gap']['queries']} queries naming no planted concept (paired) |")  # fmt: skip
-        print("|---|---:|---:|")
-        for name, reading in readings.items():
-            gap = reading["unplanted_gap"]
-            spread = f" ± {gap['stderr'] * 1e3:.2f}" if gap["stderr"] is not None else ""
-            print(
-                f"| {name} | {reading['wins']} of {reading['queries']} | {gap['mean'] * 1e3:+.2f}{spread} |"
-            )
-        report = Path(args.report or out / f"report{'.partial' if args.partial else ''}.html")
-        findings = (
-            [verdicts[0]]
-            + [line[2:] for line in verdicts[1:]]
-            + [
-                f"{name}: its removals beat {TEACHER}'s on {r['wins']} of {r['queries']} queries; paired ΔL gap "
-                f"on the {r['unplanted_gap']['queries']} queries naming no planted concept "
-                f"{r['unplanted_gap']['mean'] * 1e3:+.2f} ± {r['unplanted_gap']['stderr'] * 1e3:.2f} ×1e-3"
-                for name, r in readings.items()
-            ]
+        findings = [line.removeprefix("- ") for line in verdicts] + print_robustness(
+            result, readings
         )
+        report = Path(args.report or out / f"report{'.partial' if args.partial else ''}.html")
         write_report(report, summary, family, result, args.partial, findings)
         print(f"\nreport: {report}")
     if args.json:
