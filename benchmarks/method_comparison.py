@@ -343,14 +343,21 @@ def robustness(result: dict, demo: Path, rows: list[str], names: dict) -> dict[s
         if name == TEACHER:
             continue
         diff = np.asarray(result["per_query"][names.get(name, name)]["delta_loss"]) - teacher
-        rest = diff[plain]
-        se = float(rest.std(ddof=1) / np.sqrt(len(rest))) if len(rest) > 1 else None
         out[name] = {
             "wins": int((diff > 0).sum()),
             "queries": len(diff),
-            "unplanted_gap": {"mean": float(rest.mean()), "stderr": se, "queries": len(rest)},
+            "unplanted_gap": {**figure(diff[plain]), "queries": len(plain)},
         }
     return out
+
+
+def figure(values) -> dict:
+    """{"mean", "stderr"} of per-query values (``mean_and_stderr``); stderr None for one query, since the JSON
+    and the report take None, not NaN."""
+    from fastgda.evaluation import mean_and_stderr
+
+    mean, stderr = mean_and_stderr(values)
+    return {"mean": mean, "stderr": None if np.isnan(stderr) else stderr}
 
 
 def gap_text(gap: dict) -> str:
@@ -517,22 +524,19 @@ def main() -> None:
         if result:
             per_query = result["per_query"][names.get(name, name)]
             for metric, scale, _ in METRICS:
-                v = np.asarray(per_query[metric])
-                se = (
-                    float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
-                )  # one query: none
-                cells.append(
-                    f"{v.mean() / scale:.2f}" + (f" ± {se / scale:.2f}" if se is not None else "")
+                summary[name][metric] = value = figure(per_query[metric])
+                spread = f" ± {value['stderr'] / scale:.2f}" if value["stderr"] is not None else ""
+                cells.append(f"{value['mean'] / scale:.2f}{spread}")
+            if name == TEACHER:
+                cells.append("–")
+            else:
+                gap = figure(
+                    np.subtract(
+                        per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
+                    )
                 )
-                summary[name][metric] = {"mean": float(v.mean()), "stderr": se}
-            diff = np.subtract(
-                per_query["delta_loss"], result["per_query"]["teacher"]["delta_loss"]
-            )
-            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
-            spread = f" ± {se * 1e3:.2f}" if se is not None else ""
-            cells.append("–" if name == TEACHER else f"{diff.mean() * 1e3:+.2f}{spread}")
-            if name != TEACHER:
-                summary[name]["paired_delta_loss"] = {"mean": float(diff.mean()), "stderr": se}
+                summary[name]["paired_delta_loss"] = gap
+                cells.append(gap_text(gap))
         print("| " + " | ".join(cells) + " |")
     if costs.get(TEACHER):
         base = costs[TEACHER]["seconds"]
