@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from _tolerance import assert_close, assert_same_ranking, largest_loss, network, teacher_scores
 from fastgda.executors import LocalExecutor, make_executor
 from fastgda.unlearning import ScoringConfig, UnlearnConfig
 from fastgda.unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
@@ -48,11 +49,19 @@ def test_ray_executor_matches_local(teacher_inputs, tmp_path):
         here = embed_dataset(
             teacher_inputs["data_dir"], "pixels+minilm", tmp_path / "f", 16, progress=False
         )
-        np.testing.assert_allclose(on_ray.values, here.values, rtol=1e-5, atol=1e-6)
+        # Pixels are exact; the text columns come from MiniLM in other processes and batches (its chain bound).
+        from fastgda.encoders import make_encoder
+
+        within = network(make_encoder("minilm").model, float(np.abs(here.values).max()))
+        assert_close(on_ray.values, here.values, within)
     finally:
         ray.shutdown()
-    np.testing.assert_array_equal(local.ids, distributed.ids)
-    np.testing.assert_allclose(local.scores, distributed.scores, rtol=1e-5, atol=1e-8)
+    # Two processes and thread counts: the teacher's scores within their bound, ties free to swap.
+    from fastgda.diffusion import TextToImageModel
+
+    model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"])
+    within = teacher_scores(model, largest_loss(tmp_path / "local"), np.abs(local.scores).max())
+    assert_same_ranking(local.ids, local.scores, distributed.ids, distributed.scores, within)
 
 
 @pytest.mark.ray

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from _tolerance import F32, assert_close, encoded, rounded
 from fastgda import IncompatibleArtifactError
 from fastgda.features import FeatureExtractor, Features, embed_dataset
 
@@ -16,11 +17,11 @@ def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_p
     assert features.values.shape == (60, 768 + 384) and features.ids.tolist() == list(range(60))
     assert [p["name"] for p in features.parts] == ["pixels", "minilm"]
     embedder = FeatureExtractor("pixels+minilm")
-    np.testing.assert_allclose(
-        features.values[:5], embedder.embed(small_world, range(5)), rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        features.part("pixels")[7], small_world.load_image(7).reshape(-1) / 255.0, atol=1e-6
+    again = embedder.embed(small_world, range(5))
+    assert_close(features.values[:5], again, encoded(embedder, again))  # other batches
+    # A pixel feature is x/255 in float32: one rounding.
+    assert_close(
+        features.part("pixels")[7], small_world.load_image(7).reshape(-1) / 255.0, rounded(F32)
     )
     loaded = Features.load(tmp_path / "f", expect_spec="pixels+minilm")
     np.testing.assert_array_equal(loaded.values, features.values)
@@ -54,7 +55,7 @@ def test_an_interrupted_embedding_reuses_its_finished_chunks(small_world, tmp_pa
 
 def test_a_specs_encoders_run_side_by_side_with_the_same_features(small_world):
     """On a CPU the encoders of a two-part spec run concurrently in threads (a query costs its slowest encoder,
-    not their sum); the features are the sequential ones, up to the order of float sums (1e-5)."""
+    not their sum); the features are the sequential ones, up to the order of float sums (the encoders' chain bounds)."""
     from fastgda.features import FeatureExtractor
 
     rows = [0, 7, 19]
@@ -65,5 +66,5 @@ def test_a_specs_encoders_run_side_by_side_with_the_same_features(small_world):
     assert not FeatureExtractor("minilm").concurrent  # one encoder: nothing to overlap
     got, expected = side_by_side.embed_pairs(images, texts), sequential.embed_pairs(images, texts)
     assert got.shape == expected.shape == (3, side_by_side.dim)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert_close(got, expected, encoded(sequential, expected))  # threads: other kernels' sum orders
     assert {t.name.split("_")[0] for t in side_by_side._pool._threads} == {"encoder"}

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from _tolerance import F16, F32, Tolerance, assert_close
 from fastgda.ground_truth import GroundTruth
 
 
@@ -18,8 +19,12 @@ def test_compact_storage_keeps_the_ranking_and_three_digits_of_every_score(tmp_p
     np.testing.assert_array_equal(compact.ids, ids)
     assert compact.config == {"note": "x"} and compact.scores.dtype == np.float32
     for row, original in zip(compact.scores, scores, strict=True):
-        np.testing.assert_allclose(
-            row, original, rtol=0, atol=1e-3 * max(np.abs(original).max(), 1e-30)
+        # Divided by the row's largest magnitude (a float32 rounding), stored as float16 (u16 of at most 1, or
+        # float16's subnormal spacing 2^-24 below 2^-14), multiplied back (another float32 rounding).
+        scale = max(float(np.abs(original).max()), 1e-30)
+        within = Tolerance(
+            (F16 + 2 * F32) * scale, why="float16 of the scaled row, two float32 roundings"
         )
+        assert_close(row, original, within)
     size = lambda d: (tmp_path / d / "ground_truth.safetensors").stat().st_size  # noqa: E731
     assert size("compact") < 0.8 * size("full")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from _tolerance import Tolerance, assert_close
 from fastgda.app import pack
 from fastgda.cli import main
 
@@ -60,8 +61,12 @@ def test_shipped_model_reproduces_recorded_adherence(standard_world):
         info["sampler"]["guidance_scale"],
         info["sampler"]["num_steps"],
     )
+    # Not rounding but counting: 50 DDIM steps chain too many roundings for a useful float bound, so a sample
+    # whose probe decision sits near a boundary may flip on another CPU. Each flip moves a fraction by one
+    # sample in num_prompts x seeds (128); 0.05 allows six of them.
+    flips = Tolerance(0.05, why="six of 128 samples flipping")
     for name in ("colour", "shape", "size", "position", "background"):
-        assert measured[name] == pytest.approx(recorded[name], abs=0.05), name
+        assert_close(measured[name], recorded[name], flips, name)
     assert measured["colour"] >= 0.8 and measured["shape"] >= 0.6
 
 

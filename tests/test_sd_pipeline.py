@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _tiny_hf import write_clip_tokenizer_files
-from _tolerance import RECOMPUTED
+from _tolerance import assert_close, ddim
 from fastgda import IncompatibleArtifactError
 from fastgda.diffusion import TextToImageModel
 
@@ -96,10 +96,9 @@ def test_sd_latents_train_and_sample_through_the_same_interface(tiny_sd_dir):
     states, mask = model.encode_prompts(["a", "b"])
     loss = model.loss(x0, states, mask, torch.randn_like(x0), torch.tensor([10, 900]))
     assert loss.shape == (2,) and torch.isfinite(loss).all()
-    sample = model.sample(["a red circle"], seeds=[0], num_steps=3)
-    torch.testing.assert_close(
-        sample, model.sample(["a red circle"], seeds=[0], num_steps=3), **RECOMPUTED
-    )
+    sample = model.sample(["a red circle"], seeds=[0], num_steps=2)
+    # DDIM over two steps done twice: its first-order bound (``ddim``) on latents of order one.
+    assert_close(sample, model.sample(["a red circle"], seeds=[0], num_steps=2), ddim(model, 2))
     assert model.decode(sample).shape == (1, 16, 16, 3)
 
 
