@@ -125,3 +125,32 @@ def test_webdataset_shards_become_an_image_folder_and_nothing_escapes_it(tmp_pat
     )
     with pytest.raises(fg.DatasetError, match="no .tar shards"):
         fg.data.convert_shards(tmp_path / "data", tmp_path / "nothing", progress=False)
+
+
+def test_a_quick_build_takes_a_folder_of_mixed_sizes_and_modes(small_world, tmp_path, capsys):
+    """Real data: the preset for a first look, on images of ten sizes, aspect ratios, modes and formats (EXIF
+    rotation included), with a model trained on them: every step reads them, and the report shows them."""
+    from _mixed_images import write_mixed_folder
+
+    data = write_mixed_folder(tmp_path / "mixed", small_world)
+    out = tmp_path / "build"
+    argv = ["build", "--preset", "quick", "--data", str(data), "--out", str(out), *SMALL]
+    argv += ["--train-model", "tiny16", "--model-steps", "8", "--spec", "effnet+minilm"]
+    argv += ["--candidate-feature", "effnet+minilm", "--json"]  # pools from the images too
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == {"train": 6, "val": 3, "test": 3}
+    steps = json.loads((out / "build.json").read_text())["steps"]
+    assert all(s["status"] == "done" for s in steps.values()) and len(steps) == 11
+    assert fg.GroundTruth.load(out / "teacher-test" / "ground_truth").ids.shape[1] == len(
+        small_world
+    )
+    # The report inlines the data's own images, whatever their size.
+    assert (out / "report.html").read_text().count("data:image/png;base64,") > 10
+    # The attributor takes a query in another mode and size, and its thumbnails are the stored images.
+    attributor = fg.Attributor.load(out / "attributor")
+    answer = attributor.attribute(
+        str(data / "images" / "0001.png"), small_world.captions(1)[0], k=3
+    )
+    thumbnails = attributor.thumbnails(answer[0])
+    assert answer.ids.shape == (1, 3) and all(t.ndim == 3 and t.shape[2] == 3 for t in thumbnails)

@@ -27,6 +27,7 @@ from ._artifacts import atomic_dir, read_manifest, write_manifest, write_text_at
 from .encoders import FeatureSpec, make_encoder
 from .errors import FastGDAError, IncompatibleArtifactError, NotFittedError
 from .features import FeatureExtractor, Features
+from .images import array_to_rgb, read_image, to_rgb
 from .index import VectorIndex, exact_top_k, unit_rows
 from .ranker import Ranker
 from .ranker.untuned import load_scorer
@@ -334,9 +335,8 @@ class Attributor:
         out = []
         for item in answer:
             try:
-                with Image.open(item.image) as im:
-                    out.append(np.asarray(im.convert("RGB")))
-            except (OSError, ValueError):
+                out.append(read_image(item.image))
+            except (OSError, ValueError, SyntaxError):
                 out.append(np.zeros((missing_size, missing_size, 3), np.uint8))
         return out
 
@@ -403,13 +403,16 @@ def _item_file(dataset, item_id) -> str:
 
 
 def load_query_image(image) -> np.ndarray:
-    """uint8 (H, W, 3) from a path, a PIL image or an array; an unreadable file is a ``FastGDAError``."""
+    """uint8 (H, W, 3) from a path, a PIL image or an array, of any size and mode (``fastgda.images.to_rgb``);
+    an unreadable file is a ``FastGDAError``."""
     if isinstance(image, str | os.PathLike):
         try:
-            with Image.open(image) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as exc:
+            return read_image(image)
+        except (OSError, ValueError, SyntaxError) as exc:
             raise FastGDAError(f"cannot read query image {image}: {exc}") from exc
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    return np.asarray(image)
+        return to_rgb(image)
+    try:
+        return array_to_rgb(image)
+    except ValueError as exc:
+        raise FastGDAError(f"cannot read the query image: {exc}") from exc

@@ -1,7 +1,8 @@
 """Captioned image datasets: one abstraction, three readers.
 
 ``ImageCaptionDataset`` is what every later stage reads: stable integer ids (row order), captions per item,
-lazily loaded RGB images and a content hash for manifests. Readers: a folder with ``captions.jsonl``
+lazily loaded RGB images of any size and mode (``fastgda.images``: decoded in parallel, squared per model) and a
+content hash for manifests. Readers: a folder with ``captions.jsonl``
 (``ImageCaptionFolder``), COCO-style ``captions_*.json`` annotations (``CocoCaptions``) and the built-in shapes
 world (``ShapesWorld``, a folder plus ``world.json`` and ``concepts.json``). ``open_dataset`` picks one by path.
 """
@@ -17,9 +18,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from .errors import DatasetError
+from .images import map_images, read_image, squares
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -39,7 +41,7 @@ class ImageCaption:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file of any size and mode as upright 8-bit RGB (``fastgda.images.to_rgb``).
 
     Returns:
         uint8 array of shape (H, W, 3).
@@ -48,8 +50,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         DatasetError: the file is missing or is not a readable image.
     """
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return read_image(path)
     except FileNotFoundError as exc:
         raise DatasetError(
             f"image file {path} does not exist; restore it or remove its entry"
@@ -139,29 +140,34 @@ class ImageCaptionDataset:
         """Return row ``index``'s image, uint8 (H, W, 3); raises ``DatasetError`` naming a bad file."""
         return read_rgb(self._paths[index])
 
+    def read_images(self, indices: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Many images as they are (any sizes), decoded side by side: a list of uint8 (H_i, W_i, 3)."""
+        indices = range(len(self)) if indices is None else indices
+        return map_images(self.load_image, indices)
+
     def load_images(
-        self, indices: Sequence[int] | None = None, size: int | None = None
+        self, indices: Sequence[int] | None = None, size: int | None = None, crop: float = 1.0
     ) -> np.ndarray:
-        """Load many images, optionally resized (bicubic) to ``size`` x ``size``.
+        """Load many images as one batch: each image's centred square (``crop`` of its shorter side) resized
+        (bicubic) to ``size`` x ``size`` (``fastgda.images.square``); without ``size`` they must share a shape.
 
         Returns:
             uint8 array of shape (B, H, W, 3).
+
+        Raises:
+            DatasetError: a bad file, or images of several shapes and no ``size``.
         """
-        indices = range(len(self)) if indices is None else indices
-        out = []
-        for i in indices:
-            img = self.load_image(i)
-            if size is not None and img.shape[:2] != (size, size):
-                img = np.asarray(
-                    Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC)
-                )
-            elif out and img.shape != out[0].shape:
+        images = self.read_images(indices)
+        if size is not None:
+            return squares(images, size, crop)
+        for n, image in enumerate(images):
+            if image.shape != images[0].shape:
+                row = list(range(len(self)) if indices is None else indices)[n]
                 raise DatasetError(
-                    f"{self._paths[i]} has shape {img.shape}, the first image has {out[0].shape}; "
-                    "pass size= to resize them to one size"
+                    f"{self._paths[row]} has shape {image.shape}, the first image has {images[0].shape}; "
+                    "pass size= to square them to one size, or read_images() to take them as they are"
                 )
-            out.append(img)
-        return np.stack(out) if out else np.zeros((0, size or 0, size or 0, 3), np.uint8)
+        return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
 
     def without(self, rows) -> ImageCaptionDataset:
         """A copy without ``rows`` (leave-K-out retraining); the rest keep their order and get new row ids."""
@@ -177,9 +183,11 @@ class ImageCaptionDataset:
         return subset
 
     def validate(self) -> None:
-        """Open every image once, so a corrupt file fails now rather than mid-job."""
-        for i in range(len(self)):
-            self.load_image(i)
+        """Open every image once (side by side, a chunk at a time), so a corrupt file fails now, not mid-job."""
+        for start in range(0, len(self), 1024):
+            map_images(
+                lambda i: self.load_image(i).shape, range(start, min(start + 1024, len(self)))
+            )
 
     @cached_property
     def content_hash(self) -> str:

@@ -243,7 +243,7 @@ class FeatureExtractor:
 
     def embed(self, dataset, rows) -> np.ndarray:
         rows = list(rows)
-        images = dataset.load_images(rows)
+        images = dataset.read_images(rows)  # any sizes: each encoder squares them as it was trained
         texts = [dataset.captions(i)[0] for i in rows]
         return self.embed_pairs(images, texts, concurrent=False)
 

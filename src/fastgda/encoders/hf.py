@@ -50,10 +50,12 @@ def _image_size(model, default: int = 224) -> int:
 
 
 class _HFImageEncoder(Encoder):
-    """A transformers vision model behind the encoder interface; subclasses say how to load and pool."""
+    """A transformers vision model behind the encoder interface; subclasses say how to load and pool, and how
+    they were trained to see: the centred square's share of the shorter side (``crop``) and the normalisation."""
 
     modality = "image"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    crop = 1.0
 
     def __init__(self, model, location: str, dim: int, batch_size: int):
         self.model, self.location, self.dim, self.batch_size = model, location, dim, batch_size
@@ -70,7 +72,7 @@ class _HFImageEncoder(Encoder):
             self.pool(
                 self.model(
                     pixel_values=resize_normalise(
-                        images[i : i + self.batch_size], self.size, self.mean, self.std
+                        images[i : i + self.batch_size], self.size, self.mean, self.std, self.crop
                     ).to(self.device)
                 )
             )
@@ -85,14 +87,23 @@ class _HFImageEncoder(Encoder):
         )
 
     def config(self) -> dict:
-        return super().config() | {"location": self.location, "image_size": self.size}
+        return super().config() | {
+            "location": self.location,
+            "image_size": self.size,
+            "crop": self.crop,
+        }
 
 
 @register("dino")
 class DinoEncoder(_HFImageEncoder):
-    """DINO ViT (``ViTModel``/``Dinov2Model`` folders): CLS token of the last hidden state."""
+    """DINO ViT (``ViTModel``/``Dinov2Model`` folders): CLS token of the last hidden state.
+
+    Preprocessing as DINO was evaluated (method.md §4): resize the shorter side to 256, centre-crop 224 (a crop
+    of 224/256 of the shorter side, then resized to the model's input size), ImageNet mean and std.
+    """
 
     name = "dino"
+    crop = 224 / 256
 
     def __init__(self, path: str | None = None, batch_size: int = 32):
         location = _location(path, "FASTGDA_DINO_PATH", "facebook/dino-vitb16")
@@ -105,7 +116,11 @@ class DinoEncoder(_HFImageEncoder):
 
 @register("clip_image")
 class CLIPImageEncoder(_HFImageEncoder):
-    """CLIP vision tower with its projection (``image_embeds``)."""
+    """CLIP vision tower with its projection (``image_embeds``).
+
+    CLIP's preprocessing: resize the shorter side to the input size (bicubic), centre-crop the square, CLIP's
+    mean and std.
+    """
 
     name = "clip_image"
     mean, std = CLIP_MEAN, CLIP_STD

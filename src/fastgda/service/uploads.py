@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..images import to_rgb
+
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 
 
@@ -65,14 +67,15 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def load_rgb(image: Image.Image) -> np.ndarray:
-    """Decode an image from ``open_image`` to uint8 RGB (H, W, 3); 422 if it is truncated or corrupt."""
+    """Decode an image from ``open_image`` to upright uint8 RGB (H, W, 3) (``fastgda.images.to_rgb``: any mode,
+    EXIF rotation, alpha on white); 422 if it is truncated or corrupt."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
-            # One copy, not two: an RGB image converts to the array directly (a PIL RGB image holds 4 bytes a
-            # pixel, the array 3), so a large upload's peak stays near 7 bytes a pixel.
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            # One copy, not two, for the common RGB upload: it converts to the array directly (a PIL RGB image
+            # holds 4 bytes a pixel, the array 3), so a large upload's peak stays near 7 bytes a pixel.
+            return to_rgb(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UploadError(422, one_line(f"the image is truncated or corrupt: {exc}")) from None
 
@@ -133,8 +136,8 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def thumbnail_png(path: str, size: int) -> bytes:
     """The image at a server-side path as a PNG whose longer side is ``size`` (pixel art stays crisp)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    with Image.open(path) as opened:
+        image = Image.fromarray(to_rgb(opened))
         scale = size / max(image.size)
         target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         # Upscaling tiny 16x16 samples: nearest keeps their pixels visible instead of a blur.

@@ -194,7 +194,7 @@ class Teacher:
             device = self.model.device  # the encoders run where the model runs
             extractor = FeatureExtractor(train_features.spec, device, self.model.compute_dtype)
             query_values = extractor.embed_pairs(
-                queries.load_images(), [queries.captions(i)[0] for i in range(len(queries))]
+                queries.read_images(), [queries.captions(i)[0] for i in range(len(queries))]
             )
             parts = sorted(train_features.parts, key=lambda p: p["offset"])
 
