@@ -73,6 +73,8 @@ BENCHMARKS = (
                "--json", "{results}/serve_faults.data.json"),
               "2 min", "{results}/serve_faults.data.json", needs=("demo_time",),
               headline=("healthz_p99_ms", "peak_rss_mb", "valid_errors", "status_500")),
+    Benchmark("tolerance_margins", "standard", ("--json", "{results}/tolerance_margins.data.json"), "25 min",
+              "{results}/tolerance_margins.data.json"),
     Benchmark("candidate_pools", "standard", ("--world", "{world}", "--work", "{work}/quality"), "10 min",
               "{work}/quality/candidate_pools.json"),
     Benchmark("attribution_quality", "standard",

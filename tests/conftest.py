@@ -247,6 +247,8 @@ def browser(tmp_path_factory):
         "--window-size=1280,1400", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
     ]:  # fmt: skip
         options.add_argument(flag)
+    # The console, read by the browser test for content security policy violations.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=DriverService(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(30)
     yield driver

@@ -139,6 +139,17 @@ def test_the_page_uploads_generates_compares_and_shows_details(server, browser, 
     assert not browser.find_element(By.ID, "results").is_displayed()
     assert browser.find_elements(By.CSS_SELECTOR, "#gallery li") == []
     browser.save_screenshot(str(artifacts / "service-error.png"))
+    # Everything above ran under the page's content security policy: no inline script, nothing blocked.
+    assert not _policy_violations(browser)
+
+
+def _policy_violations(browser) -> list[str]:
+    """The console's content security policy messages since the last call."""
+    return [
+        e["message"]
+        for e in browser.get_log("browser")
+        if "Content Security Policy" in e["message"]
+    ]
 
 
 def test_api_docs_render_without_a_cdn(server, browser, artifacts):
@@ -151,3 +162,4 @@ def test_api_docs_render_without_a_cdn(server, browser, artifacts):
     )
     assert "/v1/attribute" in [o.text.strip() for o in operations]
     browser.save_screenshot(str(artifacts / "service-docs.png"))
+    assert not _policy_violations(browser)  # its inline script runs by its hash

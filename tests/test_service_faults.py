@@ -255,3 +255,153 @@ def test_clients_that_leave_or_stall_are_cut_off_and_reported_truly(live):
     assert metric(metrics, "POST", "/v1/attribute", 408) == 1
     text = log.read_text()
     assert "Traceback" not in text and "Exception in ASGI" not in text, text[-3000:]
+
+
+def test_deeply_nested_json_is_422_without_a_traceback(app_client, caplog):
+    """959 nested lists gave 500 and two tracebacks (RecursionError escaped the body parser); 958 gave 422."""
+    for depth in (958, 959, 5_000, 400_000):
+        body = "[" * depth + "]" * depth
+        for path in ("/v1/attribute", "/v1/attribute/batch", "/v1/generate-and-attribute"):
+            with caplog.at_level("INFO", logger="fastgda.service"):
+                answer = app_client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
+            assert answer.status_code == 422, (depth, path, answer.text[:200])
+            assert len(answer.content) < 500 and set(answer.json()) == {"detail"}
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], caplog.text[
+        -2000:
+    ]
+
+
+def test_every_error_body_is_bounded_whatever_the_request_echoes(app_client):
+    """An out-of-range k of 4,000 digits came back in a 4 KB error body."""
+    huge = "9" * 4000
+    image = png(8, 8)
+    answers = [
+        app_client.post("/v1/attribute", files={"image": ("q.png", image, "image/png")},
+                        data={"prompt": PROMPT, "k": huge}),
+        app_client.post("/v1/attribute", json={"features": [0.0], "k": int(huge)}),
+        app_client.post("/v1/attribute/batch", json={"queries": [{"features": [0.0]}], "k": int(huge)}),
+        app_client.get("/v1/train/" + huge),
+        app_client.get("/v1/train/1/image", params={"size": huge}),
+    ]  # fmt: skip
+    for answer in answers:
+        assert 400 <= answer.status_code < 500, answer.text[:200]
+        assert len(answer.content) < 500 and set(answer.json()) == {"detail"}, answer.text[:600]
+
+
+def test_responses_carry_security_headers_and_the_page_allows_no_inline_script(app_client):
+    import hashlib
+    import re
+
+    for path in ("/", "/healthz", "/v1/info", "/static/app.js", "/nowhere"):
+        answer = app_client.get(path)
+        headers = answer.headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
+        policy = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy, path
+        script = re.search(r"script-src ([^;]*)", policy).group(1)
+        assert "'unsafe-inline'" not in script and "'unsafe-eval'" not in script, path
+    page = app_client.get("/").text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page) and " on" + "click=" not in page
+    # /docs runs Swagger UI's one inline script: allowed by its hash, nothing else inline.
+    docs = app_client.get("/docs")
+    inline = re.findall(r"<script>(.*?)</script>", docs.text, re.DOTALL)
+    assert inline
+    policy = docs.headers["content-security-policy"]
+    for code in inline:
+        digest = __import__("base64").b64encode(hashlib.sha256(code.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy
+    assert "'unsafe-inline'" not in re.search(r"script-src ([^;]*)", policy).group(1)
+
+
+def _holds(results: list[dict], removed: set[int]) -> bool:
+    return any(r["id"] in removed for r in results)
+
+
+def test_a_takedown_reaches_a_running_server_under_load(served, tmp_path):
+    """`fastgda attributor remove` while the server runs: the ids came back until a restart. Now the server
+    notices the attributor's new manifest and swaps the takedowns in; under load, no request fails, and no
+    answer to a request sent after the takedown's stated delay holds a removed id."""
+    import shutil
+
+    from fastgda.cli import main
+
+    folder = tmp_path / "attributor"
+    shutil.copytree(served["attributor"], folder)
+    poll = 0.5
+    log = tmp_path / "server.log"
+    flags = ("--takedown-poll-s", str(poll), "--pool-size", "2")
+    image = base64.b64encode(served["query_image"].read_bytes()).decode()
+    body = {"image": image, "prompt": PROMPT, "k": 10}
+    with live_server(folder, log, *flags) as (url, _):
+        first = httpx.post(f"{url}/v1/attribute", json=body, timeout=30).json()["results"]
+        removed = {r["id"] for r in first[:3]}
+        answers, failures, stop = [], [], threading.Event()
+
+        def load():
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    response = client.post(f"{url}/v1/attribute", json=body)
+                    if response.status_code != 200:
+                        failures.append(response.status_code)
+                    else:
+                        answers.append((sent, response.json()["results"]))
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        args = ["attributor", "remove", "--attributor", str(folder), "--ids"]
+        assert main([*args, *map(str, sorted(removed))]) == 0
+        taken_down = time.monotonic()
+        time.sleep(4 * poll + 1.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        info = httpx.get(f"{url}/v1/info", timeout=10).json()
+    assert not failures, failures
+    before = [results for sent, results in answers if sent < taken_down]
+    after = [results for sent, results in answers if sent > taken_down + poll + 0.5]
+    assert before and all(_holds(r, removed) for r in before)  # the ids were served until then
+    assert after and not any(_holds(r, removed) for r in after), "a removed id came back"
+    assert info["removed"] == len(removed)
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_client_that_leaves_stops_its_work_and_is_logged_499(live):
+    """A client that half-closes after sending got no answer and was logged 200; a batch whose client had gone
+    kept computing. Now the server notices the end of the connection, stops the request's work at the next
+    chunk of queries, and logs 499."""
+    url, port, log = live
+    # 64 of these: 2.4 MB, within the body limit.
+    image = base64.b64encode(png(96, 96, seed=3)).decode()
+    body = json.dumps({"queries": [{"image": image, "prompt": PROMPT}] * 64, "k": 3}).encode()
+    head = (b"POST /v1/attribute/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")  # fmt: skip
+    before = httpx.get(f"{url}/metrics").text
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)  # half-close: sent, and now gone
+        answer = sock.recv(65536)
+    assert answer == b""  # nobody is there to read an answer
+    time.sleep(1.0)
+    after = httpx.get(f"{url}/metrics").text
+    route = "/v1/attribute/batch"
+    assert metric(after, "POST", route, 499) - metric(before, "POST", route, 499) == 1, after
+    assert metric(after, "POST", route, 200) == metric(before, "POST", route, 200)
+
+    def abandoned(text: str) -> int:
+        lines = [
+            line for line in text.splitlines() if line.startswith("fastgda_abandoned_queries_total")
+        ]
+        return int(float(lines[0].split()[-1])) if lines else 0
+
+    assert abandoned(after) - abandoned(before) > 0, "the batch's work was not stopped"
+    ok = httpx.post(
+        f"{url}/v1/attribute", json={"image": image, "prompt": PROMPT, "k": 3}, timeout=30
+    )
+    assert ok.status_code == 200
+    assert "Traceback" not in log.read_text()

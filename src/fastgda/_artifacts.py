@@ -155,14 +155,25 @@ def read_manifest(
     return manifest
 
 
-def verify_checksums(artifact_dir: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Check every file listed in the manifest against its SHA-256.
+def verify_checksums(
+    artifact_dir: str | os.PathLike, manifest: dict[str, Any], names: list[str] | None = None
+) -> None:
+    """Check every file listed in the manifest (or just ``names`` of them) against its SHA-256.
 
     Raises:
-        IncompatibleArtifactError: a file is missing or its bytes changed.
+        IncompatibleArtifactError: a file is missing or its bytes changed, or ``names`` lists a file the manifest
+            does not.
     """
     artifact_dir = Path(artifact_dir)
-    for name, expected in manifest.get("checksums", {}).items():
+    checksums = manifest.get("checksums", {})
+    unknown = [name for name in names or () if name not in checksums]
+    if unknown:
+        raise IncompatibleArtifactError(
+            f"{artifact_dir}'s manifest lists no checksum for {unknown}; rebuild the artifact"
+        )
+    for name, expected in checksums.items():
+        if names is not None and name not in names:
+            continue
         path = artifact_dir / name
         if not path.is_file():
             raise IncompatibleArtifactError(

@@ -128,7 +128,8 @@ class Attributor:
         self._embedder: FeatureExtractor | None = None
         # Where the query encoders run, in what precision, and on which runtime (fastgda.encoders.runtime).
         self._compute = ("cpu", "float32", "torch")
-        self._untuned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # part -> (live ids, unit columns, the removed-id set they exclude): refreshed after a takedown
+        self._untuned: dict[str, tuple[np.ndarray, np.ndarray, frozenset]] = {}
 
     # -- building, saving, loading ------------------------------------------------------------------------
     @classmethod
@@ -284,9 +285,20 @@ class Attributor:
             }
 
     def remove_items(self, ids) -> int:
-        """Take training items out for good (takedowns); returns how many were indexed."""
-        self._untuned.clear()  # the baselines must forget them too
+        """Take training items out for good (takedowns; safe while other threads attribute); returns how many were
+        indexed. The untuned baselines drop them on their next use (their cache is keyed by the removed set)."""
         return self.index.remove(ids)
+
+    def apply_takedowns(self) -> int:
+        """Remove the ids this attributor's folder lists as removed but this object still serves (another process
+        ran ``fastgda attributor remove`` on the folder); returns how many were newly taken down."""
+        if self.root is None:
+            return 0
+        on_disk = VectorIndex.read_removed(self.root / "index")
+        new = np.setdiff1d(on_disk, np.fromiter(self.index.removed, np.int64))
+        if len(new):
+            self.remove_items(new)
+        return int(len(new))
 
     # -- querying ----------------------------------------------------------------------------------------
     @property
@@ -364,7 +376,14 @@ class Attributor:
             FastGDAError: the attributor was built without features or ``part`` is not in the spec.
         """
         part = part or self.baseline_part()
-        if part not in self._untuned:
+        removed = self.index.removed  # one snapshot: a takedown may swap in another set meanwhile
+        cached = self._untuned.get(part)
+        if cached is not None and cached[2] is not removed:
+            # A takedown since: drop the newly removed rows from the cached columns (no reload from disk).
+            ids, columns, _ = cached
+            keep = ~np.isin(ids, np.fromiter(removed, np.int64))
+            cached = self._untuned[part] = (ids[keep], columns[keep], removed)
+        if cached is None:
             if not self.has_features:
                 raise FastGDAError(
                     "this attributor keeps no item features; rebuild it with `fastgda attributor build` to serve "
@@ -377,9 +396,9 @@ class Attributor:
                 raise FastGDAError(
                     f"{part!r} is not a part of {self.spec!r}; choose one of {FeatureSpec.parse(self.spec).names}"
                 ) from exc
-            live = ~np.isin(stored.ids, np.fromiter(self.index.removed, np.int64))
-            self._untuned[part] = (stored.ids[live], unit_rows(columns[live]))
-        ids, columns = self._untuned[part]
+            live = ~np.isin(stored.ids, np.fromiter(removed, np.int64))
+            cached = self._untuned[part] = (stored.ids[live], unit_rows(columns[live]), removed)
+        ids, columns, _ = cached
         offset = next(p["offset"] for p in self.embedder.parts if p["name"] == part)
         queries = unit_rows(np.atleast_2d(features)[:, offset : offset + columns.shape[1]])
         positions, scores = exact_top_k(queries, columns, k)

@@ -8,11 +8,15 @@ items (no retraining: they are embedded with the same ranker); ``remove(ids)`` t
 ``exact`` streams the items in blocks and keeps a running top-k per query (``torch.topk`` per block, never a
 full sort of N and never a Q x N matrix). ``hnsw`` and ``ivfpq`` wrap faiss (extra ``index``); they cannot
 delete in place, so removed ids are masked: the search over-fetches by the number of removed ids and drops them.
+
+A takedown may arrive while searches run on other threads (a serving process): ``remove`` builds the new state
+aside and swaps it in under a lock, and a search reads one consistent snapshot (ids, vectors, removed ids).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +92,18 @@ class VectorIndex:
         self.vectors = np.zeros(
             (0, dim), dtype=np.float32
         )  # kept for every backend: rebuilds and saving
-        self.removed: set[int] = set()
+        # Replaced, never changed in place: a search holding the old set keeps a consistent view.
+        self.removed: frozenset[int] = frozenset()
         self._faiss_index = None
         self._sorted = None  # (sorted ids, their rows): id -> row lookups for IVF-PQ refinement
+        self._lock = threading.Lock()  # guards swaps of (ids, vectors, removed) against snapshots
 
     def __len__(self) -> int:
         """Searchable items (removed ones excluded)."""
-        if not self.removed:
-            return len(self.ids)
-        return int((~np.isin(self.ids, list(self.removed))).sum())
+        ids, _, removed, _ = self._snapshot()
+        if not removed:
+            return len(ids)
+        return int((~np.isin(ids, np.fromiter(removed, np.int64))).sum())
 
     # -- building ----------------------------------------------------------------------------------------
     def add(self, ids, vectors) -> None:
@@ -105,31 +112,40 @@ class VectorIndex:
         vectors = _as_rows(vectors, self.dim)
         if len(ids) != len(vectors):
             raise FastGDAError(f"{len(ids)} ids for {len(vectors)} vectors")
-        clash = set(ids.tolist()) & (set(self.ids.tolist()) | self.removed)
+        clash = set(ids.tolist()) & (set(self.ids.tolist()) | set(self.removed))
         if clash or len(set(ids.tolist())) != len(ids):
             raise FastGDAError(
                 f"ids {sorted(clash)[:5] or 'repeated in the batch'} are already in the index or were removed; "
                 "give new training images new ids"
             )
         vectors = unit_rows(vectors)
-        self.ids = np.concatenate([self.ids, ids])
-        self.vectors = np.concatenate([self.vectors, vectors])
-        self._sorted = None
-        if self.backend != "exact":
-            if self._faiss_index is None:
-                self._faiss_index = self._build_faiss(self.vectors, self.ids)
-            else:
-                self._faiss_index.add_with_ids(vectors, ids)
+        with self._lock:
+            self.ids = np.concatenate([self.ids, ids])
+            self.vectors = np.concatenate([self.vectors, vectors])
+            self._sorted = None
+            if self.backend != "exact":
+                if self._faiss_index is None:
+                    self._faiss_index = self._build_faiss(self.vectors, self.ids)
+                else:
+                    self._faiss_index.add_with_ids(vectors, ids)
 
     def remove(self, ids) -> int:
-        """Take ids out of every future result; returns how many were present."""
-        ids = set(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
-        present = ids & set(self.ids.tolist())
-        if self.backend == "exact":
-            keep = ~np.isin(self.ids, list(present))
-            self.ids, self.vectors = self.ids[keep], self.vectors[keep]
-        self.removed |= ids  # remembered for every backend, so a removed id can never be re-added
-        return len(present)
+        """Take ids out of every future result (safe while other threads search); returns how many were
+        present."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        present = int(np.isin(ids, self.ids).sum())
+        keep = ~np.isin(self.ids, ids) if self.backend == "exact" else None
+        with self._lock:
+            if keep is not None:
+                self.ids, self.vectors = self.ids[keep], self.vectors[keep]
+            # Remembered for every backend, so a removed id can never be re-added.
+            self.removed = self.removed | frozenset(ids.tolist())
+        return present
+
+    def _snapshot(self):
+        """(ids, vectors, removed, faiss index) as of one moment."""
+        with self._lock:
+            return self.ids, self.vectors, self.removed, self._faiss_index
 
     def _build_faiss(self, vectors: np.ndarray, ids: np.ndarray):
         faiss = require("faiss", extra="index")
@@ -177,17 +193,18 @@ class VectorIndex:
         queries = unit_rows(queries)
         if k < 1:
             raise FastGDAError(f"k must be at least 1, got {k}")
-        if self.backend == "exact" or self._faiss_index is None:
-            positions, scores = exact_top_k(queries, self.vectors, k)
-            ids = self.ids[positions] if len(self.ids) else np.zeros((len(queries), 0), np.int64)
+        all_ids, vectors, removed_ids, faiss_index = self._snapshot()
+        if self.backend == "exact" or faiss_index is None:
+            positions, scores = exact_top_k(queries, vectors, k)
+            ids = all_ids[positions] if len(all_ids) else np.zeros((len(queries), 0), np.int64)
         else:
             refine = int(self.options.get("refine", 10)) if self.backend == "ivfpq" else 1
-            fetch = min(k * max(refine, 1) + len(self.removed), len(self.ids))
-            scores, ids = self._faiss_index.search(queries, fetch)
+            fetch = min(k * max(refine, 1) + len(removed_ids), len(all_ids))
+            scores, ids = faiss_index.search(queries, fetch)
             if refine > 1:
-                ids, scores = self._rescore(queries, ids)
-            if self.removed:
-                removed = np.isin(ids, list(self.removed)) | (ids < 0)
+                ids, scores = self._rescore(queries, ids, all_ids, vectors)
+            if removed_ids:
+                removed = np.isin(ids, np.fromiter(removed_ids, np.int64)) | (ids < 0)
                 order = np.argsort(removed, axis=1, kind="stable")  # survivors first, order kept
                 ids, scores = (
                     np.take_along_axis(ids, order, 1),
@@ -202,15 +219,19 @@ class VectorIndex:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return ids.astype(np.int64), scores.astype(np.float32)
 
-    def _rescore(self, queries: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosines of the candidates ``ids`` (Q, c) from the stored vectors, best first (-1: no candidate)."""
-        if self._sorted is None or len(self._sorted[0]) != len(self.ids):
-            order = np.argsort(self.ids, kind="stable")
-            self._sorted = (self.ids[order], order)
-        sorted_ids, rows_of_sorted = self._sorted
+    def _rescore(
+        self, queries: np.ndarray, ids: np.ndarray, all_ids: np.ndarray, vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosines of the candidates ``ids`` (Q, c) from the stored ``vectors`` (rows of ``all_ids``), best
+        first (-1: no candidate)."""
+        lookup = self._sorted
+        if lookup is None or len(lookup[0]) != len(all_ids):
+            order = np.argsort(all_ids, kind="stable")
+            lookup = self._sorted = (all_ids[order], order)
+        sorted_ids, rows_of_sorted = lookup
         missing = ids < 0
         rows = rows_of_sorted[np.searchsorted(sorted_ids, np.where(missing, sorted_ids[0], ids))]
-        scores = np.einsum("qd,qcd->qc", queries, self.vectors[rows])
+        scores = np.einsum("qd,qcd->qc", queries, vectors[rows])
         scores = np.where(missing, -np.inf, scores).astype(np.float32)
         order = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
@@ -228,7 +249,7 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """Vectors, ids and removed ids as npy (faiss structures are rebuilt on load, never unpickled)."""
-        live = ~np.isin(self.ids, list(self.removed))
+        live = ~np.isin(self.ids, np.fromiter(self.removed, np.int64))
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "vectors.npy", self.vectors[live])
             np.save(tmp / "ids.npy", self.ids[live])
@@ -240,6 +261,15 @@ class VectorIndex:
                 config={"backend": self.backend, "options": self.options, "dim": self.dim},
                 shapes={"vectors": list(self.vectors[live].shape)},
             )
+
+    @staticmethod
+    def read_removed(folder: str | os.PathLike) -> np.ndarray:
+        """The removed ids a saved index holds, int64 (R,), without reading its vectors: what a running server
+        reads to take down ids another process removed (``removed.npy`` checked against the manifest)."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, INDEX_KIND, INDEX_FORMAT_VERSION)
+        verify_checksums(folder, manifest, names=["removed.npy"])
+        return np.load(folder / "removed.npy", allow_pickle=False).astype(np.int64)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> VectorIndex:
@@ -254,7 +284,7 @@ class VectorIndex:
             raise IncompatibleArtifactError(
                 f"index {folder} holds {len(vectors)} vectors for {len(ids)} ids"
             )
-        index.removed = set(np.load(folder / "removed.npy", allow_pickle=False).tolist())
+        index.removed = frozenset(np.load(folder / "removed.npy", allow_pickle=False).tolist())
         if len(ids):
             index.ids = ids
             index.vectors = vectors

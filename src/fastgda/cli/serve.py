@@ -55,6 +55,7 @@ def add_parser(sub) -> None:
             "generate_steps",
             "guidance_scale",
             "runtime",
+            "takedown_poll_s",
         ],
     )
     add_compute_flags(parser, "query encoders and the model")

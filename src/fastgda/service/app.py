@@ -3,7 +3,9 @@
 Everything heavy loads once in ``create_app``. Request handlers only parse and validate; image decoding, the
 encoders, the ranker, the search and generation run in a bounded thread pool so the event loop never blocks on
 CPU work. Decoded pixels are budgeted per request and for the whole server, and every error answer is one line
-of at most a few hundred bytes, ``{"detail": "..."}``, whatever the request held.
+of at most a few hundred bytes, ``{"detail": "..."}``, whatever the request held. Work whose client has left
+stops at the next chunk of queries; takedowns made on the attributor folder while the server runs are picked up
+within ``takedown_poll_s``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hmac
 import json
 import logging
 import os
+import re
+import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +26,12 @@ import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..attributor import Attribution, Attributor
@@ -34,7 +39,14 @@ from ..errors import FastGDAError
 from .batching import MicroBatcher
 from .config import CONFIG_ENV, ServiceConfig
 from .metrics import Metrics
-from .middleware import CLIENT_CLOSED, AccessLogMiddleware, BodyLimitMiddleware
+from .middleware import (
+    CLIENT_CLOSED,
+    CLIENT_LEFT,
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    ClientGoneMiddleware,
+    SecurityHeadersMiddleware,
+)
 from .uploads import (
     PixelBudget,
     UploadError,
@@ -48,6 +60,13 @@ from .uploads import (
 
 logger = logging.getLogger("fastgda.service")
 STATIC_DIR = Path(__file__).with_name("static")
+# Work in the pool checks whether its client is still there between chunks of this many queries: the most a
+# departed client's request goes on computing (about 0.1 s a query for image + prompt queries on a CPU core).
+CHECK_EVERY = 8
+
+
+class ClientLeft(Exception):
+    """Raised in the pool when the request's client has left: the work stops (the answer is recorded as 499)."""
 
 
 class Query(BaseModel):
@@ -98,6 +117,13 @@ class QueryJob:
     prompts: list[str] = field(default_factory=list)
     k: int = 10
     baseline: bool = False
+    left: threading.Event | None = (
+        None  # set once the request's client has gone (ClientGoneMiddleware)
+    )
+
+    @property
+    def gone(self) -> bool:
+        return self.left is not None and self.left.is_set()
 
 
 class Service:
@@ -114,6 +140,10 @@ class Service:
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.pixels = PixelBudget(config.max_inflight_pixels)
+        self._counts_lock = threading.Lock()
+        self.abandoned = 0  # queries not computed because their client left (/metrics)
+        self.takedowns = 0  # ids taken down while serving (/metrics)
+        self._manifest_seen = self._manifest_stamp()
         self.batcher = MicroBatcher(
             self.answer_jobs, self.run, config.pool_size, config.micro_batch
         )
@@ -141,7 +171,8 @@ class Service:
         except (TypeError, ValueError):
             raise HTTPException(422, "k must be an integer") from None
         if not 1 <= k <= self.config.max_k:
-            raise HTTPException(422, f"k must be between 1 and {self.config.max_k}, got {k}")
+            got = str(k) if len(str(k)) <= 12 else f"a number of {len(str(k))} digits"
+            raise HTTPException(422, f"k must be between 1 and {self.config.max_k}, got {got}")
         return k
 
     def check_prompt(self, prompt) -> str:
@@ -190,9 +221,12 @@ class Service:
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise HTTPException(422, f"{name} must be a string")
 
-    def _decode_all(self, uploads: list[bytes | str]) -> tuple[list[np.ndarray], int]:
+    def _decode_all(
+        self, uploads: list[bytes | str], left: threading.Event | None = None
+    ) -> tuple[list[np.ndarray], int]:
         """Decode a request's images (in the pool): headers first, so the request's declared pixels are checked
-        against its own limit and reserved from the server's budget before any pixel is decoded.
+        against its own limit and reserved from the server's budget before any pixel is decoded. Stops
+        (``ClientLeft``) between images once ``left`` is set.
 
         Returns:
             uint8 (H, W, 3) arrays, and the pixels reserved (release them with ``self.pixels.release``).
@@ -220,6 +254,9 @@ class Service:
         try:
             arrays = []
             for n in range(len(opened)):
+                if left is not None and left.is_set():
+                    self.count_abandoned(len(opened))
+                    raise ClientLeft
                 arrays.append(load_rgb(opened[n]))
                 opened[n] = None  # the decoded PIL image goes as soon as its array exists
             return arrays, pixels
@@ -228,10 +265,10 @@ class Service:
             raise
 
     @asynccontextmanager
-    async def decoded(self, uploads: list[bytes | str]):
+    async def decoded(self, uploads: list[bytes | str], left: threading.Event | None = None):
         """The request's images decoded in the pool, held within the pixel budgets until the block ends."""
         try:
-            images, pixels = await self.run(self._decode_all, uploads)
+            images, pixels = await self.run(self._decode_all, uploads, left)
         except UploadError as exc:
             headers = {"Retry-After": "1"} if exc.status == 503 else None
             raise HTTPException(exc.status, exc.message, headers=headers) from None
@@ -250,24 +287,47 @@ class Service:
                 409, "this attributor has no stored features, so it cannot serve a baseline"
             )
 
+    def count_abandoned(self, queries: int) -> None:
+        with self._counts_lock:
+            self.abandoned += queries
+
+    def _feature_rows(self, jobs: list[QueryJob]) -> list[np.ndarray | None]:
+        """Each job's feature rows (Q_j, D): given ones as they are, the others from its images and prompts,
+        encoded CHECK_EVERY queries at a time across the jobs, skipping jobs whose client has left (None)."""
+        pending = [(n, image, prompt) for n, job in enumerate(jobs)
+                   for image, prompt in zip(job.images, job.prompts, strict=True)]  # fmt: skip
+        encoded: dict[int, list[np.ndarray]] = {n: [] for n in range(len(jobs))}
+        for start in range(0, len(pending), CHECK_EVERY):
+            chunk = [row for row in pending[start : start + CHECK_EVERY] if not jobs[row[0]].gone]
+            if chunk:
+                features = self.attributor.query_features(
+                    [image for _, image, _ in chunk], [prompt for _, _, prompt in chunk]
+                )
+                for (n, _, _), row in zip(chunk, features, strict=True):
+                    encoded[n].append(row)
+        rows: list[np.ndarray | None] = []
+        for n, job in enumerate(jobs):
+            if job.gone:
+                self.count_abandoned(len(job.features) - len(encoded[n]))
+                rows.append(None)
+                continue
+            mine = iter(encoded[n])
+            rows.append(np.stack([next(mine) if f is None else f for f in job.features]))
+        return rows
+
     def answer_jobs(self, jobs: list[QueryJob]) -> list[dict]:
-        """One pass over many requests' queries (runs in the pool): the missing features in one call of the
-        encoders, then one ranker pass and search per distinct k. Per job: ``results`` (its Q rows of top-k),
+        """One pass over many requests' queries (runs in the pool): the missing features from the encoders (a
+        chunk of queries at a time, so a request whose client left stops early), then one ranker pass and search
+        per distinct k. Per job: ``results`` (its Q rows of top-k, None for a job whose client left),
         ``baseline`` when asked, and the pass's ``features_ms`` and ``search_ms``."""
         began = time.perf_counter()
-        images = [image for job in jobs for image in job.images]
-        encoded = iter(
-            self.attributor.query_features(images, [p for job in jobs for p in job.prompts])
-            if images
-            else ()
-        )
-        rows = [np.stack([next(encoded) if f is None else f for f in job.features]) for job in jobs]
+        rows = self._feature_rows(jobs)
         features_ms = (time.perf_counter() - began) * 1000
         began = time.perf_counter()
         out = [{"results": None, "features_ms": features_ms} for _ in jobs]
         # Shares are a softmax over the top k, so each k is searched on its own.
-        for k in sorted({job.k for job in jobs}):
-            group = [n for n, job in enumerate(jobs) if job.k == k]
+        for k in sorted({job.k for n, job in enumerate(jobs) if rows[n] is not None}):
+            group = [n for n, job in enumerate(jobs) if job.k == k and rows[n] is not None]
             self._search_group([rows[n] for n in group], k, [out[n] for n in group], None)
             wanting = [n for n in group if jobs[n].baseline]
             if wanting:
@@ -301,6 +361,8 @@ class Service:
         """The job's answer, computed in a pass with whatever other queries wait for the pool."""
         self.check_baseline(job.baseline)
         answer = await self.batcher.submit(job, len(job.features))
+        if answer["results"] is None:  # computed for nobody: the client left during the pass
+            raise ClientLeft
         if job.images:
             timings["features_ms"] = answer.pop("features_ms")
         else:
@@ -310,14 +372,58 @@ class Service:
 
     async def attribute_uploads(
         self, features: list, uploads: list[bytes | str], prompts: list[str], k: int,
-        baseline: bool, timings: _Timings,
+        baseline: bool, timings: _Timings, left: threading.Event | None = None,
     ) -> dict:  # fmt: skip
         """``attribute`` for queries whose missing features (None) come from uploaded images and prompts,
         decoded within the pixel budgets, which get the pixels back however the answer ends."""
         began = time.perf_counter()
-        async with self.decoded(uploads) as images:
+        async with self.decoded(uploads, left) as images:
             timings["decode_ms"] = (time.perf_counter() - began) * 1000
-            return await self.attribute(QueryJob(features, images, prompts, k, baseline), timings)
+            job = QueryJob(features, images, prompts, k, baseline, left)
+            return await self.attribute(job, timings)
+
+    # -- takedowns made while serving ---------------------------------------------------------------------
+    def _manifest_stamp(self):
+        """(inode, size, mtime) of the attributor's manifest: ``attributor remove`` replaces it last."""
+        root = self.attributor.root
+        try:
+            stat = (root / "manifest.json").stat()
+        except (OSError, TypeError):
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def check_takedowns(self) -> int:
+        """Take down the ids removed from the attributor folder since the last check (runs off the event loop);
+        returns how many were new. A half-replaced folder is left for the next check."""
+        stamp = self._manifest_stamp()
+        if stamp is None or stamp == self._manifest_seen:
+            return 0
+        new = self.attributor.apply_takedowns()
+        self._manifest_seen = stamp
+        if new:
+            with self._counts_lock:
+                self.takedowns += new
+            logger.info(
+                json.dumps(
+                    {"event": "takedown", "removed": new, "items": len(self.attributor.index)}
+                )
+            )
+        return new
+
+    async def watch_takedowns(self) -> None:
+        """Check for takedowns every ``takedown_poll_s`` seconds until cancelled; a failed check is logged in
+        one line and retried."""
+        while True:
+            await anyio.sleep(self.config.takedown_poll_s)
+            try:
+                await anyio.to_thread.run_sync(self.check_takedowns)
+            except (
+                OSError,
+                ValueError,
+            ) as exc:  # a folder being replaced, or not an index right now
+                logger.warning(
+                    json.dumps({"event": "takedown_check_failed", "error": one_line(str(exc))})
+                )
 
     def generate(self, prompt: str, seed: int) -> np.ndarray:
         x0 = self.model.sample(
@@ -326,7 +432,8 @@ class Service:
         return self.model.decode(x0)[0]
 
     def item(self, item_id: int) -> dict:
-        if item_id not in self.attributor.items or item_id in self.attributor.index.removed:
+        removed = self.attributor.index.removed
+        if item_id not in self.attributor.items or item_id in removed:
             raise HTTPException(404, f"no training item with id {item_id}")
         return self.attributor.items[item_id]
 
@@ -351,22 +458,41 @@ def _swagger_ui_assets() -> Path | None:
     return path if (path / "swagger-ui-bundle.js").is_file() else None
 
 
-def _serve_offline_docs(app: FastAPI, assets: Path) -> None:
-    """``/docs`` from local files: API servers often run where no CDN can be reached."""
+def _serve_docs(app: FastAPI, assets: Path | None) -> None:
+    """``/docs``: Swagger UI from local files (API servers often run where no CDN can be reached), or from
+    FastAPI's CDN without them. Its page runs one inline script, allowed by its hash and nothing else."""
+    import hashlib
+
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request):
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API",
-            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
-            swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png",
+        urls = {}
+        if assets is not None:
+            urls = dict(
+                swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+                swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png",
+            )
+        page = get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API", **urls
         )
+        html = bytes(page.body).decode()
+        hashes = " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
+            for code in re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+        )
+        cdn = "" if assets is not None else " https://cdn.jsdelivr.net"
+        policy = (
+            f"default-src 'self'; script-src 'self'{cdn} {hashes}; style-src 'self' 'unsafe-inline'{cdn}; "
+            "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'"
+        )
+        return HTMLResponse(html, headers={"Content-Security-Policy": policy})
 
 
 class _Timings(dict):
@@ -392,12 +518,22 @@ def create_app(config: ServiceConfig) -> FastAPI:
     _ensure_log_handler()
     service = Service(config)
     docs_assets = _swagger_ui_assets()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with anyio.create_task_group() as group:
+            if config.takedown_poll_s > 0:
+                group.start_soon(service.watch_takedowns)
+            yield
+            group.cancel_scope.cancel()
+
     app = FastAPI(
         title="fastgda",
         summary="Which training images made this generated image? Fast data attribution.",
         version=_version(),
-        docs_url="/docs" if docs_assets is None else None,
+        docs_url=None,  # served by _serve_docs, with a content security policy for its inline script
         redoc_url=None,  # ReDoc loads its script from a CDN; /docs is served from local files
+        lifespan=lifespan,
     )
     app.state.service = service
     guarded = [Depends(_bearer_token_check(config.token))]
@@ -411,12 +547,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if docs_assets is not None:
-        _serve_offline_docs(app, docs_assets)
-    # The access log is the outermost layer, so every answer is logged and counted, the body limit's included.
+    _serve_docs(app, docs_assets)
+    # Outermost first: the access log (every answer logged and counted, the body limit's and a departed
+    # client's 499 included), the security headers (on every answer), the body limit, the client watcher.
+    app.add_middleware(ClientGoneMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
     _install_schemas(app, [AttributeRequest, BatchRequest, GenerateRequest], bool(config.token))
     return app
@@ -453,11 +591,22 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": _first_problem(list(errors[:1]), len(errors))}, status_code=422
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Bounded whatever a message echoes of the request (a path, a number of thousands of digits).
+        return JSONResponse(
+            {"detail": one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers
+        )
+
     @app.exception_handler(ClientDisconnect)
     async def client_left(request: Request, exc: ClientDisconnect):
         return Response(
             status_code=CLIENT_CLOSED
         )  # nobody reads it; the access log and metrics record it
+
+    @app.exception_handler(ClientLeft)
+    async def client_gone(request: Request, exc: ClientLeft):
+        return Response(status_code=CLIENT_CLOSED)  # the work stopped; nobody reads this either
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -480,6 +629,11 @@ def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None
         counters = {
             "fastgda_passes_total": ("Passes of the encoders, ranker and search.", batcher.passes),
             "fastgda_pass_queries_total": ("Queries those passes answered.", batcher.queries),
+            "fastgda_abandoned_queries_total": (
+                "Queries not computed because their client left.",
+                service.abandoned + batcher.abandoned,
+            ),
+            "fastgda_takedowns_total": ("Ids taken down while serving.", service.takedowns),
         }
         return PlainTextResponse(
             service.metrics.render(counters), media_type="text/plain; version=0.0.4; charset=utf-8"
@@ -491,6 +645,7 @@ def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None
         return {
             "spec": service.attributor.spec,
             "items": len(service.attributor.index),
+            "removed": len(service.attributor.index.removed),
             "feature_dim": service.attributor.ranker.in_dim,
             "generate": service.model is not None,
             "baseline": f"untuned {service.baseline_part}" if service.baseline_part else None,
@@ -561,15 +716,18 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         k = service.check_k(body.k)
         service.check_baseline(body.baseline)
         if body.features is not None:
-            job = QueryJob([service.check_features(body.features)], k=k, baseline=body.baseline)
+            left = request.scope.get(CLIENT_LEFT)
+            features = [service.check_features(body.features)]
+            job = QueryJob(features, k=k, baseline=body.baseline, left=left)
             answer = await service.attribute(job, timings)
         else:
             if image_bytes is None:
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
             answer = await service.attribute_uploads(
-                [None], [image_bytes], [prompt], k, body.baseline, timings
-            )
+                [None], [image_bytes], [prompt], k, body.baseline, timings,
+                request.scope.get(CLIENT_LEFT),
+            )  # fmt: skip
         out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
         return {**out, **_first_baseline(answer)}
 
@@ -605,9 +763,13 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
             else:
                 raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
         if uploads:
-            answer = await service.attribute_uploads(rows, uploads, prompts, k, False, timings)
+            answer = await service.attribute_uploads(
+                rows, uploads, prompts, k, False, timings, request.scope.get(CLIENT_LEFT)
+            )
         else:
-            answer = await service.attribute(QueryJob(rows, k=k), timings)
+            answer = await service.attribute(
+                QueryJob(rows, k=k, left=request.scope.get(CLIENT_LEFT)), timings
+            )
         return {"k": k, "results": answer["results"], "timings": timings.done()}
 
     @app.post(
@@ -628,7 +790,8 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         with timings.stage("generate_ms"):
             image = await service.run(service.generate, prompt, body.seed)
         answer = await service.attribute(
-            QueryJob([None], [image], [prompt], k, body.baseline), timings
+            QueryJob([None], [image], [prompt], k, body.baseline, request.scope.get(CLIENT_LEFT)),
+            timings,
         )
         out = {
             "k": k,
@@ -688,6 +851,10 @@ def _loads(raw: bytes):
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(422, one_line(f"invalid JSON body: {exc}")) from None
+    except (
+        RecursionError
+    ):  # arrays or objects nested deeper than the parser's stack: no request needs that
+        raise HTTPException(422, "invalid JSON body: nested too deeply") from None
 
 
 def _validated(data, model: type[BaseModel]) -> BaseModel:

@@ -37,6 +37,7 @@ class MicroBatcher:
         self._tasks: set[asyncio.Task] = set()
         self.passes = 0  # counters for /metrics: passes run and the queries they held
         self.queries = 0
+        self.abandoned = 0  # queries dropped while waiting: their request went away
 
     async def submit(self, job, queries: int = 1):
         """The job's result, computed in a pass with whatever else is waiting; ``queries``: rows it holds."""
@@ -58,6 +59,7 @@ class MicroBatcher:
                 break
             self._waiting.popleft()
             if future.done():  # its request was cancelled while waiting
+                self.abandoned += queries
                 continue
             taken.append((job, queries, future))
             rows += queries

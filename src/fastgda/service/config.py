@@ -65,6 +65,12 @@ class ServiceConfig:
     dtype: str = setting(
         "float32", "their compute precision", choices=("float32", "bfloat16", "float16")
     )
+    takedown_poll_s: float = setting(
+        1.0,
+        "seconds between checks of the attributor folder for takedowns made while the server runs (`fastgda "
+        "attributor remove`): a removed id leaves every answer within this time plus one check; 0 turns it off",
+        bounds=NON_NEGATIVE,
+    )
     runtime: str = setting(
         "auto",
         "query encoders on torch, onnx (ONNX Runtime, CPU float32) or auto (onnx where it can run)",

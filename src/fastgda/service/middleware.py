@@ -1,9 +1,11 @@
-"""ASGI middleware: the request body limit, and one structured log line plus metrics per request."""
+"""ASGI middleware: the request body limit, clients that leave, security headers, and one structured log line
+plus metrics per request."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -13,6 +15,11 @@ from starlette.routing import Match
 from .metrics import Metrics
 
 logger = logging.getLogger("fastgda.service")
+
+# Scope keys shared by the middleware and the handlers: the request's "client left" flag (a threading.Event the
+# pool's work checks between chunks), and the status the access log records instead of the one sent.
+CLIENT_LEFT = "fastgda.client_left"
+STATUS_OVERRIDE = "fastgda.status_override"
 
 
 class _BodyTooLarge(Exception):
@@ -94,6 +101,107 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer (never sent)
 
 
+class ClientGoneMiddleware:
+    """Stop a request whose client has left, and record it as 499.
+
+    Once a request's body has arrived, a watcher waits for the connection's end. If it ends before the answer is
+    complete (the client closed, or half-closed its side as some clients do after sending: the server then
+    cannot tell it from leaving, and answers nobody, as nginx does), the request's ``CLIENT_LEFT`` event is set
+    (work in the pool checks it between chunks of queries and stops), the handler is cancelled, and the access
+    log records 499 instead of whatever status was sent into the closed connection.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        left = scope[CLIENT_LEFT] = threading.Event()
+        body_done, answered = anyio.Event(), False
+
+        async def watched_receive():
+            event = await receive()
+            if event["type"] == "http.request" and not event.get("more_body", False):
+                body_done.set()
+            elif event["type"] == "http.disconnect" and not answered:
+                left.set()
+            return event
+
+        async def tracked_send(event):
+            nonlocal answered
+            if event["type"] == "http.response.body" and not event.get("more_body", False):
+                answered = True
+            await send(event)
+
+        async with anyio.create_task_group() as group:
+
+            async def watch():
+                await body_done.wait()
+                while True:  # after the body, receive only ever reports the end of the connection
+                    event = await receive()
+                    if event["type"] == "http.disconnect":
+                        break
+                if not answered:
+                    left.set()
+                    scope[STATUS_OVERRIDE] = CLIENT_CLOSED
+                    group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            failure = None
+            try:
+                await self.app(scope, watched_receive, tracked_send)
+            except anyio.get_cancelled_exc_class():
+                raise  # the watcher's cancellation (or the server's): the task group ends it
+            except BaseException as exc:  # noqa: BLE001 - raised again below, outside the task group
+                failure = (
+                    exc  # so the layers outside see it as it is, not wrapped in an exception group
+                )
+            finally:
+                group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if left.is_set():
+            scope[STATUS_OVERRIDE] = CLIENT_CLOSED
+
+
+# The page loads its script and styles from /static and shows images from the API (blob: URLs) or data: URIs;
+# nothing else may run, load, frame it or be framed. /docs replaces script-src with its inline script's hash.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Every answer carries nosniff, DENY framing, no referrer, and the content security policy (unless a route
+    set its own, as /docs does)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def secured_send(event):
+            if event["type"] == "http.response.start":
+                headers = list(event.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [(n, v) for n, v in SECURITY_HEADERS if n not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                event = {**event, "headers": headers}
+            await send(event)
+
+        await self.app(scope, receive, secured_send)
+
+
 class AccessLogMiddleware:
     """Times every request, records it in ``metrics`` under its route template, and logs one JSON line."""
 
@@ -128,6 +236,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            status = scope.get(STATUS_OVERRIDE, status)
             seconds = time.perf_counter() - began
             route = self._route(scope)
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
