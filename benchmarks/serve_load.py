@@ -41,8 +41,9 @@ def start_server(
     log: Path,
     runtime: str = "auto",
     micro_batch: int = 16,
+    extra: tuple[str, ...] = (),
 ):
-    argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", attributor]
+    argv = [sys.executable, "-m", "fastgda.cli", "serve", "--attributor", attributor, *extra]
     argv += [
         "--port",
         str(port),

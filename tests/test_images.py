@@ -141,3 +141,19 @@ def test_query_images_of_any_mode_and_shape_are_read(tmp_path, picture):
     with pytest.raises(FastGDAError, match="cannot read the query image"):
         load_query_image(np.zeros((3,), np.uint8))
     assert read_rgb(path).shape == (20, 30, 3)
+
+
+def test_pages_show_large_photos_as_thumbnails_and_pixel_art_enlarged():
+    import base64
+
+    from fastgda.app.visual import png_data_uri
+
+    def size_of(uri: str) -> tuple[int, int]:
+        return Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))).size
+
+    photo = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    assert size_of(png_data_uri(photo, 96)) == (
+        96,
+        72,
+    )  # not a 4000-pixel-wide PNG inlined in a page
+    assert size_of(png_data_uri(np.zeros((16, 16, 3), np.uint8), 96)) == (96, 96)

@@ -393,15 +393,80 @@ def test_a_client_that_leaves_stops_its_work_and_is_logged_499(live):
     assert metric(after, "POST", route, 499) - metric(before, "POST", route, 499) == 1, after
     assert metric(after, "POST", route, 200) == metric(before, "POST", route, 200)
 
-    def abandoned(text: str) -> int:
-        lines = [
-            line for line in text.splitlines() if line.startswith("fastgda_abandoned_queries_total")
-        ]
+    def counter(text: str, name: str) -> int:
+        lines = [line for line in text.splitlines() if line.startswith(name + " ")]
         return int(float(lines[0].split()[-1])) if lines else 0
 
-    assert abandoned(after) - abandoned(before) > 0, "the batch's work was not stopped"
+    left = counter(after, "fastgda_left_queries_total") - counter(
+        before, "fastgda_left_queries_total"
+    )
+    assert left == 64, after
+    # Its work stopped: the passes answered fewer than its 64 queries (none, when it left before decoding).
+    computed = counter(after, "fastgda_pass_queries_total") - counter(
+        before, "fastgda_pass_queries_total"
+    )
+    assert computed < 64, "the batch was computed for nobody"
     ok = httpx.post(
         f"{url}/v1/attribute", json={"image": image, "prompt": PROMPT, "k": 3}, timeout=30
     )
     assert ok.status_code == 200
     assert "Traceback" not in log.read_text()
+
+
+def test_request_bodies_held_at_once_are_budgeted():
+    """256 connections could each hold an 8 MiB body (and its parsed copies) at once: the bodies of all requests
+    together now fit a budget; one that does not fit is 503 with Retry-After, declared or streamed, and every
+    byte is given back when its request ends."""
+    import anyio
+
+    from fastgda.service.budget import Budget
+    from fastgda.service.middleware import BodyLimitMiddleware
+
+    budget, release = Budget(3_000), anyio.Event()
+
+    async def app(scope, receive, send):  # reads its body, then holds it until released
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/hold":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = BodyLimitMiddleware(app, max_bytes=2_000, timeout_s=5, budget=budget)
+
+    async def call(path: str, chunks: list[bytes], declared: int | None) -> int:
+        events = [{"type": "http.request", "body": c, "more_body": n < len(chunks) - 1}
+                  for n, c in enumerate(chunks)]  # fmt: skip
+        headers = [(b"content-length", str(declared).encode())] if declared is not None else []
+        scope = {"type": "http", "path": path, "headers": headers}
+        sent = []
+
+        async def receive():
+            return events.pop(0) if events else {"type": "http.disconnect"}
+
+        async def send(event):
+            sent.append(event)
+
+        await middleware(scope, receive, send)
+        return next(e["status"] for e in sent if e["type"] == "http.response.start")
+
+    async def scenario():
+        statuses = {}
+        async with anyio.create_task_group() as group:
+
+            async def hold():
+                statuses["held"] = await call("/hold", [b"x" * 2_000], 2_000)
+
+            group.start_soon(hold)
+            await anyio.sleep(0.05)
+            assert budget.held == 2_000
+            statuses["declared"] = await call("/", [b"x" * 1_500], 1_500)  # 3,500 > 3,000
+            statuses["streamed"] = await call("/", [b"x" * 500, b"x" * 600], None)
+            statuses["fits"] = await call("/", [b"x" * 900], 900)
+            release.set()
+        statuses["after"] = await call("/", [b"x" * 1_500], 1_500)
+        return statuses
+
+    statuses = anyio.run(scenario)
+    assert statuses == {"declared": 503, "streamed": 503, "fits": 200, "held": 200, "after": 200}
+    assert budget.held == 0

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 # Modes that carry transparency of their own; "P", "L" and "RGB" images may carry it as a ``transparency`` key.
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels to show them upright
 # Whole-number modes wider than 8 bits: 16-bit PNG/TIFF ("I;16*"), or 32-bit integers holding 16-bit values ("I").
 _WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
@@ -40,7 +41,9 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         ValueError: a mode Pillow cannot convert to RGB (e.g. LAB); OSError: pixels that do not decode.
     """
     try:
-        image = ImageOps.exif_transpose(image)
+        # exif_transpose copies even an upright image: ask first, so the common case costs no copy.
+        if image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None):
+            image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, KeyError, TypeError):
         pass  # a broken EXIF block: the pixels are still good, shown as stored
     mode = image.mode

@@ -33,14 +33,22 @@ def image_grid(
 
 
 def png_data_uri(image: np.ndarray, size: int = 96) -> str:
-    """A uint8 image (H, W, 3) as an inline PNG data URI, upscaled (nearest) to ``size`` pixels wide."""
+    """A uint8 image (H, W, 3) as an inline PNG data URI about ``size`` pixels wide: small pixel art upscaled
+    (nearest, so its pixels stay visible), a photo larger than that shrunk (so a page of them stays small)."""
     import base64
     import io
 
-    scale = max(1, size // image.shape[1])
-    big = Image.fromarray(image).resize(
-        (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
-    )
+    picture = Image.fromarray(image)
+    if image.shape[1] > size:
+        picture.thumbnail(
+            (size, size * image.shape[0] // image.shape[1] + 1), Image.Resampling.LANCZOS
+        )
+        big = picture
+    else:
+        scale = max(1, size // image.shape[1])
+        big = picture.resize(
+            (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
+        )
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

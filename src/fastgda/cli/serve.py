@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
             "max_image_pixels",
             "max_request_pixels",
             "max_inflight_pixels",
+            "max_inflight_body_bytes",
             "body_timeout_s",
             "head_timeout_s",
             "max_connections",

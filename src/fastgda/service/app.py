@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 from ..attributor import Attribution, Attributor
 from ..errors import FastGDAError
 from .batching import MicroBatcher
+from .budget import Budget
 from .config import CONFIG_ENV, ServiceConfig
 from .metrics import Metrics
 from .middleware import (
@@ -48,7 +49,6 @@ from .middleware import (
     SecurityHeadersMiddleware,
 )
 from .uploads import (
-    PixelBudget,
     UploadError,
     base64_bytes,
     encode_png,
@@ -139,9 +139,12 @@ class Service:
         )
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
-        self.pixels = PixelBudget(config.max_inflight_pixels)
+        self.pixels = Budget(config.max_inflight_pixels)  # decoded pixels, all requests together
+        self.body_bytes = Budget(
+            config.max_inflight_body_bytes
+        )  # request bodies, all requests together
         self._counts_lock = threading.Lock()
-        self.abandoned = 0  # queries not computed because their client left (/metrics)
+        self.left_queries = 0  # queries of requests whose client left before the answer (/metrics)
         self.takedowns = 0  # ids taken down while serving (/metrics)
         self._manifest_seen = self._manifest_stamp()
         self.batcher = MicroBatcher(
@@ -255,7 +258,6 @@ class Service:
             arrays = []
             for n in range(len(opened)):
                 if left is not None and left.is_set():
-                    self.count_abandoned(len(opened))
                     raise ClientLeft
                 arrays.append(load_rgb(opened[n]))
                 opened[n] = None  # the decoded PIL image goes as soon as its array exists
@@ -287,9 +289,15 @@ class Service:
                 409, "this attributor has no stored features, so it cannot serve a baseline"
             )
 
-    def count_abandoned(self, queries: int) -> None:
-        with self._counts_lock:
-            self.abandoned += queries
+    @asynccontextmanager
+    async def counting_departures(self, queries: int):
+        """Count ``queries`` in ``left_queries`` if the block ends because the request's client left."""
+        try:
+            yield
+        except (anyio.get_cancelled_exc_class(), ClientLeft, ClientDisconnect):
+            with self._counts_lock:
+                self.left_queries += queries
+            raise
 
     def _feature_rows(self, jobs: list[QueryJob]) -> list[np.ndarray | None]:
         """Each job's feature rows (Q_j, D): given ones as they are, the others from its images and prompts,
@@ -308,7 +316,6 @@ class Service:
         rows: list[np.ndarray | None] = []
         for n, job in enumerate(jobs):
             if job.gone:
-                self.count_abandoned(len(job.features) - len(encoded[n]))
                 rows.append(None)
                 continue
             mine = iter(encoded[n])
@@ -318,8 +325,8 @@ class Service:
     def answer_jobs(self, jobs: list[QueryJob]) -> list[dict]:
         """One pass over many requests' queries (runs in the pool): the missing features from the encoders (a
         chunk of queries at a time, so a request whose client left stops early), then one ranker pass and search
-        per distinct k. Per job: ``results`` (its Q rows of top-k, None for a job whose client left),
-        ``baseline`` when asked, and the pass's ``features_ms`` and ``search_ms``."""
+        per distinct k. Per job: ``results`` (its Q rows of top-k), ``baseline`` when asked, and the pass's
+        ``features_ms`` and ``search_ms``; None for a job whose client left."""
         began = time.perf_counter()
         rows = self._feature_rows(jobs)
         features_ms = (time.perf_counter() - began) * 1000
@@ -336,7 +343,7 @@ class Service:
         search_ms = (time.perf_counter() - began) * 1000
         for answer in out:
             answer["search_ms"] = search_ms
-        return out
+        return [answer if rows[n] is not None else None for n, answer in enumerate(out)]
 
     def _search_group(self, rows: list[np.ndarray], k: int, answers: list[dict], part) -> None:
         """Top-k of the jobs' feature rows (each (Q_j, D)) in one search, by the ranker or, with ``part``, by
@@ -361,7 +368,7 @@ class Service:
         """The job's answer, computed in a pass with whatever other queries wait for the pool."""
         self.check_baseline(job.baseline)
         answer = await self.batcher.submit(job, len(job.features))
-        if answer["results"] is None:  # computed for nobody: the client left during the pass
+        if answer is None:  # not computed: the client left during the pass
             raise ClientLeft
         if job.images:
             timings["features_ms"] = answer.pop("features_ms")
@@ -552,7 +559,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     # client's 499 included), the security headers (on every answer), the body limit, the client watcher.
     app.add_middleware(ClientGoneMiddleware)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s
+        BodyLimitMiddleware,
+        max_bytes=config.max_body_bytes,
+        timeout_s=config.body_timeout_s,
+        budget=service.body_bytes,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessLogMiddleware, metrics=service.metrics, routes=app.routes)
@@ -629,9 +639,9 @@ def _add_operation_routes(app: FastAPI, service: Service, guarded: list) -> None
         counters = {
             "fastgda_passes_total": ("Passes of the encoders, ranker and search.", batcher.passes),
             "fastgda_pass_queries_total": ("Queries those passes answered.", batcher.queries),
-            "fastgda_abandoned_queries_total": (
-                "Queries not computed because their client left.",
-                service.abandoned + batcher.abandoned,
+            "fastgda_left_queries_total": (
+                "Queries of requests whose client left before the answer.",
+                service.left_queries,
             ),
             "fastgda_takedowns_total": ("Ids taken down while serving.", service.takedowns),
         }
@@ -697,7 +707,7 @@ async def _read_attribute_request(request: Request, service: Service):
             )
             return body, await upload.read()
     if content_type.startswith("application/json"):
-        data = _loads(await request.body())
+        data = await _parse_json(await request.body())
         service.precheck_query(data)
         body = _validated(data, AttributeRequest)
         return body, body.image
@@ -715,19 +725,20 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         body, image_bytes = await _read_attribute_request(request, service)
         k = service.check_k(body.k)
         service.check_baseline(body.baseline)
+        left = request.scope.get(CLIENT_LEFT)
         if body.features is not None:
-            left = request.scope.get(CLIENT_LEFT)
             features = [service.check_features(body.features)]
             job = QueryJob(features, k=k, baseline=body.baseline, left=left)
-            answer = await service.attribute(job, timings)
+            async with service.counting_departures(1):
+                answer = await service.attribute(job, timings)
         else:
             if image_bytes is None:
                 raise HTTPException(422, "send an image and its prompt, or features")
             prompt = service.check_prompt(body.prompt)
-            answer = await service.attribute_uploads(
-                [None], [image_bytes], [prompt], k, body.baseline, timings,
-                request.scope.get(CLIENT_LEFT),
-            )  # fmt: skip
+            async with service.counting_departures(1):
+                answer = await service.attribute_uploads(
+                    [None], [image_bytes], [prompt], k, body.baseline, timings, left
+                )
         out = {"k": k, "results": answer["results"][0], "timings": timings.done()}
         return {**out, **_first_baseline(answer)}
 
@@ -762,14 +773,14 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
                 uploads.append(query.image)
             else:
                 raise HTTPException(422, f"query {n}: send an image and its prompt, or features")
-        if uploads:
-            answer = await service.attribute_uploads(
-                rows, uploads, prompts, k, False, timings, request.scope.get(CLIENT_LEFT)
-            )
-        else:
-            answer = await service.attribute(
-                QueryJob(rows, k=k, left=request.scope.get(CLIENT_LEFT)), timings
-            )
+        left = request.scope.get(CLIENT_LEFT)
+        async with service.counting_departures(len(rows)):
+            if uploads:
+                answer = await service.attribute_uploads(
+                    rows, uploads, prompts, k, False, timings, left
+                )
+            else:
+                answer = await service.attribute(QueryJob(rows, k=k, left=left), timings)
         return {"k": k, "results": answer["results"], "timings": timings.done()}
 
     @app.post(
@@ -787,12 +798,12 @@ def _add_attribution_routes(app: FastAPI, service: Service, guarded: list) -> No
         body = _validated(await _read_json(request), GenerateRequest)
         prompt, k = service.check_prompt(body.prompt), service.check_k(body.k)
         service.check_baseline(body.baseline)  # before the costly generation
-        with timings.stage("generate_ms"):
-            image = await service.run(service.generate, prompt, body.seed)
-        answer = await service.attribute(
-            QueryJob([None], [image], [prompt], k, body.baseline, request.scope.get(CLIENT_LEFT)),
-            timings,
-        )
+        left = request.scope.get(CLIENT_LEFT)
+        async with service.counting_departures(1):
+            with timings.stage("generate_ms"):
+                image = await service.run(service.generate, prompt, body.seed)
+            job = QueryJob([None], [image], [prompt], k, body.baseline, left)
+            answer = await service.attribute(job, timings)
         out = {
             "k": k,
             "prompt": prompt,
@@ -843,7 +854,19 @@ async def _read_json(request: Request):
     read here, not by FastAPI, so the body limit answers 413 and a client that leaves is not a server error."""
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise HTTPException(415, "send application/json")
-    return _loads(await request.body())
+    return await _parse_json(await request.body())
+
+
+# Bodies above this size are parsed on a worker thread: a multi-megabyte JSON body parsed on the event loop
+# would hold every other request, /healthz included, for tens of milliseconds.
+PARSE_OFF_LOOP_BYTES = 64 * 1024
+
+
+async def _parse_json(raw: bytes):
+    """``_loads`` of a request body, off the event loop when the body is large."""
+    if len(raw) <= PARSE_OFF_LOOP_BYTES:
+        return _loads(raw)
+    return await anyio.to_thread.run_sync(_loads, raw)
 
 
 def _loads(raw: bytes):

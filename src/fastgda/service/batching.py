@@ -20,7 +20,8 @@ class MicroBatcher:
     ``slots`` passes at once and at most ``max_queries`` queries in a pass (a larger job runs alone).
 
     ``run(work, jobs)`` awaits the work in the server's pool. A pass that raises is retried job by job, so a bad
-    query fails its own request only. A job whose request went away (cancelled) is dropped before its pass.
+    query fails its own request only. A job whose request went away (cancelled) is dropped before its pass; the
+    work may also return None for a job whose request left during the pass.
     """
 
     def __init__(
@@ -35,9 +36,8 @@ class MicroBatcher:
         self._waiting: deque[tuple[Any, int, asyncio.Future]] = deque()
         self._active = 0
         self._tasks: set[asyncio.Task] = set()
-        self.passes = 0  # counters for /metrics: passes run and the queries they held
+        self.passes = 0  # counters for /metrics: passes run and the queries they answered
         self.queries = 0
-        self.abandoned = 0  # queries dropped while waiting: their request went away
 
     async def submit(self, job, queries: int = 1):
         """The job's result, computed in a pass with whatever else is waiting; ``queries``: rows it holds."""
@@ -59,7 +59,6 @@ class MicroBatcher:
                 break
             self._waiting.popleft()
             if future.done():  # its request was cancelled while waiting
-                self.abandoned += queries
                 continue
             taken.append((job, queries, future))
             rows += queries
@@ -87,7 +86,10 @@ class MicroBatcher:
                     await self._pass([one])
                 return
             self.passes += 1
-            self.queries += sum(queries for _, queries, _ in taken)
+            # A None result is a job computed for nobody (its request went away): not an answered query.
+            self.queries += sum(
+                q for (_, q, _), r in zip(taken, results, strict=True) if r is not None
+            )
             for (_, _, future), result in zip(taken, results, strict=True):
                 _settle(future, result=result)
         except BaseException:

@@ -31,6 +31,11 @@ class ServiceConfig:
         "decoded pixels the server holds at once, all requests together (else 503 and Retry-After)",
         bounds=AT_LEAST_ONE,
     )
+    max_inflight_body_bytes: int = setting(
+        64 * 2**20,
+        "request body bytes the server holds at once, all requests together (else 503 and Retry-After)",
+        bounds=AT_LEAST_ONE,
+    )
     body_timeout_s: float = setting(
         30.0, "seconds a request body may take to arrive (else 408)", bounds=POSITIVE
     )

@@ -30,6 +30,10 @@ class _BodyTooSlow(Exception):
     pass
 
 
+class _BodiesOverBudget(Exception):
+    pass
+
+
 async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
     payload = json.dumps(body).encode()
     await send(
@@ -48,23 +52,42 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
 
 class BodyLimitMiddleware:
     """Answer 413 to a body above ``max_bytes``: at once from Content-Length, or as soon as a streamed (chunked)
-    body passes the limit, before the application reads any more of it; and 408 to a body that has not fully
-    arrived ``timeout_s`` seconds after the application began reading it (slow or stalled clients)."""
+    body passes the limit, before the application reads any more of it; 408 to a body that has not fully
+    arrived ``timeout_s`` seconds after the application began reading it (slow or stalled clients); and 503 with
+    Retry-After when the bodies of all requests together would pass ``budget`` (a ``Budget`` of bytes: a
+    declared body is reserved whole before it is read, a streamed one as it arrives; released when the request
+    ends), so that many clients sending large bodies at once cannot exhaust the server's memory."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, budget=None):
+        self.app, self.max_bytes, self.timeout_s, self.budget = app, max_bytes, timeout_s, budget
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_large = {"detail": f"the request body is larger than {self.max_bytes} bytes"}
+        busy = {
+            "detail": "the server holds as many request bodies as it can at once; retry shortly"
+        }
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _send_json(send, 413, too_large)
+        reserved = 0
+        if declared is not None and declared.isdigit() and self.budget is not None:
+            if not self.budget.try_reserve(int(declared)):
+                return await _send_json(send, 503, busy, [(b"retry-after", b"1")])
+            reserved = int(declared)
+        try:
+            await self._limited(scope, receive, send, reserved, too_large, busy)
+        finally:
+            if self.budget is not None:
+                self.budget.release(reserved)
+
+    async def _limited(self, scope, receive, send, reserved: int, too_large: dict, busy: dict):
         received, started, complete, deadline = 0, False, False, None
+        streamed = 0  # bytes of an undeclared (chunked) body reserved as they arrive
 
         async def limited_receive():
-            nonlocal received, complete, deadline
+            nonlocal received, complete, deadline, streamed
             if complete:  # after the body, receive only waits for a disconnect: no deadline
                 return await receive()
             deadline = deadline or time.monotonic() + self.timeout_s
@@ -78,6 +101,10 @@ class BodyLimitMiddleware:
                 complete = not event.get("more_body", False)
                 if received > self.max_bytes:
                     raise _BodyTooLarge
+                if not reserved and self.budget is not None and received > streamed:
+                    if not self.budget.try_reserve(received - streamed):
+                        raise _BodiesOverBudget
+                    streamed = received
             return event
 
         async def tracking_send(event):
@@ -94,6 +121,14 @@ class BodyLimitMiddleware:
             if not started:
                 detail = f"the request body did not arrive within {self.timeout_s:g} s"
                 await _send_json(send, 408, {"detail": detail}, [(b"connection", b"close")])
+        except _BodiesOverBudget:
+            if not started:
+                await _send_json(
+                    send, 503, busy, [(b"retry-after", b"1"), (b"connection", b"close")]
+                )
+        finally:
+            if self.budget is not None:
+                self.budget.release(streamed)
 
 
 # Methods a metric may be labelled with: clients choose the method, and any other string would add a series.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import threading
 import warnings
 
 import numpy as np
@@ -105,26 +104,6 @@ def one_line(text: str, limit: int = 300) -> str:
     """``text`` on one line, at most ``limit`` characters: error bodies stay small whatever the input was."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-class PixelBudget:
-    """Decoded pixels the server holds at once: requests reserve their images' declared pixels before decoding
-    and release them once their features are computed; a reservation that does not fit is refused."""
-
-    def __init__(self, capacity: int):
-        self.capacity, self.held = capacity, 0
-        self._lock = threading.Lock()
-
-    def try_reserve(self, pixels: int) -> bool:
-        with self._lock:
-            if self.held + pixels > self.capacity:
-                return False
-            self.held += pixels
-            return True
-
-    def release(self, pixels: int) -> None:
-        with self._lock:
-            self.held -= pixels
 
 
 def encode_png(image: np.ndarray) -> bytes:
