@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tests", nargs="+", default=["tests"], help="test files or folders")
     parser.add_argument("--marker", default="not weights and not gpu and not demo and not browser")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers per run")
+    parser.add_argument("--top", type=int, default=20, help="checks listed one by one")
     parser.add_argument("--json", help="write every check's worst share here")
     args = parser.parse_args(argv)
 
@@ -107,12 +108,31 @@ def main(argv=None) -> int:
     for name, run in runs.items():
         print(f"| {name} | {run['pytest_exit']} | {run['checks']} | {run['seconds'] / 60:.1f} |")
     print()
-    print("| check | kind | " + " | ".join(args.settings) + " | worst |")
-    print("|---|---|" + "---:|" * (len(args.settings) + 1))
     rows = sorted(worst.items(), key=lambda item: -max(item[1].values()))
-    for (where, kind), shares in rows:
+    bins = [1e-3, 1e-2, 1e-1, 0.5, 1.0]
+    print("| kind | checks | " + " | ".join(f"≤ {b:g}" for b in bins) + " | over 1 |")
+    print("|---|---:|" + "---:|" * (len(bins) + 1))
+    for kind in ("close", "apart"):
+        shares = [max(v.values()) for (_, k), v in rows if k == kind]
+        counts, previous = [], 0.0
+        for bound in bins:
+            counts.append(
+                sum(previous < x <= bound or (bound == bins[0] and x <= bound) for x in shares)
+            )
+            previous = bound
+        over_one = sum(x > 1 for x in shares)
+        print(f"| {kind} | {len(shares)} | " + " | ".join(map(str, counts)) + f" | {over_one} |")
+    print()
+    print(
+        f"The {min(args.top, len(rows))} checks that used the most of their tolerance (every check: --json):"
+    )
+    print()
+    print("| check | kind | " + " | ".join(args.settings) + " | derivation |")
+    print("|---|---|" + "---:|" * len(args.settings) + "---|")
+    for (where, kind), shares in rows[: args.top]:
         cells = [f"{shares[n]:.2g}" if n in shares else "–" for n in args.settings]
-        print(f"| {where} | {kind} | " + " | ".join(cells) + f" | {max(shares.values()):.2g} |")
+        derivation = why[(where, kind)].replace("|", "/")[:90]
+        print(f"| {where} | {kind} | " + " | ".join(cells) + f" | {derivation} |")
     over = [key for key, shares in worst.items() if max(shares.values()) > 1]
     print()
     print(f"checks over their tolerance in any setting: {len(over)}")

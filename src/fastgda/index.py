@@ -97,13 +97,12 @@ class VectorIndex:
         self._faiss_index = None
         self._sorted = None  # (sorted ids, their rows): id -> row lookups for IVF-PQ refinement
         self._lock = threading.Lock()  # guards swaps of (ids, vectors, removed) against snapshots
+        self._masked = 0  # entries of ids that are removed but still in a faiss structure
 
     def __len__(self) -> int:
-        """Searchable items (removed ones excluded)."""
-        ids, _, removed, _ = self._snapshot()
-        if not removed:
-            return len(ids)
-        return int((~np.isin(ids, np.fromiter(removed, np.int64))).sum())
+        """Searchable items (removed ones excluded), without a pass over the ids."""
+        with self._lock:
+            return len(self.ids) - self._masked
 
     # -- building ----------------------------------------------------------------------------------------
     def add(self, ids, vectors) -> None:
@@ -133,11 +132,14 @@ class VectorIndex:
         """Take ids out of every future result (safe while other threads search); returns how many were
         present."""
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
-        present = int(np.isin(ids, self.ids).sum())
+        new = ids[~np.isin(ids, np.fromiter(self.removed, np.int64))]
+        present = int(np.isin(new, self.ids).sum())  # still served until now
         keep = ~np.isin(self.ids, ids) if self.backend == "exact" else None
         with self._lock:
-            if keep is not None:
+            if keep is not None:  # the exact backend deletes; faiss structures mask
                 self.ids, self.vectors = self.ids[keep], self.vectors[keep]
+            else:
+                self._masked += present
             # Remembered for every backend, so a removed id can never be re-added.
             self.removed = self.removed | frozenset(ids.tolist())
         return present
