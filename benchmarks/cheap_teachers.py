@@ -44,9 +44,9 @@ def cli(*args: str, capture: bool = False) -> str:
 
 def query_sets(out: Path) -> dict[str, Path]:
     """The reference's train and val splits as query-set folders (reused when already there)."""
-    from fastgda.app.pack import resolve_model_dir
     from fastgda.app.reference import reference_query_set
     from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.names import resolve_model_dir
 
     model_dir = resolve_model_dir("shipped")
     model = TextToImageModel.from_pretrained(model_dir)

@@ -195,11 +195,11 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
     """Step 4: seconds per query of each method on one test query, in this process, and bytes stored."""
     import torch
 
-    from fastgda.app.pack import resolve_model_dir
     from fastgda.attributor import Attributor
     from fastgda.data import ImageCaptionFolder, open_dataset
     from fastgda.diffusion import TextToImageModel
     from fastgda.diffusion.model import model_digest
+    from fastgda.diffusion.names import resolve_model_dir
     from fastgda.diffusion.queries import QuerySet
     from fastgda.diffusion.training import prepare_training_data
     from fastgda.features import FeatureExtractor, Features

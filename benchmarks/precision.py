@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.app.pack import resolve_model_dir
 from fastgda.app.reference import reference_dir, reference_info, reference_query_set
 from fastgda.diffusion import TextToImageModel
+from fastgda.diffusion.names import resolve_model_dir
 from fastgda.diffusion.queries import QuerySet
 from fastgda.features import FeatureExtractor
 from fastgda.unlearning import Teacher

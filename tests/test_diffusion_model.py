@@ -222,3 +222,26 @@ def test_the_stored_encoding_is_memory_mapped_and_matches_the_one_in_memory(
     subset = stored.subset([4, 1])
     assert torch.equal(subset.x0[:], in_memory.x0[:][[4, 1]])
     assert torch.equal(subset.states[:], in_memory.subset([4, 1]).states[:])
+
+
+def test_model_names_resolve_through_the_registry_without_importing_the_app(tmp_path):
+    """`--model shipped` is a name the app provides by entry point; a folder never loads the app, and a user may
+    name their own models."""
+    import subprocess
+    import sys
+
+    from fastgda.app import pack
+    from fastgda.diffusion import model_names, register_model_name, resolve_model_dir
+
+    assert "shipped" in model_names() and resolve_model_dir("shipped") == pack.model_dir()
+    register_model_name("mine", lambda: tmp_path / "my-model")
+    assert resolve_model_dir("mine") == tmp_path / "my-model" and "mine" in model_names()
+    assert resolve_model_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    code = (
+        "import sys; from fastgda.diffusion.names import resolve_model_dir; "
+        "import fastgda.cli.teacher, fastgda.cli.influence, fastgda.cli.evaluate, fastgda.cli.model; "
+        "resolve_model_dir('runs/some-model'); "
+        "print(sorted(m for m in sys.modules if m.startswith('fastgda.app')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

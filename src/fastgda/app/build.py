@@ -310,8 +310,8 @@ def _model(train_data, out: Path, config: BuildConfig, model, progress: bool) ->
     from .._artifacts import cache_dir
     from ..devices import resolve_device
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
+    from ..diffusion.names import resolve_model_dir
     from ..diffusion.training import prepare_training_data
-    from .pack import resolve_model_dir
 
     if model is not None:
         return resolve_model_dir(model)

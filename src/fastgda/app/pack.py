@@ -37,11 +37,6 @@ def probe_dir() -> Path:
     return PACK_DIR / "probe"
 
 
-def resolve_model_dir(name: str | os.PathLike) -> Path:
-    """Map ``"shipped"`` to the packaged model; any other value is a path."""
-    return model_dir() if str(name) == "shipped" else Path(name)
-
-
 def ensure_world(out_dir: str | os.PathLike, progress: bool = True) -> ShapesWorld:
     """Open the standard world at ``out_dir``, generating it first if absent, and check its content hash.
 

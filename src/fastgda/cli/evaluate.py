@@ -159,8 +159,8 @@ def handle_counterfactual(args) -> int:
 
     import numpy as np
 
-    from ..app.pack import resolve_model_dir
     from ..counterfactual import CounterfactualConfig, CounterfactualJob, method_rankings
+    from ..diffusion.names import resolve_model_dir
     from ..errors import FastGDAError
     from ..features import Features
     from ..ground_truth import GroundTruth

@@ -96,7 +96,7 @@ def _unlearn_type():
 
 def handle_features(args) -> int:
     from .._artifacts import cache_dir
-    from ..app.pack import resolve_model_dir
+    from ..diffusion.names import resolve_model_dir
     from ..influence import build_gradient_features, recipe
 
     set_threads(args.threads)
@@ -132,7 +132,7 @@ def handle_features(args) -> int:
 
 
 def handle_rank(args) -> int:
-    from ..app.pack import resolve_model_dir
+    from ..diffusion.names import resolve_model_dir
     from ..influence import InfluenceConfig, InfluenceJob
     from ..unlearning import UnlearnConfig
 

@@ -120,8 +120,8 @@ def handle_train(args) -> int:
 
 
 def handle_sample(args) -> int:
-    from ..app.pack import resolve_model_dir
     from ..diffusion import TextToImageModel
+    from ..diffusion.names import resolve_model_dir
     from ..diffusion.queries import SamplerConfig, read_prompts, write_query_set
 
     sampler = config_from_args(args, SamplerConfig)

@@ -117,9 +117,9 @@ def add_parser(sub) -> None:
 
 def handle_fisher(args) -> int:
     from .._artifacts import cache_dir
-    from ..app.pack import resolve_model_dir
     from ..data import open_dataset
     from ..diffusion import TextToImageModel
+    from ..diffusion.names import resolve_model_dir
     from ..diffusion.training import prepare_training_data
     from ..unlearning import FisherConfig, fit_fisher
 
@@ -137,7 +137,7 @@ def handle_fisher(args) -> int:
 
 def handle_run(args) -> int:
     from .._artifacts import cache_dir
-    from ..app.pack import resolve_model_dir
+    from ..diffusion.names import resolve_model_dir
     from ..unlearning import ScoringConfig, UnlearnConfig
     from ..unlearning.jobs import TeacherConfig, TeacherSpec, run_teacher
 

@@ -152,8 +152,8 @@ class Service:
         )
         self.model = None
         if config.model:
-            from ..app.pack import resolve_model_dir
             from ..diffusion import TextToImageModel
+            from ..diffusion.names import resolve_model_dir
 
             self.model = TextToImageModel.from_pretrained(
                 resolve_model_dir(config.model), device=config.device, dtype=config.dtype
