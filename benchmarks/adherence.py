@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.app.world import held_out_prompts
+from fastgda.app.world import ShapesWorld, held_out_prompts
 from fastgda.app.world.adherence import measure_adherence
 from fastgda.app.world.probe import AttributeProbe, probe_accuracy
-from fastgda.data import ShapesWorld
 from fastgda.diffusion import DiffusionTrainConfig, TextToImageModel
 from fastgda.diffusion.training import draw_batch, load_checkpoint_ema, prepare_training_data
 

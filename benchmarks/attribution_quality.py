@@ -27,7 +27,7 @@ from fastgda.app.reference import (
     reference_queries,
     reference_split_dir,
 )
-from fastgda.data import ShapesWorld
+from fastgda.app.world import ShapesWorld
 from fastgda.evaluation import (
     cosine_matrix,
     format_map_table,

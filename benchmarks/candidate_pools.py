@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastgda.app.reference import reference_ground_truth, reference_queries, reference_split_dir
-from fastgda.data import ShapesWorld
+from fastgda.app.world import ShapesWorld
 from fastgda.evaluation import cosine_matrix, l_values
 from fastgda.features import load_or_embed
 

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastgda.app.reference import reference_split_dir
-from fastgda.counterfactual import STANDARD_QUERY_IDS, CounterfactualConfig, CounterfactualResult
-from fastgda.data import ImageCaptionFolder, ShapesWorld
+from fastgda.app.reference import STANDARD_QUERY_IDS, reference_split_dir
+from fastgda.app.world import ShapesWorld
+from fastgda.counterfactual import CounterfactualConfig, CounterfactualResult
+from fastgda.data import ImageCaptionFolder
 
 DEMO = CounterfactualConfig.demo(k=1)  # the demo's retrain steps and random seeds
 

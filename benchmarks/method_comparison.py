@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastgda.app.reference import reference_split_dir
-from fastgda.counterfactual import EXTENDED_QUERY_IDS, export_measurements, import_measurements
+from fastgda.app.reference import EXTENDED_QUERY_IDS, reference_split_dir
+from fastgda.counterfactual import export_measurements, import_measurements
 
 SHIPPED_FISHER = reference_split_dir("test").parent / "fisher"
 TEACHER = "AbU+ (EK-FAC), α = 1e-2"  # the shipped reference: the counterfactual's "teacher"

@@ -29,7 +29,7 @@ from attribution_quality import (  # noqa: E402
 )
 
 from fastgda.app.reference import reference_digest  # noqa: E402
-from fastgda.data import ShapesWorld  # noqa: E402
+from fastgda.app.world import ShapesWorld  # noqa: E402
 from fastgda.evaluation import (  # noqa: E402
     cosine_matrix,
     l_values,  # noqa: E402

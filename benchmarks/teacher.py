@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.data import ShapesWorld
+from fastgda.app.world import ShapesWorld
 from fastgda.diffusion import TextToImageModel
 from fastgda.diffusion.names import resolve_model_dir
 from fastgda.diffusion.queries import SamplerConfig, load_query_tensors, write_query_set

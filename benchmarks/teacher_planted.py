@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgda.data import ImageCaptionFolder, ShapesWorld
+from fastgda.app.world import ShapesWorld
+from fastgda.data import ImageCaptionFolder
 from fastgda.diffusion import TextToImageModel
 from fastgda.diffusion.names import resolve_model_dir
 from fastgda.diffusion.queries import SamplerConfig, write_query_set

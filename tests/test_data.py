@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgda import CocoCaptions, DatasetError, ImageCaptionFolder, ShapesWorld, open_dataset
+from fastgda import CocoCaptions, DatasetError, ImageCaptionFolder, open_dataset
+from fastgda.app.world import ShapesWorld
+from fastgda.data import read_planted_concepts
 
 
 def test_folder_reads_rows_in_order_with_all_captions(image_caption_dir):
@@ -102,7 +104,17 @@ def test_coco_reader_rejects_duplicate_ids_and_uncaptioned_images(tmp_path):
         CocoCaptions(_coco(tmp_path / "nocap", images, anns))
 
 
-def test_open_dataset_recognises_a_shapes_world(small_world):
+def test_a_shapes_world_is_an_image_folder_with_planted_concepts(small_world, tmp_path):
+    """The library reads the world as any captioned folder; its planted exemplars are a generic file any data
+    set may carry, and the world's own truth (scenes, held-out combinations) is the app's ``ShapesWorld``."""
     data = open_dataset(small_world.root)
-    assert isinstance(data, ShapesWorld) and len(data) == 60
+    assert type(data) is ImageCaptionFolder and len(data) == 60
     assert data.load_image(0).shape == (16, 16, 3)
+    planted = read_planted_concepts(small_world.root)
+    assert planted == small_world.concepts and all(len(ids) == 4 for ids in planted.values())
+    world = ShapesWorld(small_world.root)
+    assert len(world.scenes) == 60 and world.meta["held_out"]
+    assert read_planted_concepts(tmp_path) is None
+    (tmp_path / "concepts.json").write_text('{"concepts": [{"name": "x"}]}')
+    with pytest.raises(DatasetError, match="not a list of planted concepts"):
+        read_planted_concepts(tmp_path)

@@ -29,7 +29,6 @@ from .data import (
     ImageCaption,
     ImageCaptionDataset,
     ImageCaptionFolder,
-    ShapesWorld,
     open_dataset,
 )
 from .errors import (
@@ -109,7 +108,6 @@ __all__ = [
     "RankerTrainConfig",
     "SamplerConfig",
     "ScoringConfig",
-    "ShapesWorld",
     "Teacher",
     "TeacherConfig",
     "TeacherJob",

@@ -1,10 +1,11 @@
-"""Captioned image datasets: one abstraction, three readers.
+"""Captioned image datasets: one abstraction, two readers.
 
 ``ImageCaptionDataset`` is what every later stage reads: stable integer ids (row order), captions per item,
 lazily loaded RGB images of any size and mode (``fastgda.images``: decoded in parallel, squared per model) and a
 content hash for manifests. Readers: a folder with ``captions.jsonl``
-(``ImageCaptionFolder``), COCO-style ``captions_*.json`` annotations (``CocoCaptions``) and the built-in shapes
-world (``ShapesWorld``, a folder plus ``world.json`` and ``concepts.json``). ``open_dataset`` picks one by path.
+(``ImageCaptionFolder``, optionally with planted exemplars in ``concepts.json``) and COCO-style
+``captions_*.json`` annotations (``CocoCaptions``). ``open_dataset`` picks one by path. (The embedded shapes
+world is a folder of this kind; its extras live in ``fastgda.app.world``.)
 """
 
 from __future__ import annotations
@@ -315,36 +316,35 @@ class CocoCaptions(ImageCaptionDataset):
         return self.annotation_file
 
 
-class ShapesWorld(ImageCaptionFolder):
-    """The built-in shapes world as written by ``fastgda world shapes``: a folder dataset plus its truth.
+PLANTED_FILE = "concepts.json"
 
-    Attributes:
-        concepts: planted rare concept name -> list of exemplar ids.
-        scenes: per row, the attribute dict it was drawn from.
-        meta: the contents of ``world.json`` (spec, held-out combinations).
+
+def read_planted_concepts(root: str | os.PathLike) -> dict[str, list[int]] | None:
+    """The planted exemplars a data folder declares, or None: ``concepts.json`` beside ``captions.jsonl``,
+    ``{"concepts": [{"name": ..., "exemplar_ids": [row, ...]}, ...]}``. Planted recall (``fastgda.evaluation``)
+    measures whether a query naming a concept finds its exemplars: canaries any data set may carry (the shapes
+    world plants its rare concepts this way).
+
+    Raises:
+        DatasetError: the file is there but does not say that.
     """
-
-    kind = "shapes_world"
-
-    def __init__(self, root: str | os.PathLike):
-        super().__init__(root)
-        root = Path(root)
-        try:
-            self.meta = json.loads((root / "world.json").read_text(encoding="utf-8"))
-            concepts = json.loads((root / "concepts.json").read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise DatasetError(
-                f"{root} is not a shapes world ({exc.filename} is missing); build one with "
-                "`fastgda world shapes --out DIR`"
-            ) from exc
-        self.concepts = {c["name"]: list(c["exemplar_ids"]) for c in concepts["concepts"]}
-        self.scenes = [r["scene"] for r in self.records]
+    path = Path(root) / PLANTED_FILE
+    if not path.is_file():
+        return None
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["concepts"]
+        return {c["name"]: [int(i) for i in c["exemplar_ids"]] for c in listed}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(
+            f'{path} is not a list of planted concepts ({exc}); expected {{"concepts": [{{"name": ..., '
+            '"exemplar_ids": [...]}]}}'
+        ) from exc
 
 
 def open_dataset(
     path: str | os.PathLike, image_dir: str | os.PathLike | None = None
 ) -> ImageCaptionDataset:
-    """Open a dataset by path: a shapes world, a folder with ``captions.jsonl``, or a COCO captions file.
+    """Open a dataset by path: a folder with ``captions.jsonl``, or a COCO captions file.
 
     Raises:
         DatasetError: nothing at ``path`` is a recognised dataset.
@@ -352,12 +352,10 @@ def open_dataset(
     path = Path(path)
     if path.is_file() and path.suffix == ".json":
         return CocoCaptions(path, image_dir)
-    if (path / "world.json").is_file():
-        return ShapesWorld(path)
     if (path / CAPTIONS_FILE).is_file():
         return ImageCaptionFolder(path)
     raise DatasetError(
-        f"{path} is not a dataset: expected a folder with {CAPTIONS_FILE} (or a shapes world), "
+        f"{path} is not a dataset: expected a folder with {CAPTIONS_FILE}, "
         "or a COCO captions_*.json file"
     )
 

@@ -284,7 +284,8 @@ def _counterfactual(
     seconds: dict[str, float],
 ):
     """The leave-K-out section of the report: run the job (``run``) or reuse a finished one; None if unfinished."""
-    from ..counterfactual import STANDARD_QUERY_IDS, CounterfactualJob, method_rankings
+    from ..counterfactual import CounterfactualJob, method_rankings
+    from .reference import STANDARD_QUERY_IDS
     from .report import CounterfactualRow, CounterfactualSection
 
     test = inputs.truth["test"].select(STANDARD_QUERY_IDS)

@@ -10,8 +10,8 @@ import json
 import os
 from pathlib import Path
 
-from ..data import ShapesWorld
 from ..errors import IncompatibleArtifactError
+from .world.dataset import ShapesWorld
 
 PACK_DIR = Path(__file__).parent / "packs" / "shapes2000"
 

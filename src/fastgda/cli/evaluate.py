@@ -129,17 +129,19 @@ def handle_map(args) -> int:
 
 
 def _planted_concepts(query_set, data, query_ids):
-    """(the planted concept each query names or None, each concept's training ids) of a shapes world, else
-    (None, None)."""
+    """(the planted concept each query names or None, each concept's training ids) when the data folder plants
+    concepts (``concepts.json``), else (None, None)."""
     if not (query_set and data):
         return None, None
-    from ..data import ImageCaptionFolder, open_dataset
+    from pathlib import Path
 
-    records = ImageCaptionFolder(query_set).records
-    dataset = open_dataset(data)
-    if not hasattr(dataset, "concepts"):
+    from ..data import ImageCaptionFolder, read_planted_concepts
+
+    concepts = read_planted_concepts(data) if Path(data).is_dir() else None
+    if concepts is None:
         return None, None
-    return [records[int(q)].get("concept") for q in query_ids], dataset.concepts
+    records = ImageCaptionFolder(query_set).records
+    return [records[int(q)].get("concept") for q in query_ids], concepts
 
 
 def named_folder(text: str) -> tuple[str, str]:

@@ -111,8 +111,7 @@ def handle_shapes(args) -> int:
 
 
 def handle_prompts(args) -> int:
-    from ..app.world import held_out_prompts
-    from ..data import ShapesWorld
+    from ..app.world import ShapesWorld, held_out_prompts
 
     ShapesWorld(args.world)  # validates the folder
     records = held_out_prompts(args.world)
@@ -122,8 +121,8 @@ def handle_prompts(args) -> int:
 
 
 def handle_probe(args) -> int:
+    from ..app.world import ShapesWorld
     from ..app.world.probe import probe_accuracy, train_probe
-    from ..data import ShapesWorld
 
     set_threads(args.threads)
     probe = train_probe(args.num_images, args.epochs, args.seed)

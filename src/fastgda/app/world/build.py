@@ -10,7 +10,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..._artifacts import atomic_dir, write_json_atomic, write_manifest
-from ...data import CAPTIONS_FILE, ShapesWorld
+from ...data import CAPTIONS_FILE
+from .dataset import ShapesWorld
 from .shapes import RARE_CONCEPTS, WorldSpec, generate_world
 
 WORLD_FORMAT_VERSION = 1
