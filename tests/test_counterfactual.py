@@ -362,6 +362,9 @@ def test_ordering_states_each_claim_with_its_paired_difference():
     )
     checks = result.ordering("ranker")
     assert [c.holds for c in checks] == [True, True, True, False]
+    assert result.orders("ranker") and not result.orders("teacher (missing)")
+    text = result.to_text(ranker="ranker")
+    assert "ordering on mean delta loss:" in text and text.count("\n- ") == len(checks)
     assert checks[1].claim == "ranker > untuned text (minilm)"
     mean, se = checks[1].paired_difference
     # A float64 mean of three paired differences of numbers of order 1e-3: a few roundings each.
@@ -380,3 +383,47 @@ def test_ordering_states_each_claim_with_its_paired_difference():
     assert_close(checks[1].paired_difference[0], 8e-3 / 3, sums(6, 3 * 4e-3, F64))
     with pytest.raises(FastGDAError, match="needs teacher, 'ranker' and random"):
         CounterfactualResult(per_query={"teacher": {"delta_loss": [1.0]}}).ordering("ranker")
+
+
+def test_the_cli_verb_is_one_library_call_and_reports_its_ordering(
+    trained, small_world, tmp_path, capsys
+):
+    """`eval counterfactual` parses and calls ``run_counterfactual``: the teacher's rankings, a stored ranking and
+    the untuned text baseline, removed and retrained; then the table and, for one ranker, the ordering claims."""
+    from fastgda.cli import main
+    from fastgda.counterfactual import run_counterfactual
+    from fastgda.features import embed_dataset
+    from fastgda.ground_truth import GroundTruth
+
+    n = len(small_world)
+    items = embed_dataset(small_world.root, "pixels+minilm", tmp_path / "items", progress=False)
+    queries = embed_dataset(trained / "queries", "pixels+minilm", tmp_path / "q", progress=False)
+    scores = -np.sort(-np.random.default_rng(0).random((3, n)), axis=1).astype(np.float32)
+    GroundTruth(np.arange(3), rankings(n, 0), scores, {}).save(tmp_path / "teacher")
+    GroundTruth(np.arange(3), rankings(n, 5), scores, {}).save(tmp_path / "stored")
+    config = CounterfactualConfig(k=3, steps=2, random_seeds=(0,), generate_steps=2,
+                                  similarity_encoder="pixels")  # fmt: skip
+    truth = GroundTruth.load(tmp_path / "teacher")
+    result = run_counterfactual(
+        trained / "model", small_world.root, trained / "queries", items, queries, truth,
+        tmp_path / "cf", config, rankings={"stored": tmp_path / "stored"}, baselines="text",
+        query_ids=[0, 2], progress=False,
+    )  # fmt: skip
+    assert result.query_rows == [0, 2]
+    assert set(result.per_query) == {"teacher", "stored", "untuned text (minilm)", RANDOM}
+    with pytest.raises(FastGDAError, match="'teacher' is taken"):
+        run_counterfactual(
+            trained / "model", small_world.root, trained / "queries", items, queries, truth,
+            tmp_path / "cf", config, rankings={"teacher": tmp_path / "stored"}, progress=False,
+        )  # fmt: skip
+    # The CLI over the finished run: --partial evaluates without retraining, and says what it covers.
+    argv = ["eval", "counterfactual", "--model", str(trained / "model"), "--data", str(small_world.root),
+            "--query-set", str(trained / "queries"), "--items", str(tmp_path / "items"),
+            "--queries", str(tmp_path / "q"), "--ground-truth", str(tmp_path / "teacher"),
+            "--method", f"stored={tmp_path / 'stored'}", "--baselines", "text", "--query-ids", "0,2",
+            "--k", "3", "--steps", "2", "--random-seeds", "0", "--generate-steps", "2",
+            "--similarity-encoder", "pixels", "--out", str(tmp_path / "cf"), "--partial"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("2 of 2 queries (ids [0, 2])") and "untuned text (minilm)" in text
+    assert "ordering" not in text  # no ranker among the methods: no claims to check

@@ -287,6 +287,72 @@ class _RetrainTask:
         return run
 
 
+def run_counterfactual(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    query_set: str | os.PathLike,
+    items,
+    queries,
+    ground_truth,
+    out_dir: str | os.PathLike,
+    config: CounterfactualConfig,
+    rankers: dict | None = None,
+    rankings: dict[str, str | os.PathLike] | None = None,
+    baselines: str = "parts",
+    query_ids=None,
+    executor=None,
+    partial: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> CounterfactualResult:
+    """Leave-K-out evidence on test queries (what ``fastgda eval counterfactual`` runs): every method's top-K,
+    the retrains (resumable, shared; none with ``partial``), then ΔL, ΔG-MSE and ΔG-sim per query.
+
+    Args:
+        items / queries: ``Features`` of the training items and of the query set (one spec).
+        ground_truth: ``GroundTruth`` of the query set; ``query_ids`` picks its rows (default: all of them).
+        rankers: display name -> ``Ranker``; rankings: display name -> a stored ground-truth folder of another
+            method (its top-K is removed as the method's).
+        baselines: the untuned baselines (``method_rankings``).
+        partial: evaluate the queries whose retrains are finished, without running any.
+
+    Raises:
+        FastGDAError: a stored ranking's name clashes with another method's.
+    """
+    from .ground_truth import GroundTruth
+
+    if query_ids is not None:
+        ground_truth = ground_truth.select(query_ids)
+    rows = ground_truth.query_ids
+    selected = queries.select(rows)
+    methods = method_rankings(
+        selected, items, ground_truth.ids, rankers or {}, k=config.k, baselines=baselines
+    )
+    for name, folder in (rankings or {}).items():
+        if name in methods or name == RANDOM:
+            raise FastGDAError(f"method name {name!r} is taken; choose another")
+        stored = GroundTruth.load(folder).select(rows).ids[:, : config.k]
+        methods[name] = np.asarray(stored, dtype=np.int64)
+    job = CounterfactualJob(
+        model_dir, data, query_set, methods, out_dir, config, progress=progress,
+        query_rows=rows.tolist(), device=device, dtype=dtype,
+    )  # fmt: skip
+    if not partial:
+        job.run(executor)
+    return job.evaluate(partial=partial)
+
+
+def _mean_cell(figure: dict | None) -> str:
+    """``mean ± s.e.`` of a summary figure; the mean alone for one query (no standard error), – when absent."""
+    if figure is None:
+        return "–"
+    mean, stderr = figure["mean"], figure["stderr"]
+    if stderr is None or not np.isfinite(stderr):
+        return f"{mean:.5f}"
+    return f"{mean:.5f} ± {stderr:.5f}"
+
+
 @dataclass
 class CounterfactualResult:
     """Per method: ΔL, ΔG-MSE, ΔG-sim per query (Q,), and their means and standard errors."""
@@ -304,6 +370,30 @@ class CounterfactualResult:
                 mean, stderr = mean_and_stderr(values)
                 out[method][name] = {"mean": mean, "stderr": stderr}
         return out
+
+    def to_text(self, num_queries: int | None = None, ranker: str | None = None) -> str:
+        """The table (each method's mean ± s.e. of ΔL, ΔG-MSE and ΔG-sim) and, with ``ranker``, the ordering
+        claims; ``num_queries``: the queries asked for, named when the result covers fewer (a partial one)."""
+        rows = [int(row) for row in self.query_rows or []]
+        lines = [f"{len(rows)} of {num_queries} queries (ids {rows})"] if num_queries else []
+        lines += [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
+        for name, metrics in self.summary().items():
+            cells = [_mean_cell(metrics.get(m)) for m in ("delta_loss", "delta_mse", "delta_sim")]
+            lines.append(f"{name:<44} " + " ".join(f"{c:>20}" for c in cells))
+        if ranker is not None:
+            checks = self.ordering(ranker)
+            lines += ["", "ordering on mean delta loss:"] + [f"- {c.describe()}" for c in checks]
+        return "\n".join(lines)
+
+    def orders(self, ranker: str) -> bool:
+        """Whether the ordering claims can be checked for ``ranker``: it, random removal and an untuned
+        baseline were all measured."""
+        methods = set(self.per_query)
+        return (
+            ranker in methods
+            and RANDOM in methods
+            and any(m.startswith("untuned") for m in methods)
+        )
 
     def ordering(self, ranker: str, target_share: float = 0.85) -> list[OrderingCheck]:
         """The evidence claims on mean ΔL (issue acceptance, method.md §4): teacher >= ranker > best untuned

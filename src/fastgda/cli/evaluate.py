@@ -159,9 +159,7 @@ def named_folder(text: str) -> tuple[str, str]:
 def handle_counterfactual(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
-    from ..counterfactual import CounterfactualConfig, CounterfactualJob, method_rankings
+    from ..counterfactual import CounterfactualConfig, run_counterfactual
     from ..diffusion.names import resolve_model_dir
     from ..errors import FastGDAError
     from ..features import Features
@@ -174,60 +172,27 @@ def handle_counterfactual(args) -> int:
     items = Features.load(args.items)
     queries = Features.load(args.queries, expect_spec=items.spec)
     truth = GroundTruth.load(args.ground_truth)
-    if args.query_ids:
-        truth = truth.select(args.query_ids)
-    elif args.num_queries:
-        truth = truth.select(truth.query_ids[: args.num_queries])
-    rows = truth.query_ids
+    query_ids = args.query_ids or (
+        truth.query_ids[: args.num_queries] if args.num_queries else None
+    )
     rankers = {f"ranker ({Path(path).name})": Ranker.load(path) for path in args.ranker}
-    selected = queries.select(rows)
-    k = config.k
-    rankings = method_rankings(selected, items, truth.ids, rankers, k=k, baselines=args.baselines)
-    for name, folder in args.method:
-        if name in rankings or name == "random":
-            raise FastGDAError(f"--method name {name!r} is taken; choose another")
-        rankings[name] = np.asarray(
-            GroundTruth.load(folder).select(rows).ids[:, :k], dtype=np.int64
-        )
-    job = CounterfactualJob(
-        resolve_model_dir(args.model),
-        args.data,
-        args.query_set,
-        rankings,
-        args.out,
-        config,
-        progress=not args.json,
-        query_rows=rows.tolist(),
+    rankings = dict(args.method)
+    if len(rankings) != len(args.method):
+        raise FastGDAError("--method names repeat; give each stored ranking its own name")
+    result = run_counterfactual(
+        resolve_model_dir(args.model), args.data, args.query_set, items, queries, truth, args.out, config,
+        rankers, rankings, args.baselines, query_ids, None if args.partial else executor_from_args(args),
+        args.partial, progress=not args.json,
         device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
         dtype=args.dtype,
-    )
-    if not args.partial:
-        job.run(executor_from_args(args))
-    result = job.evaluate(partial=args.partial)
-    evaluated = [int(r) for r in result.query_rows]
-    summary = result.summary()
-    lines = [f"{len(evaluated)} of {len(rows)} queries (ids {evaluated})"] if args.partial else []
-    lines += [f"{'method':<44} {'delta loss':>20} {'delta MSE':>20} {'similarity':>20}"]
-    for name, metrics in summary.items():
-        cells = [
-            f"{metrics[m]['mean']:.5f} ± {metrics[m]['stderr']:.5f}"
-            for m in ("delta_loss", "delta_mse", "delta_sim")
-        ]
-        lines.append(f"{name:<44} " + " ".join(f"{c:>20}" for c in cells))
-    checks = []
-    if len(rankers) == 1 and "random" in summary and any(m.startswith("untuned") for m in summary):
-        checks = result.ordering(next(iter(rankers)))
-        lines += ["", "ordering on mean delta loss:"] + [f"- {c.describe()}" for c in checks]
-    verdict = {c.claim: c.holds for c in checks}
-    emit(
-        args,
-        {
-            "k": k,
-            "queries": len(evaluated),
-            "query_ids": evaluated,
-            "summary": summary,
-            "ordering": verdict,
-        },
-        "\n".join(lines),
-    )
+    )  # fmt: skip
+    ranker = next(iter(rankers)) if len(rankers) == 1 else None
+    ranker = ranker if ranker is not None and result.orders(ranker) else None
+    asked = len(query_ids) if query_ids is not None else len(truth.query_ids)
+    text = result.to_text(asked if args.partial else None, ranker)
+    verdict = {c.claim: c.holds for c in result.ordering(ranker)} if ranker else {}
+    evaluated = [int(row) for row in result.query_rows]
+    payload = {"k": config.k, "queries": len(evaluated), "query_ids": evaluated,
+               "summary": result.summary(), "ordering": verdict}  # fmt: skip
+    emit(args, payload, text)
     return 0
