@@ -326,3 +326,15 @@ def test_a_fisher_of_another_model_is_refused(
     with caplog.at_level("WARNING"):
         Teacher(other, small_world, old, data=world_data, progress=False)
     assert "records no model digest" in caplog.text
+
+
+def test_item_rows_lay_out_every_items_rows_as_the_loops_would():
+    """The vectorised layout against the nested loops it replaced: item, then flip, caption, timestep."""
+    from fastgda.unlearning.rows import item_rows
+
+    counts = np.array([3, 1, 0, 2])
+    for flips in (1, 2):
+        expected = [(p, f, c, t) for p, count in enumerate(counts) for f in range(flips)
+                    for c in range(count) for t in range(4)]  # fmt: skip
+        assert item_rows(counts, 4, flips).tolist() == [list(r) for r in expected]
+    assert item_rows(np.zeros(0, np.int64), 4).shape == (0, 4)

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import ConfigError
 from ..unlearning.fisher import record_linear_io
 from ..unlearning.noise import keyed_noise
+from ..unlearning.rows import item_rows, row_batches
 
 OUTPUTS = ("loss", "square")
 # Queries draw their noise from a key space apart from the training items' (same base seed, flip slot 2).
@@ -99,37 +99,18 @@ def item_gradients(
     item_ids = np.asarray(item_ids, dtype=np.int64)
     counts = data.caption_count[item_ids].numpy()
     timesteps = list(config.timesteps)
-    # The noise is keyed by the full set's id, so a subset's gradients equal the full set's.
-    ids = data.full_ids(item_ids)
-    rows = [
-        (row, int(item), c, t)
-        for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))
-        for c in range(int(count))
-        for t in timesteps
-    ]
-    weight = torch.tensor([1.0 / (int(counts[r[0]]) * len(timesteps)) for r in rows])
+    rows = item_rows(counts, len(timesteps))
+    # Each row weighs 1 / (its item's rows): the gradient of the item's mean output.
+    weight = torch.from_numpy(1.0 / (counts[rows[:, 0]] * len(timesteps))).float()
     size = sum(layer.weight.numel() for layer in layers.values())
     out = torch.zeros(len(item_ids), size)
-    device = model.device
-    shape = tuple(data.x0.shape[1:])
-    for start in tqdm(
-        range(0, len(rows), rows_per_pass),
-        desc=f"gradients of {len(item_ids)} items",
-        disable=not progress,
-        leave=False,
-    ):
-        batch = rows[start : start + rows_per_pass]
-        items = torch.tensor([r[1] for r in batch])
-        captions = data.caption_start[items] + torch.tensor([r[2] for r in batch])
-        t = torch.tensor([r[3] for r in batch])
-        noise = keyed_noise(shape, config.noise_seed, [(ids[r[0]], r[2], r[3], 0) for r in batch])
-        mask = None if data.mask is None else data.mask[captions].to(device)
-        grads = _row_gradients(
-            model, layers, data.x0[items].to(device), data.states[captions].to(device), mask,
-            noise.to(device), t.to(device), config.output,
-        )  # fmt: skip
-        scaled = grads.cpu() * weight[start : start + len(batch), None]
-        out.index_add_(0, torch.tensor([r[0] for r in batch]), scaled)
+    batches = row_batches(data, item_ids, rows, timesteps, config.noise_seed, rows_per_pass, model.device,
+                          f"gradients of {len(item_ids)} items", progress)  # fmt: skip
+    for batch in batches:
+        grads = _row_gradients(model, layers, batch.x0, batch.states, batch.mask, batch.noise, batch.t,
+                               config.output)  # fmt: skip
+        scaled = grads.cpu() * weight[batch.start : batch.start + len(batch.rows), None]
+        out.index_add_(0, torch.from_numpy(batch.rows[:, 0]), scaled)
     return out
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import ConfigError, IncompatibleArtifactError
-from .noise import keyed_noise
+from .rows import item_rows, row_batches
 
 BEFORE_KIND = "before_losses"
 BEFORE_FORMAT_VERSION = 1
@@ -73,47 +72,20 @@ def item_losses(
         float32 (n, F, C_max, T), F = 2 with flips else 1: NaN where an item has fewer than C_max captions.
     """
     item_ids = np.asarray(item_ids, dtype=np.int64)
-    counts = data.caption_count[item_ids].numpy()
     c_max = int(data.caption_count.max())
-    # The noise is keyed by the full set's id, so a subset scores as the full set does.
-    ids = data.full_ids(item_ids)
     timesteps = list(config.timesteps)
-    # Flatten (item, flip, caption, t) into rows so batches stay full whatever the caption counts.
-    rows = [
-        (row, item, flip, c, ti)
-        for row, (item, count) in enumerate(zip(item_ids, counts, strict=True))
-        for flip in range(config.num_flips)
-        for c in range(int(count))
-        for ti in range(len(timesteps))
-    ]
+    rows = item_rows(data.caption_count[item_ids].numpy(), len(timesteps), config.num_flips)
     out = np.full(
         (len(item_ids), config.num_flips, c_max, len(timesteps)), np.nan, dtype=np.float32
     )
-    shape = tuple(data.x0.shape[1:])
-    device = model.device  # the data stays on the host; each batch moves
     batch_size = config.batch_size or scoring_batch_size(model, data)
+    batches = row_batches(data, item_ids, rows, timesteps, config.noise_seed, batch_size, model.device,
+                          f"scoring {len(item_ids)} items", progress)  # fmt: skip
     with torch.no_grad():
-        for start in tqdm(
-            range(0, len(rows), batch_size),
-            desc=f"scoring {len(item_ids)} items",
-            disable=not progress,
-            leave=False,
-        ):
-            batch = rows[start : start + batch_size]
-            items = torch.tensor([r[1] for r in batch])
-            flips = torch.tensor([r[2] for r in batch], dtype=torch.bool)
-            captions = data.caption_start[items] + torch.tensor([r[3] for r in batch])
-            t = torch.tensor([timesteps[r[4]] for r in batch])
-            keys = [(ids[r[0]], r[3], timesteps[r[4]], r[2]) for r in batch]
-            noise = keyed_noise(shape, config.noise_seed, keys)
-            x0 = data.x0[items]
-            x0 = torch.where(flips.view(-1, 1, 1, 1), x0.flip(-1), x0)  # mirror along the width
-            mask = None if data.mask is None else data.mask[captions].to(device)
-            states = data.states[captions].to(device)
-            losses = model.loss(x0.to(device), states, mask, noise.to(device), t.to(device))
-            losses = losses.cpu().numpy()
-            for (row, _, flip, c, ti), value in zip(batch, losses, strict=True):
-                out[row, flip, c, ti] = value
+        for batch in batches:
+            losses = model.loss(batch.x0, batch.states, batch.mask, batch.noise, batch.t)
+            position, flip, caption, step = batch.rows.T
+            out[position, flip, caption, step] = losses.cpu().numpy()
     return out
 
 
