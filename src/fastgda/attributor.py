@@ -128,8 +128,8 @@ class Attributor:
         self._embedder: FeatureExtractor | None = None
         # Where the query encoders run, in what precision, and on which runtime (fastgda.encoders.runtime).
         self._compute = ("cpu", "float32", "torch")
-        # part -> (live ids, unit columns, the removed-id set they exclude): refreshed after a takedown
-        self._untuned: dict[str, tuple[np.ndarray, np.ndarray, frozenset]] = {}
+        # part -> (live ids, unit columns, the removed-id array they exclude): refreshed after a takedown
+        self._untuned: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # -- building, saving, loading ------------------------------------------------------------------------
     @classmethod
@@ -295,7 +295,7 @@ class Attributor:
         if self.root is None:
             return 0
         on_disk = VectorIndex.read_removed(self.root / "index")
-        new = np.setdiff1d(on_disk, np.fromiter(self.index.removed, np.int64))
+        new = np.setdiff1d(on_disk, self.index.removed_ids)
         if len(new):
             self.remove_items(new)
         return int(len(new))
@@ -376,12 +376,13 @@ class Attributor:
             FastGDAError: the attributor was built without features or ``part`` is not in the spec.
         """
         part = part or self.baseline_part()
-        removed = self.index.removed  # one snapshot: a takedown may swap in another set meanwhile
+        # One snapshot: a takedown may swap in another array meanwhile.
+        removed = self.index.removed_ids
         cached = self._untuned.get(part)
         if cached is not None and cached[2] is not removed:
             # A takedown since: drop the newly removed rows from the cached columns (no reload from disk).
             ids, columns, _ = cached
-            keep = ~np.isin(ids, np.fromiter(removed, np.int64))
+            keep = ~np.isin(ids, removed)
             cached = self._untuned[part] = (ids[keep], columns[keep], removed)
         if cached is None:
             if not self.has_features:
@@ -396,7 +397,7 @@ class Attributor:
                 raise FastGDAError(
                     f"{part!r} is not a part of {self.spec!r}; choose one of {FeatureSpec.parse(self.spec).names}"
                 ) from exc
-            live = ~np.isin(stored.ids, np.fromiter(removed, np.int64))
+            live = ~np.isin(stored.ids, removed)
             cached = self._untuned[part] = (stored.ids[live], unit_rows(columns[live]), removed)
         ids, columns, _ = cached
         offset = next(p["offset"] for p in self.embedder.parts if p["name"] == part)

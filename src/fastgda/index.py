@@ -92,11 +92,15 @@ class VectorIndex:
         self.vectors = np.zeros(
             (0, dim), dtype=np.float32
         )  # kept for every backend: rebuilds and saving
-        # Replaced, never changed in place: a search holding the old set keeps a consistent view.
+        # Removed ids, as a set (membership) and a sorted array (masking results), both replaced together and
+        # never changed in place: a search holding the old ones keeps a consistent view.
         self.removed: frozenset[int] = frozenset()
+        self.removed_ids = np.zeros(0, dtype=np.int64)
         self._faiss_index = None
         self._sorted = None  # (sorted ids, their rows): id -> row lookups for IVF-PQ refinement
         self._lock = threading.Lock()  # guards swaps of (ids, vectors, removed) against snapshots
+        # One add or remove at a time (each computes aside, then swaps under _lock).
+        self._writing = threading.Lock()
         self._masked = 0  # entries of ids that are removed but still in a faiss structure
 
     def __len__(self) -> int:
@@ -111,7 +115,11 @@ class VectorIndex:
         vectors = _as_rows(vectors, self.dim)
         if len(ids) != len(vectors):
             raise FastGDAError(f"{len(ids)} ids for {len(vectors)} vectors")
-        clash = set(ids.tolist()) & (set(self.ids.tolist()) | set(self.removed))
+        with self._writing:
+            self._add(ids, vectors)
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        clash = set(ids.tolist()) & (set(self.ids.tolist()) | self.removed)
         if clash or len(set(ids.tolist())) != len(ids):
             raise FastGDAError(
                 f"ids {sorted(clash)[:5] or 'repeated in the batch'} are already in the index or were removed; "
@@ -132,22 +140,29 @@ class VectorIndex:
         """Take ids out of every future result (safe while other threads search); returns how many were
         present."""
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
-        new = ids[~np.isin(ids, np.fromiter(self.removed, np.int64))]
-        present = int(np.isin(new, self.ids).sum())  # still served until now
-        keep = ~np.isin(self.ids, ids) if self.backend == "exact" else None
-        with self._lock:
-            if keep is not None:  # the exact backend deletes; faiss structures mask
-                self.ids, self.vectors = self.ids[keep], self.vectors[keep]
-            else:
-                self._masked += present
-            # Remembered for every backend, so a removed id can never be re-added.
-            self.removed = self.removed | frozenset(ids.tolist())
+        with self._writing:
+            new = np.setdiff1d(ids, self.removed_ids, assume_unique=True)
+            present = int(np.isin(new, self.ids).sum())  # still served until now
+            keep = ~np.isin(self.ids, new) if self.backend == "exact" else None
+            removed_ids = np.union1d(self.removed_ids, new)
+            with self._lock:
+                if keep is not None:  # the exact backend deletes; faiss structures mask
+                    self.ids, self.vectors = self.ids[keep], self.vectors[keep]
+                else:
+                    self._masked += present
+                # Remembered for every backend, so a removed id can never be re-added.
+                self._set_removed(removed_ids)
         return present
 
+    def _set_removed(self, removed_ids: np.ndarray) -> None:
+        """Swap in another sorted array of removed ids (and its set): the caller holds the lock or owns self."""
+        self.removed_ids = removed_ids
+        self.removed = frozenset(removed_ids.tolist())
+
     def _snapshot(self):
-        """(ids, vectors, removed, faiss index) as of one moment."""
+        """(ids, vectors, sorted removed ids, faiss index) as of one moment."""
         with self._lock:
-            return self.ids, self.vectors, self.removed, self._faiss_index
+            return self.ids, self.vectors, self.removed_ids, self._faiss_index
 
     def _build_faiss(self, vectors: np.ndarray, ids: np.ndarray):
         faiss = require("faiss", extra="index")
@@ -205,8 +220,8 @@ class VectorIndex:
             scores, ids = faiss_index.search(queries, fetch)
             if refine > 1:
                 ids, scores = self._rescore(queries, ids, all_ids, vectors)
-            if removed_ids:
-                removed = np.isin(ids, np.fromiter(removed_ids, np.int64)) | (ids < 0)
+            if len(removed_ids):
+                removed = np.isin(ids, removed_ids) | (ids < 0)
                 order = np.argsort(removed, axis=1, kind="stable")  # survivors first, order kept
                 ids, scores = (
                     np.take_along_axis(ids, order, 1),
@@ -251,11 +266,11 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         """Vectors, ids and removed ids as npy (faiss structures are rebuilt on load, never unpickled)."""
-        live = ~np.isin(self.ids, np.fromiter(self.removed, np.int64))
+        live = ~np.isin(self.ids, self.removed_ids)
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "vectors.npy", self.vectors[live])
             np.save(tmp / "ids.npy", self.ids[live])
-            np.save(tmp / "removed.npy", np.array(sorted(self.removed), dtype=np.int64))
+            np.save(tmp / "removed.npy", self.removed_ids)
             write_manifest(
                 tmp,
                 INDEX_KIND,
@@ -286,7 +301,9 @@ class VectorIndex:
             raise IncompatibleArtifactError(
                 f"index {folder} holds {len(vectors)} vectors for {len(ids)} ids"
             )
-        index.removed = frozenset(np.load(folder / "removed.npy", allow_pickle=False).tolist())
+        index._set_removed(
+            np.unique(np.load(folder / "removed.npy", allow_pickle=False).astype(np.int64))
+        )
         if len(ids):
             index.ids = ids
             index.vectors = vectors

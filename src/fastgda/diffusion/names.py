@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import FastGDAError
@@ -22,6 +23,9 @@ def register_model_name(name: str, locate: Callable[[], os.PathLike | str]) -> N
     _REGISTERED[name] = locate
 
 
+@lru_cache(
+    maxsize=1
+)  # scanning the installed distributions takes milliseconds; they do not change in a run
 def _entry_points() -> dict:
     from importlib.metadata import entry_points
 

@@ -20,6 +20,7 @@ import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import anyio
@@ -60,9 +61,10 @@ from .uploads import (
 
 logger = logging.getLogger("fastgda.service")
 STATIC_DIR = Path(__file__).with_name("static")
-# Work in the pool checks whether its client is still there between chunks of this many queries: the most a
-# departed client's request goes on computing (about 0.1 s a query for image + prompt queries on a CPU core).
-CHECK_EVERY = 8
+# Work in the pool checks whether its client is still there between encoder calls of at least this many queries
+# (or --micro-batch, if larger, so a joined pass is still one call): the most a departed client's request goes on
+# computing (about 0.1 s a query for image + prompt queries on a CPU core).
+CHECK_EVERY = 16
 
 
 class ClientLeft(Exception):
@@ -140,9 +142,8 @@ class Service:
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(config.pool_size)
         self.pixels = Budget(config.max_inflight_pixels)  # decoded pixels, all requests together
-        self.body_bytes = Budget(
-            config.max_inflight_body_bytes
-        )  # request bodies, all requests together
+        # Request bodies, all requests together.
+        self.body_bytes = Budget(config.max_inflight_body_bytes)
         self._counts_lock = threading.Lock()
         self.left_queries = 0  # queries of requests whose client left before the answer (/metrics)
         self.takedowns = 0  # ids taken down while serving (/metrics)
@@ -301,12 +302,14 @@ class Service:
 
     def _feature_rows(self, jobs: list[QueryJob]) -> list[np.ndarray | None]:
         """Each job's feature rows (Q_j, D): given ones as they are, the others from its images and prompts,
-        encoded CHECK_EVERY queries at a time across the jobs, skipping jobs whose client has left (None)."""
+        encoded a chunk of queries at a time across the jobs (``CHECK_EVERY``, or ``--micro-batch`` when larger:
+        a joined pass is one call of the encoders), skipping jobs whose client has left (None)."""
+        chunk_size = max(CHECK_EVERY, self.config.micro_batch)
         pending = [(n, image, prompt) for n, job in enumerate(jobs)
                    for image, prompt in zip(job.images, job.prompts, strict=True)]  # fmt: skip
         encoded: dict[int, list[np.ndarray]] = {n: [] for n in range(len(jobs))}
-        for start in range(0, len(pending), CHECK_EVERY):
-            chunk = [row for row in pending[start : start + CHECK_EVERY] if not jobs[row[0]].gone]
+        for start in range(0, len(pending), chunk_size):
+            chunk = [row for row in pending[start : start + chunk_size] if not jobs[row[0]].gone]
             if chunk:
                 features = self.attributor.query_features(
                     [image for _, image, _ in chunk], [prompt for _, _, prompt in chunk]
@@ -475,9 +478,8 @@ def _serve_docs(app: FastAPI, assets: Path | None) -> None:
     if assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs(request: Request):
-        root = request.scope.get("root_path", "").rstrip("/")
+    @lru_cache(maxsize=8)  # one page per root path the proxy in front announces
+    def page_and_policy(root: str) -> tuple[str, str]:
         urls = {}
         if assets is not None:
             urls = dict(
@@ -499,6 +501,11 @@ def _serve_docs(app: FastAPI, assets: Path | None) -> None:
             "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'"
         )
+        return html, policy
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        html, policy = page_and_policy(request.scope.get("root_path", "").rstrip("/"))
         return HTMLResponse(html, headers={"Content-Security-Policy": policy})
 
 
