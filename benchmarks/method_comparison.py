@@ -392,9 +392,9 @@ def print_robustness(result: dict, readings: dict[str, dict]) -> list[str]:
 def write_report(
     path: Path, summary: dict, family: dict, result: dict, partial: bool, findings: list[str]
 ) -> None:
-    """The table as a self-contained page (``fastgda.app.report``): Table 1's columns, the ΔL chart, and
+    """The table as a self-contained page (``fastgda.pipeline.html``): Table 1's columns, the ΔL chart, and
     ``findings`` (the rule's verdicts and the robustness readings) as notes."""
-    from fastgda.app.report import (
+    from fastgda.pipeline.html import (
         CounterfactualRow,
         CounterfactualSection,
         render_counterfactual_report,

@@ -63,6 +63,12 @@ def test_a_build_runs_every_step_and_resumes_what_was_interrupted(teacher_inputs
     assert (out / "attributor" / "manifest.json").stat().st_mtime_ns != attributor_stamp
     assert [path.stat().st_mtime_ns for path in results] == stamps
 
+    # Other teacher settings would not match the finished rankings: refused, with the way out, and nothing redone.
+    assert main([*argv, "--num-pairs", "8"]) == 2
+    error = capsys.readouterr().err
+    assert "'teacher' (num_pairs: 16 then, 8 now)" in error and "another --out" in error
+    assert [path.stat().st_mtime_ns for path in results] == stamps
+
 
 def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
     teacher_inputs, tmp_path, capsys

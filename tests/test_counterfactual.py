@@ -95,8 +95,8 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     # from the full result.
     assert again.finished_queries() == [0, 2]
     with pytest.raises(FastGDAError, match="unfinished"):
-        again.evaluate()
-    partial = again.evaluate(partial=True).per_query
+        again.merge()
+    partial = again.merge(partial=True).per_query
     assert {len(v) for m in partial.values() for v in m.values()} == {2}
     stored = json.loads((tmp_path / "counterfactual.partial.json").read_text())
     assert (
@@ -123,7 +123,7 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     )  # fmt: skip
     assert carried.pending() == [] and not list(elsewhere.rglob("model"))
 
-    result = again.evaluate().summary()
+    result = again.merge().summary()
     assert set(result) == {"method a", "method b (same top-K)", "method c", RANDOM}
     for metric, value in result[
         "method a"
@@ -196,7 +196,7 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     for (
         method,
         metrics,
-    ) in carried.evaluate().per_query.items():  # the same figures, read from the copies
+    ) in carried.merge().per_query.items():  # the same figures, read from the copies
         for metric, values in metrics.items():
             assert values == saved["per_query"][method][metric]  # the same measurements, copied
     # A changed measurement is refused, never read.

@@ -21,6 +21,38 @@ def _spec(teacher_inputs, out_dir):
     )
 
 
+def test_the_long_jobs_share_one_protocol():
+    """The teacher, the influence methods and the counterfactual: open, pending, run on an executor, merge."""
+    import inspect
+
+    from fastgda.counterfactual import CounterfactualJob
+    from fastgda.executors import ResumableJob
+    from fastgda.influence import InfluenceJob
+    from fastgda.unlearning.jobs import TeacherJob
+
+    for job in (TeacherJob, InfluenceJob, CounterfactualJob):
+        assert issubclass(job, ResumableJob), job
+        assert list(inspect.signature(job.run).parameters)[2] == "executor", job
+        assert "partial" in inspect.signature(job.merge).parameters, job
+
+
+def test_a_job_opened_from_memory_is_refused_by_a_distributed_executor(teacher_inputs, tmp_path):
+    """A teacher job built from loaded objects has no spec other processes could open: a Ray executor is
+    refused with what to do, before a cluster is asked for anything; in this process it runs."""
+    from fastgda.errors import FastGDAError
+    from fastgda.executors import RayExecutor
+    from fastgda.unlearning.jobs import TeacherJob
+
+    spec = _spec(teacher_inputs, tmp_path / "run")
+    job = TeacherJob.open(spec.model_dir, spec.data_dir, spec.queries_dir, spec.fisher_dir, spec.out_dir,
+                          CONFIG, progress=False)  # fmt: skip
+    assert job.spec is None and spec.job().spec == spec
+    with pytest.raises(FastGDAError, match="open it from its folders"):
+        job.run([0], executor=RayExecutor.__new__(RayExecutor))  # never started: refused before use
+    job.run([0], executor=LocalExecutor(progress=False))
+    assert job.pending() == [1, 2] and len(job.merge(partial=True)) == 1
+
+
 def test_local_executor_maps_in_order():
     assert LocalExecutor(progress=False).map(lambda: lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
 

@@ -146,7 +146,7 @@ def test_query_images_of_any_mode_and_shape_are_read(tmp_path, picture):
 def test_pages_show_large_photos_as_thumbnails_and_pixel_art_enlarged():
     import base64
 
-    from fastgda.app.visual import png_data_uri
+    from fastgda.pipeline.html import png_data_uri
 
     def size_of(uri: str) -> tuple[int, int]:
         return Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))).size

@@ -277,3 +277,41 @@ def test_cli_ranks_resumably(teacher_inputs, built, tmp_path):
     assert np.all(np.diff(truth.scores, axis=1) <= 0)
     refused = subprocess.run(base + ["--damping", "2"], capture_output=True, text=True)
     assert refused.returncode != 0 and "other ['config']" in refused.stderr
+
+
+@pytest.mark.ray
+def test_an_influence_job_runs_on_a_ray_cluster_as_it_does_here(teacher_inputs, built, tmp_path):
+    """The job protocol's executor: batches of queries ranked by Ray actors (each opening the job from its
+    folders) give the rankings this process gives, each batch scored as one matrix product."""
+    ray = pytest.importorskip("ray")
+    from _tolerance import assert_same_ranking
+    from fastgda.executors import make_executor
+    from fastgda.influence import InfluenceConfig, InfluenceJob
+
+    def opened(name: str) -> InfluenceJob:
+        job = InfluenceJob.open(
+            teacher_inputs["model_dir"], built["root"] / "dtrak32", teacher_inputs["queries_dir"],
+            tmp_path / name, InfluenceConfig("dtrak"),
+        )  # fmt: skip
+        job.batch, job.progress = 2, False  # two units of work for three queries
+        return job
+
+    here = opened("here")
+    here.run()
+    try:
+        there = opened("ray")
+        there.run(executor=make_executor("ray", workers=2, progress=False))
+    finally:
+        ray.shutdown()
+    a, b = here.merge(), there.merge()
+    assert there.pending() == [] and list(b.query_ids) == [0, 1, 2]
+    # The same arithmetic in two processes with other thread counts: a query's gradient is one backward pass
+    # through the network (its chain bound, relative to the largest score), then a product over D = 32 projected
+    # coordinates (one sum's bound); items swap only where scores tie within that.
+    from _tolerance import network, sums
+    from fastgda.diffusion import TextToImageModel
+
+    model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"])
+    scale = float(np.abs(a.scores).max())
+    within = network(model.unet, scale) + sums(32, scale)
+    assert_same_ranking(a.ids, a.scores, b.ids, b.scores, within)

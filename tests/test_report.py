@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from fastgda.app.report import (
+from fastgda.pipeline.html import (
     CounterfactualRow,
     CounterfactualSection,
     MethodRow,

@@ -7,7 +7,8 @@ One front object per stage, each usable in memory and saved or loaded as an arti
     teacher = fg.Teacher(model, dataset, fisher)            # slow, faithful: attribution by unlearning
     truth = teacher.rank(queries)                             # -> fg.GroundTruth
     grads = fg.build_gradient_features(model_dir, data_dir, "grad", recipe("dtrak"))  # fastgda.influence
-    influence = fg.InfluenceJob.open(model_dir, "grad", "queries", "runs/dtrak", fg.InfluenceConfig("dtrak")).run()
+    job = fg.InfluenceJob.open(model_dir, "grad", "queries", "runs/dtrak", fg.InfluenceConfig("dtrak"))
+    job.run(); influence = job.merge()                        # any long job: pending, run(executor=), merge
     extractor = fg.FeatureExtractor("effnet+minilm")          # frozen encoders -> fg.Features
     ranker = fg.Ranker.distil(query_features, item_features, truth, fg.RankerTrainConfig())
     attributor = fg.Attributor.build(ranker, dataset, item_features)
@@ -16,13 +17,14 @@ One front object per stage, each usable in memory and saved or loaded as an arti
     fg.run_build("my_data", "runs/my-build", fg.BuildConfig(budget_hours=2), model="my_model")  # all of it
 
 ``import fastgda`` stays light (numpy, torch, pillow): the front objects are imported on first use, and the
-diffusion layer, encoders, Ray, FastAPI and faiss only where they are needed. The embedded world's app (the
-shapes world, the demo, its report) lives in ``fastgda.app``.
+diffusion layer, encoders, Ray, FastAPI and faiss only where they are needed. The pipeline (``fg.run_build``) lives in
+``fastgda.pipeline``; the embedded world's app (the shapes world, the demo) in ``fastgda.app``.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .data import (
     CocoCaptions,
@@ -42,12 +44,31 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # the same names, seen statically (type checkers, IDEs and the import contract)
+    from .attributor import Attribution, Attributions, Attributor
+    from .counterfactual import CounterfactualConfig, CounterfactualJob
+    from .diffusion.model import TextToImageModel
+    from .diffusion.queries import QuerySet, SamplerConfig
+    from .evaluation import Evaluation, evaluate
+    from .features import FeatureExtractor, Features, embed_dataset
+    from .ground_truth import GroundTruth
+    from .influence.methods import InfluenceConfig, InfluenceJob, InfluenceScorer
+    from .influence.store import GradientFeatures, build_gradient_features
+    from .pipeline.build import BuildConfig, run_build
+    from .ranker.model import Ranker
+    from .ranker.training import RankerTrainConfig
+    from .unlearning.fisher import Fisher, FisherConfig
+    from .unlearning.jobs import TeacherJob
+    from .unlearning.scoring import ScoringConfig
+    from .unlearning.teacher import Teacher, TeacherConfig
+    from .unlearning.unlearner import UnlearnConfig
+
 # Front objects, by the module that defines them (imported on first access).
 _FRONT = {
     "Attribution": "attributor",
     "Attributions": "attributor",
     "Attributor": "attributor",
-    "BuildConfig": "app.build",
+    "BuildConfig": "pipeline.build",
     "CounterfactualConfig": "counterfactual",
     "CounterfactualJob": "counterfactual",
     "Evaluation": "evaluation",
@@ -72,7 +93,7 @@ _FRONT = {
     "UnlearnConfig": "unlearning.unlearner",
     "build_gradient_features": "influence.store",
     "embed_dataset": "features",
-    "run_build": "app.build",
+    "run_build": "pipeline.build",
     "evaluate": "evaluation",
 }
 

@@ -339,8 +339,8 @@ def run_counterfactual(
         query_rows=rows.tolist(), device=device, dtype=dtype,
     )  # fmt: skip
     if not partial:
-        job.run(executor)
-    return job.evaluate(partial=partial)
+        job.run(executor=executor)
+    return job.merge(partial=partial)
 
 
 def _mean_cell(figure: dict | None) -> str:
@@ -467,7 +467,8 @@ class OrderingCheck:
 
 
 class CounterfactualJob:
-    """Plans, runs (resumably, on any executor) and evaluates the leave-K-out retrains of one setting.
+    """Plans, runs (resumably, on any executor) and evaluates the leave-K-out retrains of one setting: a
+    ``fastgda.executors.ResumableJob`` whose units are retrain keys, and whose ``merge`` measures them.
 
     Args:
         model_dir: the original model (its manifest holds the recipe and architecture).
@@ -572,11 +573,14 @@ class CounterfactualJob:
             and not (self.retrains_dir / key / "model" / MANIFEST_NAME).exists()
         ]
 
-    def run(self, executor=None) -> None:
-        """Retrain every pending removed set (θ₀ first); finished ones are skipped, partial ones resume."""
+    def run(self, keys=None, executor=None) -> None:
+        """Retrain every pending removed set (or the pending ones of ``keys``; θ₀ first) on ``executor``
+        (default: this process); finished ones are skipped, partial ones resume."""
         from .executors import LocalExecutor
 
         pending = self.pending()
+        if keys is not None:
+            pending = [key for key in pending if key in set(keys)]
         # The training recipe proper: the compute dtype travels beside it, not into DiffusionTrainConfig.
         recipe = {k: v for k, v in self.recipe.items() if k != "compute_dtype"}
         task = _RetrainTask(
@@ -624,8 +628,8 @@ class CounterfactualJob:
             )
         ]
 
-    def evaluate(self, partial: bool = False) -> CounterfactualResult:
-        """ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished.
+    def merge(self, partial: bool = False) -> CounterfactualResult:
+        """Measure the retrains: ΔL, ΔG-MSE and ΔG-sim per method and query; every retrain must be finished.
 
         With ``partial``, only the queries whose retrains are all finished (``finished_queries``), each method on
         the same queries, so paired differences hold; written to ``counterfactual.partial.json`` with the
@@ -702,7 +706,7 @@ class CounterfactualJob:
         )
 
     def cached_result(self) -> CounterfactualResult | None:
-        """The stored evaluation when it was made for exactly this plan (else None: call ``evaluate``)."""
+        """The stored evaluation when it was made for exactly this plan (else None: call ``merge``)."""
         path = self.out_dir / "counterfactual.json"
         if not path.is_file():
             return None

@@ -1,4 +1,5 @@
-"""Where units of work run: in this process (``LocalExecutor``) or on a Ray cluster (``RayExecutor``).
+"""Where units of work run: in this process (``LocalExecutor``) or on a Ray cluster (``RayExecutor``), and the
+one protocol of the long jobs that run on them (``ResumableJob``).
 
 The only interface the slow stages see is ``executor.map(make_worker, items)``: ``make_worker()`` builds a
 stateful worker once per process (the teacher loads its model, Fisher and before-loss cache once), and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
@@ -17,6 +18,49 @@ from ._optional import require
 from .errors import FastGDAError
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ResumableJob(Protocol):
+    """A long job over units of work (the teacher's and the influence methods' queries, the counterfactual's
+    retrains), each written to its own result file, so a job killed at any moment loses at most its units in
+    flight: ``TeacherJob``, ``InfluenceJob`` and ``CounterfactualJob`` all read this way.
+
+    Open it with its class's ``open`` (or constructor) over artifact folders, ask what is left (``pending``),
+    ``run`` those (or some of them) in this process or on an executor, and ``merge`` the finished results into
+    the job's artifact (``partial``: from what has finished so far).
+    """
+
+    def pending(self) -> list: ...
+
+    def run(self, units: Sequence | None = None, executor=None) -> None: ...
+
+    def merge(self, partial: bool = False): ...
+
+
+def run_units(
+    executor,
+    in_process: Callable[[], Callable[[Any], Any]],
+    portable: Callable[[], Callable[[Any], Any]] | None,
+    units: Sequence,
+    desc: str,
+    progress: bool = True,
+) -> list:
+    """Run ``units`` on ``executor`` (default: this process): in this process the already loaded worker
+    (``in_process``) is reused; elsewhere the picklable factory ``portable`` builds one in each worker.
+
+    Raises:
+        FastGDAError: a distributed executor was given for a job that was not opened from folders.
+    """
+    executor = executor or LocalExecutor(progress=progress)
+    if isinstance(executor, LocalExecutor):
+        return executor.map(in_process, units, desc=desc)
+    if portable is None:
+        raise FastGDAError(
+            f"this job was opened from objects in memory, which other processes cannot load: open it from "
+            f"its folders ({desc}) to run it on {type(executor).__name__}"
+        )
+    return executor.map(portable, units, desc=desc)
 
 
 class LocalExecutor:

@@ -5,7 +5,9 @@ training set and the reference queries; trains the ranker; builds the attributor
 recall against untuned baselines on the test queries; runs the live teacher and the attributor on the same test
 query to time them side by side; and writes ``report.html`` and ``summary.json``. Every step reuses what an
 earlier run left in ``out`` (features, ranker, attributor, before-losses), so a warm rerun only evaluates and
-re-times. Each step is one function below; ``run_demo`` calls them in order.
+re-times. The steps after the world are the pipeline's (``fastgda.pipeline``: the same step runner, features,
+ranker, attributor, evaluation and report as ``fastgda build``); the demo gives them the shapes world, the shipped
+model and the reference's rankings, and adds the live timing and the counterfactual.
 """
 
 from __future__ import annotations
@@ -19,40 +21,16 @@ import numpy as np
 
 from .._artifacts import write_text_atomic
 from ..counterfactual import CounterfactualConfig
+from ..pipeline.distil import build_attributor, distil_ranker, embed_features, evaluate_test
+from ..pipeline.report import TEACHER_NAME, query_panels, write_report
+from ..pipeline.steps import StepRunner, median_seconds
 from ..ranker import RankerTrainConfig
 
 DEMO_SPEC = "effnet+minilm"
 CURVE_FRACTIONS = (0.002, 0.0042, 0.0085, 0.017, 0.034, 0.068, 0.136)
-RANKER_NAME, TEACHER_NAME = "fastgda ranker", "teacher (AbU+)"
-
-
-class _Steps:
-    """Prints each step as it starts and records its wall time."""
-
-    def __init__(self, progress: bool):
-        self.progress, self.seconds, self._name, self._began = progress, {}, None, 0.0
-
-    def __call__(self, name: str) -> None:
-        self.done()
-        self._name, self._began = name, time.perf_counter()
-        if self.progress:
-            print(f"[demo] {name} ...", flush=True)
-
-    def done(self) -> None:
-        if self._name:
-            self.seconds[self._name] = round(time.perf_counter() - self._began, 1)
-            self._name = None
-
-
-def median_seconds(function, repeats: int) -> float:
-    """Median wall seconds of ``function()`` over ``repeats`` calls, after one warm-up call."""
-    function()  # warm-up: lazy initialisation is not what a query costs
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return float(np.median(times))
+RANKER_NAME = "fastgda ranker"
+STEP_NAMES = ("world", "features", "ranker", "attributor", "evaluation", "timing", "counterfactual",
+              "report")  # fmt: skip
 
 
 @dataclass
@@ -65,8 +43,9 @@ class _Inputs:
     world: object
     truth: dict  # split -> GroundTruth
     test_records: list[dict]
-    items: object  # Features of the training set
-    queries: dict  # split -> Features of the reference queries
+    features: (
+        dict  # "items": Features of the training set; split -> Features of the reference queries
+    )
 
     @property
     def num_train(self) -> int:
@@ -98,38 +77,49 @@ def run_demo(
     ``model_dir`` / ``reference_root``: another model and its reference ground truth (``--profile full``);
     default: the shipped ones.
     """
-    step = _Steps(progress)
-    inputs = _load_inputs(Path(out), model_dir, reference_root, step, progress)
-    step("ranker (distilled from the reference teacher rankings)")
-    ranker = _ranker(inputs, seed, epochs, progress)
-    step("attributor (ranker embeddings of every training image, exact index)")
-    attributor = _attributor(inputs, ranker)
-    step("evaluation on the test queries (mAP(L), planted recall)")
-    evaluation = _evaluate(inputs, ranker, seed)
-    step("live teacher vs attributor on one test query, side by side")
-    timing = _time_side_by_side(inputs, attributor, evaluation, progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = StepRunner(out, STEP_NAMES, "demo", state_file="demo.json", progress=progress)
+    world = steps.run(
+        "world", _world, out, progress, title="world (standard shapes world, N = 2000)"
+    )
+    inputs = steps.run(
+        "features", _load_inputs, out, world, model_dir, reference_root, progress,
+        title=f"features ({DEMO_SPEC}) of the training set and the reference queries",
+    )  # fmt: skip
+    ranker = steps.run("ranker", _ranker, inputs, seed, epochs, progress,
+                       title="ranker (distilled from the reference teacher rankings)")  # fmt: skip
+    attributor = steps.run(
+        "attributor", build_attributor, ranker, inputs.world, inputs.features, inputs.truth,
+        out / "attributor", title="attributor (ranker embeddings of every training image, exact index)",
+    )  # fmt: skip
+    evaluation = steps.run("evaluation", _evaluate, inputs, ranker, seed,
+                           title="evaluation on the test queries (mAP(L), planted recall)")  # fmt: skip
+    timing = steps.run("timing", _time_side_by_side, inputs, attributor, evaluation, progress,
+                       title="live teacher vs attributor on one test query, side by side")  # fmt: skip
     leave_k_out = None
-    job_dir = inputs.out / "counterfactual"
-    if counterfactual or (job_dir / "plan.json").exists():
-        step("counterfactual: leave-K-out retraining" + ("" if counterfactual else " (stored)"))
+    if counterfactual or (out / "counterfactual" / "plan.json").exists():
         config = CounterfactualConfig.demo(evaluation.ls[-1])
         if counterfactual_steps:
             config = replace(config, steps=counterfactual_steps)
-        leave_k_out = _counterfactual(
-            inputs, ranker, config, run=counterfactual, executor=executor, progress=progress,
-            seconds=timing["seconds"],
+        leave_k_out = steps.run(
+            "counterfactual", _counterfactual, inputs, ranker, config, counterfactual, executor, progress,
+            timing["seconds"],
+            title="counterfactual: leave-K-out retraining" + ("" if counterfactual else " (stored)"),
         )  # fmt: skip
-    step.done()
-    summary = _report(inputs, ranker, evaluation, timing, leave_k_out, panels)
-    summary["step_seconds"] = step.seconds
-    write_text_atomic(
-        inputs.out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n"
-    )
+    summary = steps.run("report", _report, inputs, ranker, evaluation, timing, leave_k_out, panels)
+    summary["step_seconds"] = steps.seconds
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
-def _load_inputs(out: Path, model_dir, reference_root, step, progress: bool) -> _Inputs:
-    from ..features import load_or_embed
+def _world(out: Path, progress: bool):
+    from . import pack
+
+    return pack.ensure_world(out / "world", progress=progress)
+
+
+def _load_inputs(out: Path, world, model_dir, reference_root, progress: bool) -> _Inputs:
     from . import pack
     from .reference import (
         reference_dir,
@@ -138,16 +128,9 @@ def _load_inputs(out: Path, model_dir, reference_root, step, progress: bool) -> 
         reference_split_dir,
     )
 
-    out.mkdir(parents=True, exist_ok=True)
     root = Path(reference_root) if reference_root else reference_dir()
-    step("world (standard shapes world, N = 2000)")
-    world = pack.ensure_world(out / "world", progress=progress)
     truth = {s: reference_ground_truth(s, root) for s in ("train", "val", "test")}
-    step(f"features ({DEMO_SPEC}) of the training set and the reference queries")
-
-    def features(source, name: str):
-        return load_or_embed(source, DEMO_SPEC, out / "features" / name, progress=progress)
-
+    query_dirs = {s: reference_split_dir(s, root) for s in truth}
     return _Inputs(
         out=out,
         model_dir=Path(model_dir) if model_dir else pack.model_dir(),
@@ -155,18 +138,15 @@ def _load_inputs(out: Path, model_dir, reference_root, step, progress: bool) -> 
         world=world,
         truth=truth,
         test_records=reference_queries("test", root),
-        items=features(world.root, "items"),
-        queries={s: features(reference_split_dir(s, root), f"q-{s}") for s in truth},
+        features=embed_features(world.root, query_dirs, DEMO_SPEC, out, progress),
     )
 
 
 def _ranker(inputs: _Inputs, seed: int, epochs: int | None, progress: bool):
     """The demo preset's ranker, reused when an earlier run distilled it from this reference and settings."""
-    from ..ranker import Ranker, reusable_ranker
     from .reference import reference_digest
 
     config = replace(RankerTrainConfig.demo(), seed=seed, **({"epochs": epochs} if epochs else {}))
-    ranker_dir = inputs.out / "ranker"
     # A ranker left by an earlier run is reused only if it was distilled from this reference with these
     # settings; otherwise (a new pack, another --seed) it and the attributor built from it are stale.
     provenance = {
@@ -177,44 +157,15 @@ def _ranker(inputs: _Inputs, seed: int, epochs: int | None, progress: bool):
         "train_top": config.train_top,
         "members": config.members,
     }
-    ranker = reusable_ranker(
-        ranker_dir, provenance, dependents=(inputs.out / "attributor",), progress=progress
-    )
-    if ranker is None:
-        validation = (inputs.queries["val"], inputs.truth["val"])
-        ranker = Ranker.distil(
-            inputs.queries["train"], inputs.items, inputs.truth["train"], config,
-            validation=validation, progress=progress,
-        )  # fmt: skip
-        ranker.save(ranker_dir, extra={"provenance": provenance})
-    return ranker
-
-
-def _attributor(inputs: _Inputs, ranker):
-    """The attributor over the world, its share temperature fitted on the validation queries; reused if built."""
-    from ..attributor import Attributor
-
-    folder = inputs.out / "attributor"
-    if (folder / "manifest.json").exists():
-        return Attributor.load(folder)
-    validation = (inputs.queries["val"], inputs.truth["val"])
-    attributor = Attributor.build(ranker, inputs.world, inputs.items, validation=validation)
-    attributor.save(folder)
-    return attributor
+    return distil_ranker(inputs.features, inputs.truth, inputs.out / "ranker", config, provenance,
+                         dependents=(inputs.out / "attributor",), progress=progress)  # fmt: skip
 
 
 def _evaluate(inputs: _Inputs, ranker, seed: int):
-    from ..evaluation import evaluate
-
-    return evaluate(
-        {RANKER_NAME: ranker},
-        inputs.queries["test"],
-        inputs.items,
-        inputs.truth["test"],
-        concepts=inputs.concepts(),
-        exemplars=inputs.world.concepts,
-        seed=seed,
-    )
+    return evaluate_test(
+        {RANKER_NAME: ranker}, inputs.features, inputs.truth, concepts=inputs.concepts(),
+        exemplars=inputs.world.concepts, seed=seed,
+    )  # fmt: skip
 
 
 def _time_side_by_side(inputs: _Inputs, attributor, evaluation, progress: bool) -> dict:
@@ -285,14 +236,14 @@ def _counterfactual(
 ):
     """The leave-K-out section of the report: run the job (``run``) or reuse a finished one; None if unfinished."""
     from ..counterfactual import CounterfactualJob, method_rankings
+    from ..pipeline.html import CounterfactualRow, CounterfactualSection
     from .reference import STANDARD_QUERY_IDS
-    from .report import CounterfactualRow, CounterfactualSection
 
     test = inputs.truth["test"].select(STANDARD_QUERY_IDS)
     rows = test.query_ids
     rankings = method_rankings(
-        inputs.queries["test"].select(rows),
-        inputs.items,
+        inputs.features["test"].select(rows),
+        inputs.features["items"],
         test.ids,
         {RANKER_NAME: ranker},
         k=config.k,
@@ -303,10 +254,10 @@ def _counterfactual(
         inputs.out / "counterfactual", config, progress=progress, query_rows=rows.tolist(),
     )  # fmt: skip
     if run:
-        job.run(executor)
+        job.run(executor=executor)
     if job.pending():
         return None
-    result = job.cached_result() or job.evaluate()
+    result = job.cached_result() or job.merge()
     table = []
     for method, metrics in result.summary().items():
         name = TEACHER_NAME if method == "teacher" else method
@@ -329,24 +280,10 @@ def _counterfactual(
 def _report(inputs: _Inputs, ranker, evaluation, timing: dict, leave_k_out, panels: int) -> dict:
     """Write ``report.html`` and return the summary."""
     from ..ranker import summarise_history
-    from .report import MethodRow, render_report
 
-    ls, mid, n = evaluation.ls, evaluation.ls[1], inputs.num_train
+    mid, n = evaluation.ls[1], inputs.num_train
     recall = evaluation.planted_recall or {}
     has_planted = any(inputs.concepts())
-    seconds = timing["seconds"]
-    rows = [MethodRow(TEACHER_NAME, {L: 1.0 for L in ls}, {L: 0.0 for L in ls},
-                      recall["teacher"][0] if has_planted else None, seconds[TEACHER_NAME])]  # fmt: skip
-    for name, table in evaluation.map.items():
-        rows.append(
-            MethodRow(
-                name,
-                {L: table[L]["mean"] for L in ls},
-                {L: table[L]["stderr"] for L in ls},
-                recall[name][0] if has_planted else None,
-                seconds.get(name),
-            )
-        )
     best = evaluation.best_untuned(mid)
     ratio = evaluation.ratio(RANKER_NAME, mid)
     truth = inputs.truth
@@ -379,12 +316,11 @@ def _report(inputs: _Inputs, ranker, evaluation, timing: dict, leave_k_out, pane
         notes.append(
             "Counterfactual leave-K-out retraining was not run (fastgda demo --counterfactual)."
         )
-    curves = {name: evaluation.curve(name, CURVE_FRACTIONS) for name in evaluation.scores}
-    html = render_report(
-        "fastgda on the embedded world", summary_lines, rows, ls, n, curves,
-        _panels(inputs, evaluation, best, panels), notes, leave_k_out,
+    write_report(
+        inputs.out / "report.html", "fastgda on the embedded world", summary_lines, evaluation,
+        timing["seconds"], _panels(inputs, evaluation, best, panels), notes, n,
+        recall=recall if has_planted else None, counterfactual=leave_k_out, curve_fractions=CURVE_FRACTIONS,
     )  # fmt: skip
-    write_text_atomic(inputs.out / "report.html", html)
     return {
         "num_train": n,
         "spec": DEMO_SPEC,
@@ -417,9 +353,7 @@ def _report(inputs: _Inputs, ranker, evaluation, timing: dict, leave_k_out, pane
 def _panels(inputs: _Inputs, evaluation, best: str, count: int) -> list:
     """Query panels: half planted queries, half others; the teacher's, the ranker's and the best baseline's top-10."""
     from ..data import ImageCaptionFolder
-    from ..evaluation import teacher_scores
     from .reference import reference_split_dir
-    from .report import PanelRow, QueryPanel
 
     test = inputs.truth["test"]
     concepts = inputs.concepts()
@@ -428,27 +362,10 @@ def _panels(inputs: _Inputs, evaluation, best: str, count: int) -> list:
         planted[: count // 2]
         + [q for q in test.query_ids if q not in planted][: count - min(len(planted), count // 2)]
     )
-    teacher = teacher_scores(test, inputs.num_train)
-    query_images = ImageCaptionFolder(reference_split_dir("test", inputs.reference)).load_images()
-    item_images = inputs.world.load_images()
-    panels = []
-    for q in chosen:
-        r = int(np.flatnonzero(test.query_ids == q)[0])
-        concept = concepts[r]
-        panel = QueryPanel(
-            query_images[int(q)],
-            inputs.test_records[int(q)]["prompt"],
-            concept,
-            set(inputs.world.concepts.get(concept, [])) if concept else set(),
-        )
-        for name, scores in [
-            (TEACHER_NAME, teacher[r]),
-            (RANKER_NAME, evaluation.scores[RANKER_NAME][r]),
-            (best, evaluation.scores[best][r]),
-        ]:
-            top = np.argsort(-scores, kind="stable")[:10]
-            panel.rows.append(
-                PanelRow(name, top.tolist(), scores[top].tolist(), [item_images[i] for i in top])
-            )
-        panels.append(panel)
-    return panels
+    query_set = ImageCaptionFolder(reference_split_dir("test", inputs.reference))
+    records = inputs.test_records
+    return query_panels(
+        test, evaluation, [RANKER_NAME, best], [int(q) for q in chosen], query_set.load_image,
+        lambda q: records[q]["prompt"], inputs.world.load_image, inputs.num_train,
+        concept_of=lambda q: records[q].get("concept"), exemplars=inputs.world.concepts,
+    )  # fmt: skip

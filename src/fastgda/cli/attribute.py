@@ -38,9 +38,9 @@ def handle(args) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from ..app.visual import attribution_html
     from ..attributor import Attributor, load_query_image
     from ..errors import FastGDAError
+    from ..pipeline.html import attribution_html
 
     set_threads(args.threads)
     if not args.prompt.strip():

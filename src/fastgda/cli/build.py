@@ -15,7 +15,7 @@ from ._common import (
 
 
 def add_parser(sub) -> None:
-    from ..app.build import BuildConfig
+    from ..pipeline import BuildConfig
 
     parser = sub.add_parser(
         "build",
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from ..app.build import BuildConfig, run_build
+    from ..pipeline import BuildConfig, run_build
 
     base = BuildConfig.quick() if args.preset == "quick" else BuildConfig()
     config = config_from_args(args, BuildConfig, base=base)

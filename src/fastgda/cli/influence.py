@@ -83,6 +83,7 @@ def add_parser(sub) -> None:
     add_config_flags(rank, _unlearn_type(), ["num_pairs", "seed"], aliases={"num_pairs": "--pairs"})
     rank.add_argument("--query-ids", type=id_list, help="rank only these queries, e.g. 0,3,7")
     add_compute_flags(rank)
+    add_executor_flags(rank)
     rank.add_argument("--threads", type=COUNT)
     add_json_flag(rank)
     rank.set_defaults(handler=handle_rank)
@@ -144,7 +145,9 @@ def handle_rank(args) -> int:
         resolve_model_dir(args.model), args.features, args.queries, args.out, config,
         fisher_dir=args.fisher, device=device, dtype=dtype,
     )  # fmt: skip
-    ground_truth = job.run(args.query_ids, progress=not args.json)
+    job.progress = not args.json
+    job.run(args.query_ids, executor_from_args(args, args.device))
+    ground_truth = job.merge(partial=bool(job.pending()))
     shape = list(ground_truth.ids.shape)
     result = {"out": args.out, "ground_truth": f"{args.out}/ground_truth", "shape": shape}
     emit(

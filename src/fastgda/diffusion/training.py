@@ -249,8 +249,46 @@ def train_diffusion(
     if len(dataset) == 0:
         raise DatasetError(f"{dataset.source} has no images to train on")
     data_info = dataset.describe()
+    meta = _checkpoint_meta(model, config, data_info)
+    model.unet.train()
+    ema = {name: p.detach().clone() for name, p in model.unet.named_parameters()}
+    optimizer = torch.optim.AdamW(
+        model.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    start_step, history = _resume(checkpoint_dir, config, meta, model, ema, optimizer)
+    # Nothing to prepare when a checkpoint already sits at the last step (exporting an early-stopped model).
+    if data is not None and data.x0.shape[0] != len(dataset):
+        raise IncompatibleArtifactError(
+            f"data holds {data.x0.shape[0]} images but the dataset has {len(dataset)}; "
+            "prepare the training data from this dataset"
+        )
+    if data is None and start_step < config.last_step:
+        data = prepare_training_data(model, dataset, progress=progress)
+    began = time.perf_counter()
+    _run_steps(
+        model, data, config, ema, optimizer, start_step, history, checkpoint_dir, meta, progress
+    )
+    training = {
+        "command": command,
+        "config": asdict(config),
+        "data": data_info,
+        "seconds_this_run": round(time.perf_counter() - began, 1),
+        "resumed_from_step": start_step,
+        "final_step": config.last_step,
+        "loss_history": history,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    _export_ema(model, ema, out_dir, training, overwrite)
+    return model
+
+
+def _checkpoint_meta(
+    model: TextToImageModel, config: DiffusionTrainConfig, data_info: dict
+) -> dict:
+    """What a checkpoint must match to be resumed: the recipe (less bookkeeping), the data's hash, the model."""
     # Round-trip through JSON so tuples compare equal to the lists a checkpoint stores.
-    meta = json.loads(
+    return json.loads(
         json.dumps(
             {
                 "config": {k: v for k, v in asdict(config).items() if k not in _BOOKKEEPING},
@@ -260,47 +298,46 @@ def train_diffusion(
         )
     )
 
-    model.unet.train()
-    ema = {name: p.detach().clone() for name, p in model.unet.named_parameters()}
-    optimizer = torch.optim.AdamW(
-        model.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    start_step = 0
-    history: list[list[float]] = []
-    # Resume from the newest checkpoint at or before the last step (a later one cannot be undone).
-    checkpoints = [c for c in _checkpoint_files(checkpoint_dir) if _step_of(c) <= config.last_step]
-    if checkpoints:
-        saved = _load_checkpoint(checkpoints[-1], model, ema, optimizer)
-        saved["config"] = {k: v for k, v in saved["config"].items() if k not in _BOOKKEEPING}
-        for key in ("config", "data_hash", "model"):
-            if saved[key] != meta[key]:
-                raise IncompatibleArtifactError(
-                    f"checkpoint {checkpoints[-1]} was made with another {key} "
-                    f"({describe_difference(saved[key], meta[key])}); "
-                    f"delete {checkpoint_dir} to start over, or resume with the original settings"
-                )
-        start_step = saved["step"]
-        history = saved.get("history", [])
-        logger.info("resuming from %s at step %d", checkpoints[-1], start_step)
 
-    resumed_from = start_step
-    # Nothing to prepare when a checkpoint already sits at the last step (exporting an early-stopped model).
-    if data is not None and data.x0.shape[0] != len(dataset):
-        raise IncompatibleArtifactError(
-            f"data holds {data.x0.shape[0]} images but the dataset has {len(dataset)}; "
-            "prepare the training data from this dataset"
-        )
-    if data is None and start_step < config.last_step:
-        data = prepare_training_data(model, dataset, progress=progress)
+def _resume(
+    checkpoint_dir: Path, config: DiffusionTrainConfig, meta: dict, model, ema: dict, optimizer
+) -> tuple[int, list[list[float]]]:
+    """Load the newest usable checkpoint into ``model``, ``ema`` and ``optimizer``; returns (its step, the loss
+    history so far), or (0, []) without one.
+
+    Raises:
+        IncompatibleArtifactError: the checkpoint was made with another recipe, data or model.
+    """
+    # The newest checkpoint at or before the last step (a later one cannot be undone).
+    checkpoints = [c for c in _checkpoint_files(checkpoint_dir) if _step_of(c) <= config.last_step]
+    if not checkpoints:
+        return 0, []
+    saved = _load_checkpoint(checkpoints[-1], model, ema, optimizer)
+    saved["config"] = {k: v for k, v in saved["config"].items() if k not in _BOOKKEEPING}
+    for key in ("config", "data_hash", "model"):
+        if saved[key] != meta[key]:
+            raise IncompatibleArtifactError(
+                f"checkpoint {checkpoints[-1]} was made with another {key} "
+                f"({describe_difference(saved[key], meta[key])}); "
+                f"delete {checkpoint_dir} to start over, or resume with the original settings"
+            )
+    logger.info("resuming from %s at step %d", checkpoints[-1], saved["step"])
+    return saved["step"], saved.get("history", [])
+
+
+def _run_steps(
+    model, data, config: DiffusionTrainConfig, ema: dict, optimizer, start_step: int,
+    history: list[list[float]], checkpoint_dir: Path, meta: dict, progress: bool,
+) -> None:  # fmt: skip
+    """Steps ``start_step`` to ``config.last_step``: AdamW on the denoising loss, the EMA after each, the
+    running loss into ``history`` every 100 steps, and a checkpoint every ``config.checkpoint_every``."""
     num_timesteps = model.scheduler.config.num_train_timesteps
-    device = model.device
-    began = time.perf_counter()
     running = None
     bar = tqdm(total=config.last_step, initial=start_step, desc="training", disable=not progress)
     for step in range(start_step, config.last_step):
         # Drawn on the host (the same batch on every device), then moved to the model's device.
         x0, states, mask, noise, t = (
-            None if v is None else v.to(device)
+            None if v is None else v.to(model.device)
             for v in draw_batch(data, step, config, num_timesteps)
         )
         loss = model.loss(x0, states, mask, noise, t).mean()
@@ -309,54 +346,42 @@ def train_diffusion(
                 f"training loss became {loss.item()} at step {step}; lower --lr, or check the data for NaNs "
                 f"(the last good checkpoint in {checkpoint_dir} is kept)"
             )
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.unet.parameters(), config.grad_clip)
-        optimizer.step()
-        decay = min(
-            config.ema_decay, (1 + step) / (10 + step)
-        )  # short EMA memory early in training
-        with torch.no_grad():
-            for name, p in model.unet.named_parameters():
-                ema[name].lerp_(p.detach(), 1 - decay)
+        _optimizer_step(model, optimizer, loss, step, config)
+        _update_ema(ema, model, step, config)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % 100 == 0:
             history.append([step + 1, round(running, 5)])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.last_step:
-            _save_checkpoint(
-                checkpoint_dir,
-                step + 1,
-                model,
-                ema,
-                optimizer,
-                {**meta, "history": history},
-                config.keep_checkpoints,
-            )
+            _save_checkpoint(checkpoint_dir, step + 1, model, ema, optimizer, {**meta, "history": history},
+                             config.keep_checkpoints)  # fmt: skip
     bar.close()
 
+
+def _optimizer_step(
+    model, optimizer, loss: torch.Tensor, step: int, config: DiffusionTrainConfig
+) -> None:
+    """One AdamW step at the schedule's learning rate, gradients clipped to ``config.grad_clip``."""
+    for group in optimizer.param_groups:
+        group["lr"] = _lr_at(step, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.unet.parameters(), config.grad_clip)
+    optimizer.step()
+
+
+@torch.no_grad()
+def _update_ema(ema: dict, model, step: int, config: DiffusionTrainConfig) -> None:
+    decay = min(config.ema_decay, (1 + step) / (10 + step))  # short EMA memory early in training
+    for name, p in model.unet.named_parameters():
+        ema[name].lerp_(p.detach(), 1 - decay)
+
+
+def _export_ema(model, ema: dict, out_dir: Path, training: dict, overwrite: bool) -> None:
+    """Copy the EMA weights into ``model`` and save it to ``out_dir`` with ``training`` in its manifest."""
     with torch.no_grad():
         for name, p in model.unet.named_parameters():
             p.copy_(ema[name])
     model.unet.eval()
-    model.save(
-        out_dir,
-        extra={
-            "training": {
-                "command": command,
-                "config": asdict(config),
-                "data": data_info,
-                "seconds_this_run": round(time.perf_counter() - began, 1),
-                "resumed_from_step": resumed_from,
-                "final_step": config.last_step,
-                "loss_history": history,
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-            }
-        },
-        overwrite=overwrite,
-    )
-    return model
+    model.save(out_dir, extra={"training": training}, overwrite=overwrite)

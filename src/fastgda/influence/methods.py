@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._artifacts import MANIFEST_NAME, sha256_file
 from ..config import NON_NEGATIVE, check_settings, setting
@@ -167,12 +166,17 @@ class InfluenceJob:
     """One method's rankings of a query set: ``run.json``, one result file per query, ``ground_truth/``.
 
     A run killed at any moment and started again ranks only the queries without a result; a result depends only
-    on (settings, query), so a resumed run equals an uninterrupted one.
+    on (settings, query), so a resumed run equals an uninterrupted one. A ``fastgda.executors.ResumableJob``:
+    its units are batches of ``batch`` queries (one gradient pass each).
     """
 
-    def __init__(self, scorer: InfluenceScorer, queries, out_dir, provenance: dict):
+    def __init__(
+        self, scorer: InfluenceScorer, queries, out_dir, provenance: dict, batch: int = 16
+    ):
         self.scorer, self.queries, self.out_dir = scorer, queries, Path(out_dir)
         self.results_dir = self.out_dir / "results"
+        self.batch = batch
+        self.progress = True
         self.run_info = {
             "method": "influence",
             "config": json.loads(json.dumps(asdict(scorer.config))),
@@ -181,6 +185,9 @@ class InfluenceJob:
             "num_train": len(scorer.features),
             "num_queries": len(queries),
         }
+        self.spec: InfluenceSpec | None = (
+            None  # set by ``open``: other processes can open the job too
+        )
 
     @classmethod
     def open(
@@ -213,29 +220,62 @@ class InfluenceJob:
             provenance["fisher_manifest_sha256"] = sha256_file(Path(fisher_dir) / MANIFEST_NAME)
         if dtype != "float32":
             provenance["compute_dtype"] = dtype
-        return cls(scorer, queries, out_dir, provenance)
+        job = cls(scorer, queries, out_dir, provenance)
+        job.spec = InfluenceSpec(*(str(a) if a is not None else None for a in
+                                   (model_dir, features_dir, queries_dir, out_dir)), config,
+                                 str(fisher_dir) if fisher_dir else None, device, dtype)  # fmt: skip
+        return job
 
     def pending(self) -> list[int]:
         done = finished_queries(self.results_dir)
         return [q for q in range(len(self.queries)) if q not in done]
 
-    def run(self, query_ids=None, batch: int = 16, progress: bool = True) -> GroundTruth:
-        """Rank the pending queries (or the pending ones of ``query_ids``), ``batch`` at a time, then merge."""
-        from ..unlearning.jobs import check_or_write_run_info, merge_run
+    def run(self, query_ids=None, executor=None) -> None:
+        """Rank the pending queries (or the pending ones of ``query_ids``), ``self.batch`` at a time, on
+        ``executor`` (default: this process)."""
+        from ..executors import run_units
+        from ..unlearning.jobs import check_or_write_run_info
 
         check_or_write_run_info(self.out_dir, self.run_info, "an influence")
         todo = self.pending()
         if query_ids is not None:
             todo = [q for q in todo if q in {int(i) for i in query_ids}]
+        batches = [todo[start : start + self.batch] for start in range(0, len(todo), self.batch)]
+        run_units(executor, lambda: self.rank_batch, self.spec, batches, "influence query batches",
+                  self.progress)  # fmt: skip
+
+    def rank_batch(self, query_ids: list[int]) -> None:
+        """Score the training set for ``query_ids`` in one pass and write each query's ranking."""
         ids = np.arange(len(self.scorer.features))
-        for start in tqdm(
-            range(0, len(todo), batch), desc="influence queries", disable=not progress
-        ):
-            part = todo[start : start + batch]
-            for q, row in zip(part, self.scorer.scores(self.queries, part), strict=True):
-                order = np.argsort(-row, kind="stable")
-                write_query_result(self.results_dir, q, ids[order], row[order])
-        return merge_run(self.out_dir, partial=bool(self.pending()))
+        for q, row in zip(query_ids, self.scorer.scores(self.queries, query_ids), strict=True):
+            order = np.argsort(-row, kind="stable")
+            write_query_result(self.results_dir, q, ids[order], row[order])
+
+    def merge(self, partial: bool = False) -> GroundTruth:
+        """Gather the per-query results into ``out_dir/ground_truth`` (``partial``: the finished ones)."""
+        from ..unlearning.jobs import merge_run
+
+        return merge_run(self.out_dir, partial=partial)
+
+
+@dataclass(frozen=True)
+class InfluenceSpec:
+    """The folders and settings an ``InfluenceJob`` opens from (picklable): called, it builds a worker that
+    ranks one batch of queries."""
+
+    model_dir: str
+    features_dir: str
+    queries_dir: str
+    out_dir: str
+    config: InfluenceConfig
+    fisher_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __call__(self):
+        job = InfluenceJob.open(self.model_dir, self.features_dir, self.queries_dir, self.out_dir,
+                                self.config, self.fisher_dir, self.device, self.dtype)  # fmt: skip
+        return job.rank_batch
 
 
 def influence_settings_help() -> str:

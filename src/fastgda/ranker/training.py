@@ -349,104 +349,124 @@ def _train_one(
         train_ranked_ids = train_ranked_ids[:, : config.train_top]
         if train_scores is not None:
             train_scores = train_scores[:, : config.train_top]
-    torch.manual_seed(config.seed)
-    # A residual member is at least as wide as the part it starts from (a 1280-d image part: 1280-d outputs).
-    out_dim = max(config.out_dim, residual_part[1]) if residual_part else config.out_dim
-    ranker = Ranker(
-        RankerShape(
-            item_features.shape[1],
-            config.hidden,
-            out_dim,
-            config.dropout,
-            residual_part=residual_part,
-        )
-    )
-    ranker.fit_standardisation(
-        item_features, part_dims if config.balance_parts else None, config.part_weights
-    )
-    ranker.to(device)
-    sampler = PairSampler(
-        train_ranked_ids,
-        len(item_features),
-        config.outlier_prob,
-        config.target,
-        train_scores,
-        config.candidate_fraction,
-        config.seed,
-    )
+    ranker = _new_member(item_features, config, part_dims, residual_part, device)
+    sampler = PairSampler(train_ranked_ids, len(item_features), config.outlier_prob, config.target,
+                          train_scores, config.candidate_fraction, config.seed)  # fmt: skip
     optimiser = torch.optim.AdamW(
         ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    steps_per_epoch = math.ceil(len(train_ranked_ids) / config.batch_queries)
-    total_steps = config.epochs * steps_per_epoch
-    # Warm up for 5% of the steps; a short run (few queries, few epochs) warms up for at least two steps, which
-    # OneCycleLR needs, and a run too short for any schedule keeps the learning rate constant.
-    schedule = (
-        torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, config.lr, total_steps=total_steps, pct_start=max(0.05, 2.5 / total_steps)
-        )
-        if total_steps >= 6
-        else torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    schedule = _lr_schedule(
+        optimiser, config, config.epochs * math.ceil(len(train_ranked_ids) / config.batch_queries)
     )
     q_train = torch.as_tensor(train_query_features, dtype=torch.float32).to(device)
     items = torch.as_tensor(item_features, dtype=torch.float32).to(device)
     has_val = val_query_features is not None and val_ranked_ids is not None
     val_l = _validation_l(config, val_ranked_ids) if has_val else 1
-    history: list[dict] = []
-    best, best_state, stale = -1.0, None, 0
-    start_map, start_state = -1.0, None
-    if has_val and residual_part is not None:
-        # The start is a fallback, not the bar for patience: a residual's first epochs often dip below it before
-        # they climb, and stopping on that dip would end training before the MLP has learned anything.
-        record = {"epoch": 0}
+
+    def validated(record: dict) -> dict:
         record["val_loss"], record["val_map"] = validate(
-            ranker,
-            val_query_features,
-            ranker.embed_numpy(item_features),
-            val_ranked_ids,
-            val_l,
+            ranker, val_query_features, ranker.embed_numpy(item_features), val_ranked_ids, val_l,
             config.loss,
-        )
-        start_map, start_state = record["val_map"], copy.deepcopy(ranker.state_dict())
-        history.append(record)
+        )  # fmt: skip
+        return record
+
+    history: list[dict] = []
+    stopping = _EarlyStopping(config.patience, residual=residual_part is not None)
+    if has_val and residual_part is not None:
+        history.append(validated({"epoch": 0}))
+        stopping.start_from(history[-1]["val_map"], ranker)
     order_rng = np.random.default_rng(config.seed + 1)
     bar = tqdm(
         range(config.epochs), desc=f"ranker epochs (seed {config.seed})", disable=not progress
     )
     for epoch in bar:
-        ranker.train()
-        losses = []
         order = order_rng.permutation(len(train_ranked_ids))
-        for start in range(0, len(order), config.batch_queries):
-            rows, ids, targets = sampler.sample(
-                order[start : start + config.batch_queries], config.pairs_per_query
-            )
-            loss = pair_loss(ranker, q_train, items, rows, ids, targets, config.loss)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        loss = _train_epoch(ranker, sampler, order, q_train, items, optimiser, schedule, config)
+        record = {"epoch": epoch + 1, "train_loss": loss}
         if has_val:
-            item_emb = ranker.embed_numpy(item_features)
-            record["val_loss"], record["val_map"] = validate(
-                ranker, val_query_features, item_emb, val_ranked_ids, val_l, config.loss
-            )
-            if record["val_map"] > best:
-                best, best_state, stale = record["val_map"], copy.deepcopy(ranker.state_dict()), 0
-            else:
-                stale += 1
+            stopping.observe(validated(record)["val_map"], ranker)
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        # A residual's validation mAP dips below its start for some epochs before it climbs past it, and
-        # a dip at the start would otherwise end training there: it trains at least 2 x patience epochs.
-        warm = residual_part is None or epoch + 1 >= 2 * config.patience
-        if has_val and stale >= config.patience and warm:
+        if has_val and stopping.should_stop(epoch + 1):
             break
-    if start_state is not None and start_map >= best:
-        best_state = start_state  # no epoch beat the untuned start on validation: keep it
-    if best_state is not None:
-        ranker.load_state_dict(best_state)
+    stopping.restore_best(ranker)
     ranker.history = history
     return ranker.cpu().eval()
+
+
+def _new_member(
+    item_features: np.ndarray, config: RankerTrainConfig, part_dims, residual_part, device
+) -> Ranker:
+    """An untrained member (seeded by ``config.seed``), its input standardisation fitted on the items."""
+    torch.manual_seed(config.seed)
+    # A residual member is at least as wide as the part it starts from (a 1280-d image part: 1280-d outputs).
+    out_dim = max(config.out_dim, residual_part[1]) if residual_part else config.out_dim
+    shape = RankerShape(item_features.shape[1], config.hidden, out_dim, config.dropout,
+                        residual_part=residual_part)  # fmt: skip
+    ranker = Ranker(shape)
+    ranker.fit_standardisation(
+        item_features, part_dims if config.balance_parts else None, config.part_weights
+    )
+    return ranker.to(device)
+
+
+def _lr_schedule(optimiser, config: RankerTrainConfig, total_steps: int):
+    """One-cycle over ``total_steps``; warm up for 5% of the steps, and a short run (few queries, few epochs) for at
+    least two steps, which OneCycleLR needs; a run too short for any schedule keeps the learning rate constant."""
+    if total_steps >= 6:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, config.lr, total_steps=total_steps, pct_start=max(0.05, 2.5 / total_steps)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+
+
+def _train_epoch(ranker, sampler, order, q_train, items, optimiser, schedule, config) -> float:
+    """One pass over the training queries in ``order``, ``config.batch_queries`` at a time; the mean loss."""
+    ranker.train()
+    losses = []
+    for start in range(0, len(order), config.batch_queries):
+        rows, ids, targets = sampler.sample(
+            order[start : start + config.batch_queries], config.pairs_per_query
+        )
+        loss = pair_loss(ranker, q_train, items, rows, ids, targets, config.loss)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+class _EarlyStopping:
+    """The best validation mAP so far and its weights; stops after ``patience`` epochs without a better one.
+
+    A residual member's untrained start (its part's cosine) is a fallback, not the bar for patience: its first
+    epochs often dip below it before they climb, so it trains at least 2 x patience epochs, and the start is
+    kept only if no epoch beats it.
+    """
+
+    def __init__(self, patience: int, residual: bool):
+        self.patience, self.residual = patience, residual
+        self.best, self.best_state, self.stale = -1.0, None, 0
+        self.start_map, self.start_state = -1.0, None
+
+    def start_from(self, val_map: float, ranker) -> None:
+        self.start_map, self.start_state = val_map, copy.deepcopy(ranker.state_dict())
+
+    def observe(self, val_map: float, ranker) -> None:
+        if val_map > self.best:
+            self.best, self.best_state, self.stale = val_map, copy.deepcopy(ranker.state_dict()), 0
+        else:
+            self.stale += 1
+
+    def should_stop(self, epochs_done: int) -> bool:
+        warm = not self.residual or epochs_done >= 2 * self.patience
+        return self.stale >= self.patience and warm
+
+    def restore_best(self, ranker) -> None:
+        """Load the best weights seen (the start's, if no epoch beat it); nothing without validation."""
+        state = self.best_state
+        if self.start_state is not None and self.start_map >= self.best:
+            state = self.start_state
+        if state is not None:
+            ranker.load_state_dict(state)

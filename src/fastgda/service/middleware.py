@@ -139,11 +139,11 @@ CLIENT_CLOSED = 499  # nginx's status for a client that went away before the ans
 class ClientGoneMiddleware:
     """Stop a request whose client has left, and record it as 499.
 
-    Once the body of a request that announces one has arrived, a watcher waits for the connection's end. If it ends before the answer is
-    complete (the client closed, or half-closed its side as some clients do after sending: the server then
-    cannot tell it from leaving, and answers nobody, as nginx does), the request's ``CLIENT_LEFT`` event is set
-    (work in the pool checks it between chunks of queries and stops), the handler is cancelled, and the access
-    log records 499 instead of whatever status was sent into the closed connection.
+    Once the body of a request that announces one has arrived, a watcher waits for the connection's end. If it
+    ends before the answer is complete (the client closed, or half-closed its side as some clients do after
+    sending: the server then cannot tell it from leaving, and answers nobody, as nginx does), the request's
+    ``CLIENT_LEFT`` event is set (work in the pool checks it between chunks of queries and stops), the handler is
+    cancelled, and the access log records 499 instead of whatever status was sent into the closed connection.
     """
 
     def __init__(self, app):

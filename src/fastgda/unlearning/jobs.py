@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._artifacts import MANIFEST_NAME, sha256_file, write_json_atomic
 from ..errors import IncompatibleArtifactError
@@ -81,6 +81,9 @@ class TeacherJob:
             "num_queries": len(queries),
         }
         self._prepared = False
+        self.spec: TeacherSpec | None = (
+            None  # set when opened by a spec: other processes can open it too
+        )
 
     @classmethod
     def open(
@@ -213,17 +216,23 @@ class TeacherJob:
         ids, scores = self.teacher.rank_query(self.queries, q, known)
         write_query_result(self.results_dir, q, ids, scores)
 
-    def run(self, query_ids: list[int] | None = None) -> None:
-        """Run every pending query (or the pending ones of ``query_ids``) in this process, with a progress bar."""
-        pending = self.pending()
-        todo = pending if query_ids is None else sorted(set(query_ids) & set(pending))
-        self.prepare()
-        for q in tqdm(todo, desc="teacher queries", disable=not self.teacher.progress):
-            self.run_query(q)
+    def run(self, query_ids: Sequence[int] | None = None, executor=None) -> None:
+        """Rank every pending query (or the pending ones of ``query_ids``, in their order) on ``executor``
+        (default: this process, which reuses this job's loaded teacher; a distributed executor needs a job opened
+        through ``TeacherSpec.job``, whose spec each worker opens)."""
+        from ..executors import run_units
 
-    def merge(self, overwrite: bool = True) -> GroundTruth:
-        """Gather all per-query results into ``out_dir/ground_truth``."""
-        return merge_run(self.out_dir, overwrite=overwrite)
+        pending = set(self.pending())
+        todo = [
+            q for q in (range(self.num_queries) if query_ids is None else query_ids) if q in pending
+        ]
+        self.prepare()  # inputs checked, run.json written and the before-loss cache filled once, here
+        run_units(executor, lambda: self.run_query, self.spec, todo, "teacher queries",
+                  self.teacher.progress)  # fmt: skip
+
+    def merge(self, partial: bool = False, overwrite: bool = True) -> GroundTruth:
+        """Gather the per-query results into ``out_dir/ground_truth`` (``partial``: the finished ones)."""
+        return merge_run(self.out_dir, overwrite=overwrite, partial=partial)
 
 
 def check_or_write_run_info(out_dir, run_info: dict, kind: str, compared=lambda info: info) -> None:
@@ -290,7 +299,7 @@ class TeacherSpec:
     dtype: str = "float32"  # the precision the model computes in (``fastgda.devices.DTYPE_HELP``)
 
     def job(self, progress: bool = False) -> TeacherJob:
-        return TeacherJob.open(
+        job = TeacherJob.open(
             self.model_dir,
             self.data_dir,
             self.queries_dir,
@@ -304,6 +313,8 @@ class TeacherSpec:
             device=self.device,
             dtype=self.dtype,
         )
+        job.spec = self
+        return job
 
     def __call__(self):
         """Build a worker: ``worker(query_id)`` ranks one query and writes its result file."""
@@ -326,9 +337,6 @@ def run_teacher(
     finished queries mix every kind of prompt. ``query_ids`` / ``limit``: run only these queries, or at most
     this many; the ground truth then holds every finished query (a partial merge) until all are done.
     """
-    from ..executors import LocalExecutor
-
-    executor = executor or LocalExecutor(progress=progress)
     job = spec.job(progress=progress).prepare()
     pending = job.pending()
     if query_ids is not None:
@@ -351,11 +359,8 @@ def run_teacher(
             "(estimated from one batch of each step)",
             len(pending), job.num_queries - len(job.pending()), seconds, len(pending) * seconds / 60,
         )  # fmt: skip
-    if isinstance(executor, LocalExecutor):
-        executor.map(lambda: job.run_query, pending, desc="teacher queries")  # reuse the loaded job
-    else:
-        executor.map(spec, pending, desc="teacher queries")
-    return merge_run(job.out_dir, partial=bool(job.pending()))
+    job.run(pending, executor)
+    return job.merge(partial=bool(job.pending()))
 
 
 def _as_compared(info: dict) -> dict:

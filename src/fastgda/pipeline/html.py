@@ -1,4 +1,7 @@
-"""``report.html``: one self-contained page (inline SVG charts, inline PNGs) that shows what a run measured.
+"""Self-contained HTML pages (inline SVG charts, inline PNGs): ``report.html`` of a build or the demo, and one
+query's attribution page (``fastgda attribute --html``).
+
+The report shows what a run measured.
 
 Sections: the metrics table, quality against speed (one point per method, log-scale queries per second), mAP(L)
 curves over L, the leave-K-out counterfactual table with ΔL against speed (when it was run), and query panels
@@ -12,8 +15,6 @@ from dataclasses import dataclass, field
 from html import escape
 
 import numpy as np
-
-from .visual import png_data_uri
 
 PALETTE = ("#0b63ce", "#d1495b", "#2e933c", "#edae49", "#7a5195", "#00798c", "#6c757d", "#ef5675")
 
@@ -403,4 +404,51 @@ def _page(title: str, summary: list[str], body: str, notes: list[str]) -> str:
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1><ul>{summary_html}</ul>{body}"
         f"<h2>Notes</h2><ul class='muted'>{notes_html}</ul></body></html>"
+    )
+
+
+def png_data_uri(image: np.ndarray, size: int = 96) -> str:
+    """A uint8 image (H, W, 3) as an inline PNG data URI about ``size`` pixels wide: small pixel art upscaled
+    (nearest, so its pixels stay visible), a photo larger than that shrunk (so a page of them stays small)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    if image.shape[1] > size:
+        picture.thumbnail(
+            (size, size * image.shape[0] // image.shape[1] + 1), Image.Resampling.LANCZOS
+        )
+        big = picture
+    else:
+        scale = max(1, size // image.shape[1])
+        big = picture.resize(
+            (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
+        )
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def attribution_html(
+    query_image: np.ndarray, prompt: str, attributions, images: list[np.ndarray]
+) -> str:
+    """A self-contained page: the query beside its top-k training images with scores, shares and captions."""
+    cards = "".join(
+        f'<figure><img src="{png_data_uri(img)}" alt="training image {a.id}">'
+        f"<figcaption><b>#{rank} · id {a.id}</b><br>score {a.score:.3f} · share {100 * a.share:.1f}%<br>"
+        f"{escape(a.captions[0]) if a.captions else ''}</figcaption></figure>"
+        for rank, (a, img) in enumerate(zip(attributions, images, strict=True), start=1)
+    )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>fastgda attribution</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "figure{display:inline-block;width:150px;margin:0 12px 16px 0;vertical-align:top}"
+        "img{image-rendering:pixelated;width:96px;height:96px;border:1px solid #ccc}"
+        "figcaption{font-size:12px}.query img{width:160px;height:160px}</style></head><body>"
+        f"<h1>Which training images made this?</h1><div class='query'><figure>"
+        f"<img src='{png_data_uri(query_image, 160)}' alt='query image'><figcaption><b>query</b><br>"
+        f"{escape(prompt)}</figcaption></figure></div><h2>Top {len(attributions)} training images</h2>"
+        f"{cards}</body></html>"
     )
