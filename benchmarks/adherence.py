@@ -27,7 +27,7 @@ from fastgda.diffusion.training import draw_batch, load_checkpoint_ema, prepare_
 
 def time_training_step(model, world, batch_size=64, repeats=10):
     config = DiffusionTrainConfig(batch_size=batch_size)
-    data = prepare_training_data(model, world, progress=False)
+    data = prepare_training_data(model, world)
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=1e-4)
     times = []
     for step in range(repeats + 2):

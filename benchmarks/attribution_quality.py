@@ -171,10 +171,9 @@ def reference_splits(reference):
 def spec_features(work, spec, world_root, reference, splits):
     """(folder, item features, {split: query features}) of one spec, embedded once and cached under work."""
     folder = Path(work) / spec.replace("+", "_")
-    items = load_or_embed(world_root, spec, folder / "items", progress=False)
+    items = load_or_embed(world_root, spec, folder / "items")
     queries = {
-        s: load_or_embed(reference_split_dir(s, reference), spec, folder / f"q-{s}", progress=False)
-        for s in splits
+        s: load_or_embed(reference_split_dir(s, reference), spec, folder / f"q-{s}") for s in splits
     }
     return folder, items, queries
 
@@ -204,7 +203,7 @@ def trained_ranker(folder, spec, seed, weight, args, items, split_features, trut
     )
     ranker = Ranker.distil(
         split_features["train"], items, truth["train"], config,
-        validation=(split_features["val"], truth["val"]), progress=False,
+        validation=(split_features["val"], truth["val"]),
     )  # fmt: skip
     minutes[f"{spec} w{weight:g} seed {seed}"] = (time.perf_counter() - began) / 60
     ranker.save(ranker_dir, extra={"provenance": provenance})

@@ -34,10 +34,8 @@ def main() -> None:
     n = test.ids.shape[1]
     cosine = {}
     for name in ("effnet", "minilm", "pixels"):
-        items = load_or_embed(args.world, name, work / name / "items", progress=False)
-        queries = load_or_embed(
-            reference_split_dir("test"), name, work / name / "q-test", progress=False
-        )
+        items = load_or_embed(args.world, name, work / name / "items")
+        queries = load_or_embed(reference_split_dir("test"), name, work / name / "q-test")
         cosine[name] = cosine_matrix(queries.select(test.query_ids).values, items.values)
     cosine["effnet+minilm (parts weighted equally)"] = (cosine["effnet"] + cosine["minilm"]) / 2
     ls = l_values(n)
@@ -87,10 +85,8 @@ def planted_coverage(world_dir, work: Path, pools) -> dict:
     rows = [r for r, c in enumerate(concepts) if c]
     cosine = {}
     for name in ("effnet", "minilm"):
-        items = load_or_embed(world_dir, name, work / name / "items", progress=False)
-        queries = load_or_embed(
-            reference_split_dir("train"), name, work / name / "q-train", progress=False
-        )
+        items = load_or_embed(world_dir, name, work / name / "items")
+        queries = load_or_embed(reference_split_dir("train"), name, work / name / "q-train")
         cosine[name] = cosine_matrix(queries.values[train.query_ids[rows]], items.values)
     cosine["effnet+minilm (parts weighted equally)"] = (cosine["effnet"] + cosine["minilm"]) / 2
     out: dict = {"queries": len(rows)}

@@ -66,11 +66,8 @@ def main() -> None:
     else:
         work = Path(args.work or "runs/bench/few-queries")
         truth = {s: reference_ground_truth(s) for s in SPLITS}
-        items = load_or_embed(args.world, SPEC, work / "items", progress=False)
-        features = {
-            s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}", progress=False)
-            for s in truth
-        }
+        items = load_or_embed(args.world, SPEC, work / "items")
+        features = {s: load_or_embed(reference_split_dir(s), SPEC, work / f"q-{s}") for s in truth}
         base = RankerTrainConfig.demo()
         what = f"standard world N = {len(items)}; demo preset ({SPEC}, ensemble of 3)"
     n = len(items)
@@ -93,7 +90,6 @@ def main() -> None:
             train,
             config,
             validation=(features["val"], truth["val"]),
-            progress=False,
         )
         minutes = (time.perf_counter() - began) / 60
         chosen = best_scorer(ranker, items, ranker.validation)

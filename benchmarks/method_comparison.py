@@ -212,12 +212,12 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
     model_dir = resolve_model_dir("shipped")
     model = TextToImageModel.from_pretrained(model_dir)
     dataset = open_dataset(args.world)
-    data = prepare_training_data(model, dataset, progress=False)
+    data = prepare_training_data(model, dataset)
     key = {"model": model_digest(model_dir), "data": dataset.content_hash}
     if (out / "before_losses" / "manifest.json").is_file():
         before = BeforeLosses.load(out / "before_losses", ScoringConfig(), key)
     else:  # every teacher ranking came from --rankings: the teachers' shared set-up, computed here once
-        before = BeforeLosses.compute(model, data, ScoringConfig(), key, progress=False)
+        before = BeforeLosses.compute(model, data, ScoringConfig(), key)
         before.save(out / "before_losses")
     queries = QuerySet(demo / "queries-test")
     q, everything = COST_QUERY, np.arange(len(dataset))
@@ -227,9 +227,7 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
         if method["family"] == "unlearning":
             fisher = Fisher.load(method["storage"][0])
             config = TeacherConfig(unlearn=UnlearnConfig(alpha=method.get("alpha", 0.01)))
-            teacher = Teacher(
-                model, dataset, fisher, config, data=data, before_losses=before, progress=False
-            )
+            teacher = Teacher(model, dataset, fisher, config, data=data, before_losses=before)
             setup = time.perf_counter() - began
             began = time.perf_counter()
             teacher.scores(queries, q, everything)

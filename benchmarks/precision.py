@@ -70,7 +70,6 @@ def main() -> None:
             args.world,
             reference / "fisher",
             config,
-            progress=False,
             device="cpu",
             dtype=dtype,
         )
@@ -84,7 +83,7 @@ def main() -> None:
         # Before-losses of the scored items only (a float16 pass over all N is slow on a CPU without float16
         # units), computed once per precision, outside the per-query timing.
         teacher.before_losses = BeforeLosses.compute(
-            teacher.model, teacher.data, config.scoring, {}, progress=False, item_ids=scored
+            teacher.model, teacher.data, config.scoring, {}, item_ids=scored
         )
         began = time.perf_counter()
         scores[dtype] = {q: teacher.scores(queries, q, candidates[q]) for q in args.queries}

@@ -46,15 +46,13 @@ def main() -> None:
     model_dir = resolve_model_dir(args.model)
     model = TextToImageModel.from_pretrained(model_dir)
     world = ShapesWorld(args.world)
-    data = prepare_training_data(model, world, progress=False)
+    data = prepare_training_data(model, world)
     n = len(world)
     scoring = ScoringConfig()
     num_forwards = int(data.caption_count.sum()) * len(scoring.timesteps)
 
     began = time.perf_counter()
-    fisher = fit_fisher(
-        model, data, FisherConfig(kind="ekfac", num_samples=args.fisher_samples), progress=False
-    )
+    fisher = fit_fisher(model, data, FisherConfig(kind="ekfac", num_samples=args.fisher_samples))
     fisher_s = time.perf_counter() - began
     write_query_set(
         model,
@@ -62,12 +60,11 @@ def main() -> None:
         out / "queries",
         sampler=SamplerConfig(),
         model_dir=model_dir,
-        progress=False,
         overwrite=True,
     )
     q = load_query_tensors(out / "queries")
     began = time.perf_counter()
-    before = BeforeLosses.compute(model, data, scoring, key={}, progress=False)
+    before = BeforeLosses.compute(model, data, scoring, key={})
     before_s = time.perf_counter() - began
 
     layers = select_linear_layers(model.unet, "kv")

@@ -118,7 +118,7 @@ def main() -> None:
     model_dir = resolve_model_dir(args.model)
     model = TextToImageModel.from_pretrained(model_dir)
     world = ShapesWorld(args.world)
-    data = prepare_training_data(model, world, progress=False)
+    data = prepare_training_data(model, world)
     n_train = len(world)
     layers = select_linear_layers(model.unet, "kv")
 

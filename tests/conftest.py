@@ -61,7 +61,6 @@ def small_world(tmp_path_factory):
     return build_world(
         WorldSpec(size=60, seed=1, num_per_concept=4),
         tmp_path_factory.mktemp("w") / "world",
-        progress=False,
     )
 
 
@@ -121,12 +120,11 @@ def teacher_inputs(small_world, test_preset, tmp_path_factory):
         root / "queries",
         sampler=SamplerConfig(num_steps=2),
         model_dir=root / "model",
-        progress=False,
     )
-    data = prepare_training_data(model, small_world, progress=False)
-    fit_fisher(
-        model, data, FisherConfig(kind="diagonal", num_samples=32, batch_size=16), progress=False
-    ).save(root / "fisher")
+    data = prepare_training_data(model, small_world)
+    fit_fisher(model, data, FisherConfig(kind="diagonal", num_samples=32, batch_size=16)).save(
+        root / "fisher"
+    )
     return {
         "model_dir": root / "model",
         "data_dir": small_world.root,
@@ -151,7 +149,6 @@ def fast_path(teacher_inputs, tmp_path_factory):
                 scoring=ScoringConfig(timesteps=(500,)),
                 num_candidates=config,
             ),
-            progress=False,
             **teacher_inputs,
         )
         job.run()
@@ -202,7 +199,7 @@ def served(fast_path, tmp_path_factory):
     items, queries = Features.load(root / "items"), Features.load(root / "q")
     truth = GroundTruth.load(root / "train" / "ground_truth")
     config = RankerTrainConfig(hidden=(32,), out_dim=16, epochs=3, batch_queries=2)
-    ranker = Ranker.distil(queries, items, truth, config, progress=False)
+    ranker = Ranker.distil(queries, items, truth, config)
     ranker.save(out / "ranker")
     Attributor.build(ranker, open_dataset(inputs["data_dir"]), items).save(out / "attributor")
     return {

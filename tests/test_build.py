@@ -119,7 +119,7 @@ def test_webdataset_shards_become_an_image_folder_and_nothing_escapes_it(tmp_pat
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             archive.addfile(info, io.BytesIO(payload))
-    folder = fg.data.convert_shards(shard.parent, tmp_path / "data", progress=False)
+    folder = fg.data.convert_shards(shard.parent, tmp_path / "data")
     assert len(folder) == 3 and [folder.captions(i)[0] for i in range(2)] == [
         "a red square",
         "a blue square",
@@ -130,7 +130,7 @@ def test_webdataset_shards_become_an_image_folder_and_nothing_escapes_it(tmp_pat
         folder.image_path(i).parent == tmp_path / "data" / "images" for i in range(len(folder))
     )
     with pytest.raises(fg.DatasetError, match="no .tar shards"):
-        fg.data.convert_shards(tmp_path / "data", tmp_path / "nothing", progress=False)
+        fg.data.convert_shards(tmp_path / "data", tmp_path / "nothing")
 
 
 def test_a_quick_build_takes_a_folder_of_mixed_sizes_and_modes(small_world, tmp_path, capsys):

@@ -29,11 +29,9 @@ def trained(small_world, test_preset, tmp_path_factory):
     root = tmp_path_factory.mktemp("cf")
     recipe = DiffusionTrainConfig(steps=30, batch_size=16, warmup_steps=5, checkpoint_every=15)
     model = TextToImageModel.from_preset(test_preset, seed=0)
-    train_diffusion(model, small_world, root / "model", recipe, progress=False)
+    train_diffusion(model, small_world, root / "model", recipe)
     prompts = ["a large cyan circle in the center", "a small red square", "a big magenta triangle"]
-    write_query_set(
-        model, prompts, root / "queries", sampler=SamplerConfig(num_steps=4), progress=False
-    )
+    write_query_set(model, prompts, root / "queries", sampler=SamplerConfig(num_steps=4))
     return root
 
 
@@ -55,7 +53,7 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
 
     def job(cfg=config):
         return CounterfactualJob(
-            trained / "model", small_world.root, trained / "queries", methods, tmp_path, cfg, progress=False
+            trained / "model", small_world.root, trained / "queries", methods, tmp_path, cfg
         )  # fmt: skip
 
     first = job()
@@ -119,7 +117,7 @@ def test_leave_k_out_plans_shares_resumes_and_measures(
     assert export_measurements(tmp_path, kept) == len(again.plan)
     assert import_measurements(kept, elsewhere) == len(again.plan)
     carried = CounterfactualJob(
-        trained / "model", small_world.root, trained / "queries", methods, elsewhere, config, progress=False
+        trained / "model", small_world.root, trained / "queries", methods, elsewhere, config
     )  # fmt: skip
     assert carried.pending() == [] and not list(elsewhere.rglob("model"))
 
@@ -219,7 +217,7 @@ def test_retraining_is_deterministic_so_differences_come_from_removal(
     weights = []
     for name in ("a", "b"):
         model = retrain_start(trained / "model", seed=0)
-        train_diffusion(model, small_world.without([]), tmp_path / name, recipe, progress=False)
+        train_diffusion(model, small_world.without([]), tmp_path / name, recipe)
         weights.append(torch.cat([p.flatten() for p in model.unet.parameters()]))
     assert_close(weights[0], weights[1], _retrained(model, recipe))
 
@@ -240,9 +238,7 @@ def test_coupled_retrains_differ_from_the_full_run_only_through_removed_items(
         drawn |= set(torch.randint(0, len(small_world), (batch,), generator=gen).tolist())
     never = next(i for i in range(len(small_world)) if i not in drawn)
     kept = [i for i in range(len(small_world)) if i != never]
-    full = prepare_training_data(
-        retrain_start(trained / "model", seed=0), small_world, progress=False
-    )
+    full = prepare_training_data(retrain_start(trained / "model", seed=0), small_world)
 
     def train(name, removed, coupled):
         recipe = DiffusionTrainConfig(
@@ -250,9 +246,7 @@ def test_coupled_retrains_differ_from_the_full_run_only_through_removed_items(
         )
         model = retrain_start(trained / "model", seed=0)
         data = full if not removed else full.subset(kept)
-        train_diffusion(
-            model, small_world.without(removed), tmp_path / name, recipe, progress=False, data=data
-        )
+        train_diffusion(model, small_world.without(removed), tmp_path / name, recipe, data=data)
         return torch.cat([p.flatten() for p in model.unet.parameters()])
 
     theta0 = train("full", [], True)
@@ -272,7 +266,6 @@ def test_coupled_retrains_differ_from_the_full_run_only_through_removed_items(
             methods,
             out,
             cfg,
-            progress=False,
         )
         return json.loads((out / "plan.json").read_text())  # fmt: skip
 
@@ -300,8 +293,8 @@ def test_subset_of_the_full_encoding_equals_encoding_the_subset(trained, small_w
     model = retrain_start(trained / "model", seed=0)
     removed = [0, 3, 4, len(small_world) - 1]
     kept = [i for i in range(len(small_world)) if i not in removed]
-    subset = prepare_training_data(model, small_world, progress=False).subset(kept)
-    direct = prepare_training_data(model, small_world.without(removed), progress=False)
+    subset = prepare_training_data(model, small_world).subset(kept)
+    direct = prepare_training_data(model, small_world.without(removed))
     # x0 is pixels mapped exactly (x/127.5 − 1, the same elementwise operations); the text states come from
     # the frozen encoder run on other batches: its chain bound, relative to the states' largest value.
     torch.testing.assert_close(subset.x0[:], direct.x0[:], rtol=0, atol=0)
@@ -396,8 +389,8 @@ def test_the_cli_verb_is_one_library_call_and_reports_its_ordering(
     from fastgda.ground_truth import GroundTruth
 
     n = len(small_world)
-    items = embed_dataset(small_world.root, "pixels+minilm", tmp_path / "items", progress=False)
-    queries = embed_dataset(trained / "queries", "pixels+minilm", tmp_path / "q", progress=False)
+    items = embed_dataset(small_world.root, "pixels+minilm", tmp_path / "items")
+    queries = embed_dataset(trained / "queries", "pixels+minilm", tmp_path / "q")
     scores = -np.sort(-np.random.default_rng(0).random((3, n)), axis=1).astype(np.float32)
     GroundTruth(np.arange(3), rankings(n, 0), scores, {}).save(tmp_path / "teacher")
     GroundTruth(np.arange(3), rankings(n, 5), scores, {}).save(tmp_path / "stored")
@@ -407,14 +400,14 @@ def test_the_cli_verb_is_one_library_call_and_reports_its_ordering(
     result = run_counterfactual(
         trained / "model", small_world.root, trained / "queries", items, queries, truth,
         tmp_path / "cf", config, rankings={"stored": tmp_path / "stored"}, baselines="text",
-        query_ids=[0, 2], progress=False,
+        query_ids=[0, 2],
     )  # fmt: skip
     assert result.query_rows == [0, 2]
     assert set(result.per_query) == {"teacher", "stored", "untuned text (minilm)", RANDOM}
     with pytest.raises(FastGDAError, match="'teacher' is taken"):
         run_counterfactual(
             trained / "model", small_world.root, trained / "queries", items, queries, truth,
-            tmp_path / "cf", config, rankings={"teacher": tmp_path / "stored"}, progress=False,
+            tmp_path / "cf", config, rankings={"teacher": tmp_path / "stored"},
         )  # fmt: skip
     # The CLI over the finished run: --partial evaluates without retraining, and says what it covers.
     argv = ["eval", "counterfactual", "--model", str(trained / "model"), "--data", str(small_world.root),

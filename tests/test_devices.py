@@ -44,8 +44,7 @@ def _ranked(teacher_inputs, device):
         scoring=fg.ScoringConfig(timesteps=(300, 700)),
     )
     teacher = fg.Teacher.from_folders(
-        teacher_inputs["model_dir"], teacher_inputs["data_dir"], teacher_inputs["fisher_dir"], config,
-        progress=False, device=device,
+        teacher_inputs["model_dir"], teacher_inputs["data_dir"], teacher_inputs["fisher_dir"], config, device=device,
     )  # fmt: skip
     truth = teacher.with_candidates(12).rank(teacher_inputs["queries_dir"], query_ids=[0, 1])
     return truth, float(np.nanmax(np.abs(teacher.before_losses.losses))), teacher.model
@@ -90,12 +89,10 @@ def test_the_fisher_fitted_on_cuda_is_stored_on_the_host_and_matches_the_cpu(
     # may rotate within near-degenerate eigenspaces, so on CUDA it is only checked to be finite and on the host.
     for device, kind in (("cpu", "diagonal"), ("cuda", "diagonal"), ("cuda", "ekfac")):
         model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"]).to(device)
-        data = prepare_training_data(
-            model, open_dataset(teacher_inputs["data_dir"]), progress=False
-        )
+        data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]))
         assert data.x0[:1].device.type == "cpu"  # the encoding lives on the host
         config = fg.FisherConfig(kind=kind, num_samples=32, batch_size=16)
-        fishers[device, kind] = fg.Fisher.fit(model, data, config, progress=False)
+        fishers[device, kind] = fg.Fisher.fit(model, data, config)
     for fisher in (fishers["cuda", "diagonal"], fishers["cuda", "ekfac"]):
         for name, value in fisher.tensors.items():
             assert value.device.type == "cpu" and bool(torch.isfinite(value).all()), name
@@ -169,7 +166,7 @@ def test_a_teacher_run_keeps_one_precision(teacher_inputs, tmp_path):
         str(teacher_inputs[k]) for k in ("model_dir", "data_dir", "queries_dir", "fisher_dir")
     ]
     spec = TeacherSpec(*inputs, str(tmp_path / "run"), config, device="cpu", dtype="bfloat16")
-    truth = run_teacher(spec, progress=False, query_ids=[0])
+    truth = run_teacher(spec, query_ids=[0])
     assert np.isfinite(truth.scores).all()
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["compute_dtype"] == "bfloat16"
@@ -177,17 +174,15 @@ def test_a_teacher_run_keeps_one_precision(teacher_inputs, tmp_path):
     assert before["key"]["compute_dtype"] == "bfloat16"
     # Resuming in float32 would mix two precisions in one ground truth: refused, naming the field.
     with pytest.raises(IncompatibleArtifactError, match="compute_dtype"):
-        run_teacher(replace(spec, dtype="float32"), progress=False, query_ids=[1])
+        run_teacher(replace(spec, dtype="float32"), query_ids=[1])
 
 
 def test_features_in_reduced_precision_stay_close_and_are_recorded(small_world, tmp_path):
     from fastgda.encoders import make_encoder
     from fastgda.features import embed_dataset
 
-    full = embed_dataset(small_world.root, "effnet+minilm", tmp_path / "f32", progress=False)
-    reduced = embed_dataset(
-        small_world.root, "effnet+minilm", tmp_path / "bf16", progress=False, dtype="bfloat16"
-    )
+    full = embed_dataset(small_world.root, "effnet+minilm", tmp_path / "f32")
+    reduced = embed_dataset(small_world.root, "effnet+minilm", tmp_path / "bf16", dtype="bfloat16")
     assert reduced.source["compute_dtype"] == "bfloat16" and "compute_dtype" not in full.source
     a, b = full.values.astype(np.float64), reduced.values.astype(np.float64)
     for part in full.parts:
@@ -219,7 +214,7 @@ def test_on_cuda_batches_fit_the_free_memory_and_encoders_match_the_cpu(
     from fastgda.unlearning.scoring import CPU_SCORING_BATCH, scoring_batch_size
 
     model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"], device="cuda")
-    data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]), progress=False)
+    data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]))
     # A 1M-parameter model on a GPU: far more than the CPU's 256 items fit in a pass.
     assert scoring_batch_size(model, data) > CPU_SCORING_BATCH
     cpu, cuda = FeatureExtractor("effnet+minilm"), FeatureExtractor("effnet+minilm", "cuda")
@@ -246,7 +241,7 @@ def test_a_model_trains_on_cuda_in_bfloat16(small_world, test_preset, tmp_path):
 
     model = TextToImageModel.from_preset(test_preset, seed=0).to("cuda").set_precision("bfloat16")
     recipe = DiffusionTrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
-    train_diffusion(model, small_world, tmp_path / "m", recipe, progress=False)
+    train_diffusion(model, small_world, tmp_path / "m", recipe)
     again = TextToImageModel.from_pretrained(
         tmp_path / "m"
     )  # checkpoints and weights load on the CPU

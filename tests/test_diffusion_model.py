@@ -35,7 +35,7 @@ def test_loss_is_per_sample_and_finite(tiny_model):
 
 def test_training_lowers_the_loss(tiny_model, small_world, tmp_path):
     config = DiffusionTrainConfig(steps=40, batch_size=32, warmup_steps=5, seed=0)
-    data = prepare_training_data(tiny_model, small_world, progress=False)
+    data = prepare_training_data(tiny_model, small_world)
     fixed = [draw_batch(data, 10_000 + i, config, 1000) for i in range(4)]
 
     def held_loss():
@@ -43,14 +43,14 @@ def test_training_lowers_the_loss(tiny_model, small_world, tmp_path):
             return float(np.mean([tiny_model.loss(*b).mean().item() for b in fixed]))
 
     before = held_loss()
-    train_diffusion(tiny_model, small_world, tmp_path / "model", config, progress=False)
+    train_diffusion(tiny_model, small_world, tmp_path / "model", config)
     assert held_loss() < 0.8 * before
 
 
 def test_draws_by_item_id_change_only_the_slots_of_removed_items(tiny_model, small_world):
     """Common random numbers for leave-K-out: a retrain's batches equal the full run's except where a removed
     item was drawn; the default (by position) redraws everything once rows shift."""
-    full = prepare_training_data(tiny_model, small_world, progress=False)
+    full = prepare_training_data(tiny_model, small_world)
     removed = {1, 4, 7, 10, 20}
     kept = [i for i in range(len(small_world)) if i not in removed]
     subset = full.subset(kept)
@@ -89,7 +89,6 @@ def test_interrupted_training_resumes_to_identical_weights(test_preset, small_wo
         small_world,
         tmp_path / "a",
         config,
-        progress=False,
     )
     # Simulate a crash after step 6: only the first checkpoint survives, the model folder was never written.
     resumed_ckpt = tmp_path / "b.checkpoints"
@@ -102,7 +101,6 @@ def test_interrupted_training_resumes_to_identical_weights(test_preset, small_wo
         small_world,
         tmp_path / "b",
         config,
-        progress=False,
     )
     # Steps 7 to 12 taken twice from the same checkpoint on the same batches: AdamW's first-order bound.
     within = retrained(config.steps - 6, config.lr, 2 * network(whole.unet, 1.0))
@@ -117,7 +115,6 @@ def test_resuming_with_another_recipe_is_refused(test_preset, small_world, tmp_p
         small_world,
         tmp_path / "m",
         config,
-        progress=False,
     )
     (tmp_path / "m").rename(tmp_path / "old")
     (tmp_path / "old.checkpoints").mkdir()
@@ -129,7 +126,6 @@ def test_resuming_with_another_recipe_is_refused(test_preset, small_world, tmp_p
             tmp_path / "m",
             other,
             checkpoint_dir=tmp_path / "m.checkpoints",
-            progress=False,
         )
 
 
@@ -188,18 +184,18 @@ def test_a_training_set_is_encoded_once_per_text_encoder_and_image_size(
 ):
     from fastgda.diffusion import encoded as encoding
 
-    first = prepare_training_data(tiny_model, small_world, progress=False, cache=tmp_path)
+    first = prepare_training_data(tiny_model, small_world, cache=tmp_path)
     encoded = []
     real = encoding._encode
     monkeypatch.setattr(encoding, "_encode", lambda *args: encoded.append(args) or real(*args))
     # Another UNet with the same text encoder and image size reads the stored encoding, bit for bit.
     other = TextToImageModel.from_preset(test_preset, seed=5)
-    again = prepare_training_data(other, small_world, progress=False, cache=tmp_path)
+    again = prepare_training_data(other, small_world, cache=tmp_path)
     assert encoded == []
     for name, tensor in first.tensors().items():
         assert torch.equal(again.tensors()[name], tensor), name
     # Another dataset is encoded anew, beside the first.
-    prepare_training_data(other, small_world.without([0, 1]), progress=False, cache=tmp_path)
+    prepare_training_data(other, small_world.without([0, 1]), cache=tmp_path)
     assert len(encoded) == 1 and len(list((tmp_path / "encoded").iterdir())) == 2
 
 
@@ -210,8 +206,8 @@ def test_the_stored_encoding_is_memory_mapped_and_matches_the_one_in_memory(
     so they equal the in-memory encoding bit for bit (a latent model's float16 is tested with the SD pipeline)."""
     import numpy as np
 
-    in_memory = prepare_training_data(tiny_model, small_world, progress=False)
-    stored = prepare_training_data(tiny_model, small_world, progress=False, cache=tmp_path)
+    in_memory = prepare_training_data(tiny_model, small_world)
+    stored = prepare_training_data(tiny_model, small_world, cache=tmp_path)
     assert isinstance(stored.x0.array, np.memmap) and isinstance(stored.states.array, np.memmap)
     assert stored.x0.dtype == np.float32
     for name, tensor in in_memory.tensors().items():

@@ -45,28 +45,26 @@ def test_a_job_opened_from_memory_is_refused_by_a_distributed_executor(teacher_i
 
     spec = _spec(teacher_inputs, tmp_path / "run")
     job = TeacherJob.open(spec.model_dir, spec.data_dir, spec.queries_dir, spec.fisher_dir, spec.out_dir,
-                          CONFIG, progress=False)  # fmt: skip
+                          CONFIG)  # fmt: skip
     assert job.spec is None and spec.job().spec == spec
     with pytest.raises(FastGDAError, match="open it from its folders"):
         job.run([0], executor=RayExecutor.__new__(RayExecutor))  # never started: refused before use
-    job.run([0], executor=LocalExecutor(progress=False))
+    job.run([0], executor=LocalExecutor())
     assert job.pending() == [1, 2] and len(job.merge(partial=True)) == 1
 
 
 def test_local_executor_maps_in_order():
-    assert LocalExecutor(progress=False).map(lambda: lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
+    assert LocalExecutor().map(lambda: lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
 
 
 @pytest.mark.ray
 def test_ray_executor_matches_local(teacher_inputs, tmp_path):
     ray = pytest.importorskip("ray")
-    local = run_teacher(
-        _spec(teacher_inputs, tmp_path / "local"), LocalExecutor(progress=False), progress=False
-    )
+    local = run_teacher(_spec(teacher_inputs, tmp_path / "local"), LocalExecutor())
     try:
-        executor = make_executor("ray", workers=2, progress=False)
+        executor = make_executor("ray", workers=2)
         assert executor.map(lambda: lambda x: x + 1, [1, 2, 3]) == [2, 3, 4]
-        distributed = run_teacher(_spec(teacher_inputs, tmp_path / "ray"), executor, progress=False)
+        distributed = run_teacher(_spec(teacher_inputs, tmp_path / "ray"), executor)
         # Embedding runs its chunks on the same executors, with the same result.
         from fastgda.features import embed_dataset
 
@@ -76,11 +74,8 @@ def test_ray_executor_matches_local(teacher_inputs, tmp_path):
             tmp_path / "f-ray",
             16,
             executor,
-            progress=False,
         )
-        here = embed_dataset(
-            teacher_inputs["data_dir"], "pixels+minilm", tmp_path / "f", 16, progress=False
-        )
+        here = embed_dataset(teacher_inputs["data_dir"], "pixels+minilm", tmp_path / "f", 16)
         # Pixels are exact; the text columns come from MiniLM in other processes and batches (its chain bound).
         from fastgda.encoders import make_encoder
 
@@ -114,14 +109,14 @@ def test_ray_places_one_worker_per_gpu():
         return lambda item: (ids, visible)
 
     try:
-        executor = RayExecutor(num_gpus=2, progress=False)
+        executor = RayExecutor(num_gpus=2)
         assert (executor.workers, executor.gpus_per_worker) == (2, 1)
         seen = executor.map(_gpu_of_worker, list(range(6)))
         gpus = {ids for ids, _ in seen}
         assert gpus == {("0",), ("1",)}  # two actors, one GPU each, never shared
         assert all(visible == ids[0] for ids, visible in seen)
         # --device cpu: the same cluster's workers take no GPU.
-        cpu = make_executor("ray", workers=2, progress=False, device="cpu")
+        cpu = make_executor("ray", workers=2, device="cpu")
         assert cpu.gpus_per_worker == 0
         assert {ids for ids, _ in cpu.map(_gpu_of_worker, [0, 1])} == {()}
     finally:
@@ -136,9 +131,9 @@ def test_ray_refuses_gpu_workers_on_a_cluster_without_gpus():
 
     try:
         with pytest.raises(FastGDAError, match="cluster has 0"):
-            RayExecutor(num_gpus=0, gpus_per_worker=1, progress=False)
+            RayExecutor(num_gpus=0, gpus_per_worker=1)
         # auto on a cluster without GPUs: CPU workers, two by default.
-        auto = make_executor("ray", progress=False, device="auto")
+        auto = make_executor("ray", device="auto")
         assert (auto.workers, auto.gpus_per_worker) == (2, 0)
     finally:
         ray.shutdown()

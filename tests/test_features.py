@@ -11,9 +11,7 @@ from fastgda.features import FeatureExtractor, Features, embed_dataset
 
 
 def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_path):
-    features = embed_dataset(
-        small_world.root, "pixels+minilm", tmp_path / "f", chunk_size=16, progress=False
-    )
+    features = embed_dataset(small_world.root, "pixels+minilm", tmp_path / "f", chunk_size=16)
     assert features.values.shape == (60, 768 + 384) and features.ids.tolist() == list(range(60))
     assert [p["name"] for p in features.parts] == ["pixels", "minilm"]
     embedder = FeatureExtractor("pixels+minilm")
@@ -32,11 +30,9 @@ def test_embedding_writes_the_concatenated_parts_of_every_row(small_world, tmp_p
 
 
 def test_an_interrupted_embedding_reuses_its_finished_chunks(small_world, tmp_path):
-    whole = embed_dataset(
-        small_world.root, "pixels", tmp_path / "whole", chunk_size=16, progress=False
-    )
+    whole = embed_dataset(small_world.root, "pixels", tmp_path / "whole", chunk_size=16)
     partial = tmp_path / "resumed.partial"
-    embed_dataset(small_world.root, "pixels", tmp_path / "resumed", chunk_size=16, progress=False)
+    embed_dataset(small_world.root, "pixels", tmp_path / "resumed", chunk_size=16)
     # Simulate a run that died after two chunks: a marker value in a finished chunk must survive the resume.
     (tmp_path / "resumed").rename(tmp_path / "first")
     partial.mkdir()
@@ -46,9 +42,7 @@ def test_an_interrupted_embedding_reuses_its_finished_chunks(small_world, tmp_pa
     marked[0, 0] = 42.0
     np.save(partial / "chunk_000000.npy", marked)
     (partial / ".chunk_000001.npy.9.tmp").write_bytes(b"half")
-    resumed = embed_dataset(
-        small_world.root, "pixels", tmp_path / "resumed", chunk_size=16, progress=False
-    )
+    resumed = embed_dataset(small_world.root, "pixels", tmp_path / "resumed", chunk_size=16)
     assert resumed.values[0, 0] == 42.0  # reused, not recomputed
     np.testing.assert_array_equal(resumed.values[16:], whole.values[16:])
     assert not partial.exists()

@@ -26,16 +26,14 @@ def test_the_teacher_ranks_in_memory_what_a_resumable_job_writes(teacher_inputs,
     )
     teacher = fg.Teacher.from_folders(
         teacher_inputs["model_dir"], teacher_inputs["data_dir"], teacher_inputs["fisher_dir"],
-        config, progress=False,
+        config,
     )  # fmt: skip
     pools = teacher.with_candidates(12)
     in_memory = pools.rank(teacher_inputs["queries_dir"], query_ids=[2, 0])
     assert in_memory.ids.shape == (2, 12) and in_memory.query_ids.tolist() == [2, 0]
     assert pools.before_losses is teacher.before_losses  # computed once, shared
 
-    job = fg.TeacherJob.open(
-        out_dir=tmp_path / "run", config=pools.config, progress=False, **teacher_inputs
-    )
+    job = fg.TeacherJob.open(out_dir=tmp_path / "run", config=pools.config, **teacher_inputs)
     job.run([0, 2])
     on_disk = fg.GroundTruth.merge(tmp_path / "run" / "results", [2, 0])
     loss = float(np.nanmax(np.abs(teacher.before_losses.losses)))
@@ -52,13 +50,11 @@ def test_ranker_attributor_and_evaluation_work_in_memory_and_round_trip(fast_pat
 
     # The ground truth may rank only some of the query features: rows are picked by query id.
     partial = train.select([2, 0])
-    ranker = fg.Ranker.distil(
-        queries, items, partial, config, validation=(queries, train), progress=False
-    )
+    ranker = fg.Ranker.distil(queries, items, partial, config, validation=(queries, train))
     # Epoch 0 is the residual start (the best part's cosine), validated before training.
     assert ranker.spec == items.spec and [r["epoch"] for r in ranker.history] == [0, 1, 2]
     with pytest.raises(fg.IncompatibleArtifactError, match="hold no rows for ids"):
-        fg.Ranker.distil(queries.select([0, 1]), items, partial, config, progress=False)
+        fg.Ranker.distil(queries.select([0, 1]), items, partial, config)
 
     ranker.save(tmp_path / "ranker")
     loaded = fg.Ranker.load(tmp_path / "ranker")
@@ -164,9 +160,7 @@ def test_a_ranker_that_loses_to_a_plain_cosine_on_validation_is_not_served(fast_
     items, queries = fg.Features.load(root / "items"), fg.Features.load(root / "q")
     truth = fg.GroundTruth.load(root / "train" / "ground_truth")
     config = fg.RankerTrainConfig(hidden=(32,), out_dim=16, epochs=1, batch_queries=2)
-    ranker = fg.Ranker.distil(
-        queries, items, truth, config, validation=(queries, truth), progress=False
-    )
+    ranker = fg.Ranker.distil(queries, items, truth, config, validation=(queries, truth))
     assert set(ranker.validation) == {"ranker", "untuned image (pixels)", "untuned text (minilm)"}
 
     # Each part's figure is the mAP of its plain cosine within the teacher's pools, computed by hand.

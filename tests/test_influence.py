@@ -32,7 +32,7 @@ def loaded(teacher_inputs):
     from fastgda.unlearning.layers import select_linear_layers
 
     model = TextToImageModel.from_pretrained(teacher_inputs["model_dir"])
-    data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]), progress=False)
+    data = prepare_training_data(model, open_dataset(teacher_inputs["data_dir"]))
     layers = select_linear_layers(model.unet, "kv")
     return model, data, layers, QuerySet(teacher_inputs["queries_dir"])
 
@@ -50,12 +50,12 @@ def built(teacher_inputs, tmp_path_factory):
     dtrak = replace(recipe("dtrak"), timesteps=(100, 500, 900))
     return {
         "root": root,
-        "ekfac": build_gradient_features(*args, root / "ekfac", ekfac, 25, progress=False),
+        "ekfac": build_gradient_features(*args, root / "ekfac", ekfac, 25),
         "dtrak32": build_gradient_features(
-            *args, root / "dtrak32", replace(dtrak, projection_dim=32), 25, progress=False
+            *args, root / "dtrak32", replace(dtrak, projection_dim=32), 25
         ),
         "dtrak128": build_gradient_features(
-            *args, root / "dtrak128", replace(dtrak, projection_dim=128), 25, progress=False
+            *args, root / "dtrak128", replace(dtrak, projection_dim=128), 25
         ),
     }
 
@@ -109,7 +109,7 @@ def test_ekfac_influence_is_the_odd_part_of_the_teachers_score(teacher_inputs, l
     config = UnlearnConfig(num_pairs=40, batch_size=20, alpha=1e-5)
     scoring = ScoringConfig(timesteps=SCORING_TIMESTEPS)
     items = np.arange(len(data.x0))
-    before = BeforeLosses.compute(model, data, scoring, {}, progress=False)
+    before = BeforeLosses.compute(model, data, scoring, {})
     scorer = InfluenceScorer(
         model, built["ekfac"], InfluenceConfig(method="ekfac", unlearn=config), fisher
     )
@@ -224,10 +224,10 @@ def test_builds_resume_and_refuse_mismatches(teacher_inputs, built, tmp_path):
     args = (teacher_inputs["model_dir"], teacher_inputs["data_dir"])
     (parts / "build.json").write_text("{}")  # other settings
     with pytest.raises(IncompatibleArtifactError, match="other settings"):
-        build_gradient_features(*args, out, config, chunk_size=25, progress=False)
+        build_gradient_features(*args, out, config, chunk_size=25)
     (parts / "build.json").unlink()
     write_chunk(parts, 1, marker)
-    resumed = build_gradient_features(*args, out, config, chunk_size=25, progress=False)
+    resumed = build_gradient_features(*args, out, config, chunk_size=25)
     # Stored as float16 unit rows times float32 norms: one float16 and one float32 rounding.
     assert_close(resumed.matrix(25, 50), np.full((25, 32), 3.0), rounded(F16) + rounded(F32))
     whole = built["dtrak32"]
@@ -293,14 +293,14 @@ def test_an_influence_job_runs_on_a_ray_cluster_as_it_does_here(teacher_inputs, 
             teacher_inputs["model_dir"], built["root"] / "dtrak32", teacher_inputs["queries_dir"],
             tmp_path / name, InfluenceConfig("dtrak"),
         )  # fmt: skip
-        job.batch, job.progress = 2, False  # two units of work for three queries
+        job.batch = 2  # two units of work for three queries
         return job
 
     here = opened("here")
     here.run()
     try:
         there = opened("ray")
-        there.run(executor=make_executor("ray", workers=2, progress=False))
+        there.run(executor=make_executor("ray", workers=2))
     finally:
         ray.shutdown()
     a, b = here.merge(), there.merge()

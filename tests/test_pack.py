@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def standard_world(tmp_path_factory):
-    return pack.ensure_world(tmp_path_factory.mktemp("pack") / "world", progress=False)
+    return pack.ensure_world(tmp_path_factory.mktemp("pack") / "world")
 
 
 def test_pack_is_small_and_documents_how_it_was_made():
@@ -73,15 +73,13 @@ def test_shipped_model_reproduces_recorded_adherence(standard_world):
 def test_full_profile_retrains_the_model_with_the_pack_recipe_and_scores_it(tmp_path):
     from fastgda.app.full_profile import retrain_world_model, score_model_adherence
 
-    world = pack.ensure_world(
-        tmp_path / "world", progress=False
-    )  # regenerated: the hash must match
-    model_dir = retrain_world_model(world, tmp_path / "model", steps=2, progress=False)
+    world = pack.ensure_world(tmp_path / "world")  # regenerated: the hash must match
+    model_dir = retrain_world_model(world, tmp_path / "model", steps=2)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     recipe = pack.pack_info()["model"]["train_config"]
     trained = manifest["training"]["config"]
     assert {k: trained[k] for k in recipe} == {**recipe, "steps": 2}
-    adherence = score_model_adherence(model_dir, world, tmp_path, num_prompts=2, progress=False)
+    adherence = score_model_adherence(model_dir, world, tmp_path, num_prompts=2)
     assert {"colour", "shape", "size", "position", "background"} <= set(adherence)
     assert (tmp_path / "adherence.png").is_file()
 

@@ -9,7 +9,7 @@ from fastgda.pipeline import StepRunner
 
 
 def test_a_step_records_its_status_seconds_and_settings(tmp_path):
-    runner = StepRunner(tmp_path, ["first", "second"], "test", progress=False)
+    runner = StepRunner(tmp_path, ["first", "second"], "test")
     assert runner.run("first", lambda x: x + 1, 1, settings={"size": (2, 3)}) == 2
     state = json.loads((tmp_path / "steps.json").read_text())
     record = state["steps"]["first"]
@@ -21,7 +21,7 @@ def test_a_finished_step_keeps_the_time_it_took_and_a_rerun_records_its_own(tmp_
     (tmp_path / "steps.json").write_text(
         json.dumps({"steps": {"first": {"status": "done", "seconds": 120.0}}})
     )
-    runner = StepRunner(tmp_path, ["first"], "test", progress=False)
+    runner = StepRunner(tmp_path, ["first"], "test")
     runner.run("first", lambda: None)
     record = json.loads((tmp_path / "steps.json").read_text())["steps"]["first"]
     assert record["seconds"] == 120.0  # a reuse is no work
@@ -32,7 +32,7 @@ def test_an_interrupted_step_adds_up_the_runs_that_worked_on_it(tmp_path):
     (tmp_path / "steps.json").write_text(
         json.dumps({"steps": {"first": {"status": "running", "seconds": 30.0}}})
     )
-    StepRunner(tmp_path, ["first"], "test", progress=False).run("first", lambda: None)
+    StepRunner(tmp_path, ["first"], "test").run("first", lambda: None)
     record = json.loads((tmp_path / "steps.json").read_text())["steps"]["first"]
     assert record["status"] == "done" and record["seconds"] >= 30.0
 
@@ -41,11 +41,11 @@ def test_other_settings_for_a_begun_step_are_refused_before_any_work(tmp_path):
     def interrupted():
         raise KeyboardInterrupt
 
-    runner = StepRunner(tmp_path, ["teacher"], "test", progress=False)
+    runner = StepRunner(tmp_path, ["teacher"], "test")
     with pytest.raises(KeyboardInterrupt):
         runner.run("teacher", interrupted, settings={"num_pairs": 500, "seed": 0})
     ran = []
-    again = StepRunner(tmp_path, ["teacher"], "test", progress=False)
+    again = StepRunner(tmp_path, ["teacher"], "test")
     with pytest.raises(FastGDAError, match=r"'teacher' \(num_pairs: 500 then, 100 now\)"):
         again.run("teacher", lambda: ran.append(1), settings={"num_pairs": 100, "seed": 0})
     assert ran == []

@@ -92,7 +92,7 @@ def test_the_ranker_learns_a_planted_ranking_and_higher_cosine_means_more_influe
     )
     ranker = train_ranker(
         queries[:160], items, ranked[:160], config,
-        val_query_features=queries[160:], val_ranked_ids=ranked[160:], progress=False,
+        val_query_features=queries[160:], val_ranked_ids=ranked[160:],
     )  # fmt: skip
     history = [record for record in ranker.history if record["epoch"] > 0]  # epoch 0: the start
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -120,7 +120,7 @@ def test_train_top_labels_only_the_teachers_top_t_and_validates_on_whole_pools(r
         cfg = RankerTrainConfig(**{**config.__dict__, **changes})
         ranker = train_ranker(
             queries[:30], items, ids, cfg,
-            val_query_features=queries[30:], val_ranked_ids=ranked[30:], progress=False,
+            val_query_features=queries[30:], val_ranked_ids=ranked[30:],
         )  # fmt: skip
         return torch.cat([p.flatten() for p in ranker.parameters()]), ranker.history
 
@@ -188,7 +188,7 @@ def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(r
     def fit(cfg):
         return train_ranker(
             queries[:30], items, ranked[:30], cfg,
-            val_query_features=queries[30:], val_ranked_ids=ranked[30:], progress=False,
+            val_query_features=queries[30:], val_ranked_ids=ranked[30:],
         )  # fmt: skip
 
     ensemble = fit(RankerTrainConfig(**{**config.__dict__, "members": 2}))
@@ -249,8 +249,8 @@ def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(r
 def test_an_ensemble_refuses_members_it_cannot_join(rng):
     queries, items, ranked, _ = planted_problem(rng, num_queries=20)
     config = RankerTrainConfig(hidden=(16,), out_dim=8, epochs=1, batch_queries=4)
-    a = train_ranker(queries, items, ranked, config, progress=False)
-    b = train_ranker(queries, items * 2.0, ranked, config, progress=False)
+    a = train_ranker(queries, items, ranked, config)
+    b = train_ranker(queries, items * 2.0, ranked, config)
     c = Ranker(RankerShape(16, (16,), 4))
     with pytest.raises(IncompatibleArtifactError, match="standardisation"):
         Ranker.ensemble([a, b])

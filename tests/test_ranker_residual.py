@@ -51,7 +51,7 @@ def test_training_keeps_the_start_when_no_epoch_beats_it_on_validation(rng):
     ranker = train_ranker(
         queries[:40], items, shuffled, config,
         val_query_features=queries[40:], val_ranked_ids=ranked[40:],
-        part_dims=[12, 6], part_names=["image", "text"], progress=False,
+        part_dims=[12, 6], part_names=["image", "text"],
     )  # fmt: skip
     assert ranker.shape.residual_part == (12, 6)  # auto: text orders the validation pools
     assert ranker.history[0]["epoch"] == 0
@@ -62,7 +62,7 @@ def test_training_keeps_the_start_when_no_epoch_beats_it_on_validation(rng):
     assert_close(ranker.score(queries[40:], items), expected, _cosines(ranker))
     plain = train_ranker(
         queries[:40], items, shuffled, RankerTrainConfig(**{**config.__dict__, "residual": "none"}),
-        val_query_features=queries[40:], val_ranked_ids=ranked[40:], part_dims=[12, 6], progress=False,
+        val_query_features=queries[40:], val_ranked_ids=ranked[40:], part_dims=[12, 6],
     )  # fmt: skip
     assert plain.shape.residual_part is None and max(h["val_map"] for h in plain.history) < 0.9
 

@@ -12,11 +12,11 @@ def test_a_ranker_from_another_reference_is_removed_with_its_attributor(tmp_path
     ranker.save(ranker_dir, extra={"provenance": provenance})
     attributor_dir.mkdir()
 
-    assert reusable_ranker(tmp_path / "missing", provenance, progress=False) is None
-    reused = reusable_ranker(ranker_dir, provenance, (attributor_dir,), progress=False)
+    assert reusable_ranker(tmp_path / "missing", provenance) is None
+    reused = reusable_ranker(ranker_dir, provenance, (attributor_dir,))
     assert reused is not None and reused.history == history and reused.spec == "pixels"
     assert attributor_dir.exists()
 
     other = {**provenance, "reference_manifest_sha256": "b" * 64}
-    assert reusable_ranker(ranker_dir, other, (attributor_dir,), progress=False) is None
+    assert reusable_ranker(ranker_dir, other, (attributor_dir,)) is None
     assert not ranker_dir.exists() and not attributor_dir.exists()

@@ -36,7 +36,7 @@ def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_p
         scoring=ScoringConfig(timesteps=(500,)),
         num_candidates=20,
     )
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, **teacher_inputs)
     job.run()
     truth = job.merge()
     root = tmp_path / "reference"
@@ -69,7 +69,6 @@ def test_packed_reference_round_trips_rankings_and_queries(teacher_inputs, tmp_p
     again = TeacherJob.open(
         out_dir=tmp_path / "again",
         config=config,
-        progress=False,
         **{**teacher_inputs, "queries_dir": out},
     )
     again.run([0])
@@ -131,15 +130,11 @@ def test_shipped_reference_is_reproduced_by_todays_teacher(tmp_path):
     kept = np.r_[0:32, 32 : truth.ids.shape[1] : 10]
     # Only the candidates are encoded (their noise keyed by their ids in the world, as the teacher's was).
     encoded_ids = np.unique(truth.ids[rows][:, kept])
-    data = prepare_training_data(
-        model, ensure_world(tmp_path / "world", progress=False), progress=False, rows=encoded_ids
-    )
+    data = prepare_training_data(model, ensure_world(tmp_path / "world"), rows=encoded_ids)
     for row in rows:
         q = int(truth.query_ids[row])
         candidates = np.searchsorted(encoded_ids, truth.ids[row][kept])  # rows of the encoding
-        before = BeforeLosses.compute(
-            model, data, config.scoring, {}, progress=False, item_ids=candidates
-        )
+        before = BeforeLosses.compute(model, data, config.scoring, {}, item_ids=candidates)
         delta = unlearn(
             model,
             layers,

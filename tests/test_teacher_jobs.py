@@ -29,7 +29,7 @@ CONFIG = TeacherConfig(
 
 
 def test_teacher_ranks_every_training_item_for_every_query(teacher_inputs, tmp_path):
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, **teacher_inputs)
     job.run()
     ground_truth = job.merge()
     assert ground_truth.ids.shape == (3, 60) and ground_truth.ids.dtype == np.int32
@@ -49,20 +49,14 @@ def _rerun(teacher_inputs, run_dir, truth):
 def test_interrupted_run_finishes_only_what_is_missing_with_identical_results(
     teacher_inputs, tmp_path
 ):
-    whole = TeacherJob.open(
-        out_dir=tmp_path / "whole", config=CONFIG, progress=False, **teacher_inputs
-    )
+    whole = TeacherJob.open(out_dir=tmp_path / "whole", config=CONFIG, **teacher_inputs)
     whole.run()
-    first = TeacherJob.open(
-        out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
-    )
+    first = TeacherJob.open(out_dir=tmp_path / "resumed", config=CONFIG, **teacher_inputs)
     first.run([1])  # the run "dies" after one query
     (tmp_path / "resumed" / "results" / ".q_000002.npz.123.tmp").write_bytes(
         b"half a file"
     )  # killed mid-write
-    again = TeacherJob.open(
-        out_dir=tmp_path / "resumed", config=CONFIG, progress=False, **teacher_inputs
-    )
+    again = TeacherJob.open(out_dir=tmp_path / "resumed", config=CONFIG, **teacher_inputs)
     assert again.pending() == [0, 2]
     again.run()
     a, b = whole.merge(), again.merge()
@@ -74,7 +68,7 @@ def test_interrupted_run_finishes_only_what_is_missing_with_identical_results(
 
 def test_candidate_pools_rank_only_the_nearest_items(teacher_inputs, tmp_path):
     config = TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10)
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, **teacher_inputs)
     job.run([0])
     candidates = job.teacher.candidates(job.queries, 0)
     assert set(candidates) == set(np.load(tmp_path / "run/results/q_000000.npz")["ids"].tolist())
@@ -83,10 +77,10 @@ def test_candidate_pools_rank_only_the_nearest_items(teacher_inputs, tmp_path):
 
 def test_a_candidate_share_ranks_a_fixed_random_part_of_each_pool(teacher_inputs, tmp_path):
     """The paper's SD protocol: training queries ranked on a random 20% of their neighbours, one subset per query."""
-    pools = Teacher.from_folders(config=replace(CONFIG, num_candidates=20), progress=False,
+    pools = Teacher.from_folders(config=replace(CONFIG, num_candidates=20),
                                  device="cpu", **_inputs(teacher_inputs))  # fmt: skip
     config = replace(CONFIG, num_candidates=20, candidate_share=0.25)
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, **teacher_inputs)
     full = {q: pools.candidates(job.queries, q) for q in range(3)}
     for q in range(3):
         part = job.teacher.candidates(job.queries, q)
@@ -101,16 +95,14 @@ def test_a_candidate_share_ranks_a_fixed_random_part_of_each_pool(teacher_inputs
 
 
 def test_a_run_written_before_a_setting_existed_still_resumes(teacher_inputs, tmp_path):
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, **teacher_inputs)
     job.run([0])
     path = tmp_path / "run" / "run.json"
     saved = json.loads(path.read_text())
     del saved["config"]["candidate_share"]  # as a run of an earlier version wrote it
     saved["config"]["scoring"]["batch_size"] = 256  # the batch size it recorded then
     path.write_text(json.dumps(saved))
-    again = TeacherJob.open(
-        out_dir=tmp_path / "run", config=CONFIG, progress=False, **teacher_inputs
-    )
+    again = TeacherJob.open(out_dir=tmp_path / "run", config=CONFIG, **teacher_inputs)
     again.run([1])
     assert again.pending() == [2]
 
@@ -128,15 +120,11 @@ def test_mismatched_inputs_are_refused(teacher_inputs, test_preset, tmp_path):
             out_dir=tmp_path / "run",
             config=CONFIG,
         )
-    job = TeacherJob.open(
-        out_dir=tmp_path / "run2", config=CONFIG, progress=False, **teacher_inputs
-    )
+    job = TeacherJob.open(out_dir=tmp_path / "run2", config=CONFIG, **teacher_inputs)
     job.prepare()
     changed = TeacherConfig(unlearn=UnlearnConfig(num_pairs=16), scoring=CONFIG.scoring)
     with pytest.raises(IncompatibleArtifactError, match="config"):
-        TeacherJob.open(
-            out_dir=tmp_path / "run2", config=changed, progress=False, **teacher_inputs
-        ).prepare()
+        TeacherJob.open(out_dir=tmp_path / "run2", config=changed, **teacher_inputs).prepare()
     with pytest.raises(FastGDAError, match="lacks results"):
         GroundTruth.merge(tmp_path / "run2" / "results", [0, 1, 2])
 
@@ -205,11 +193,10 @@ def test_candidate_pools_can_come_from_an_image_encoder(teacher_inputs, tmp_path
         num_candidates=10,
         candidate_feature="effnet",
     )
-    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs)
+    job = TeacherJob.open(out_dir=tmp_path / "run", config=config, **teacher_inputs)
     pixel_job = TeacherJob.open(
         out_dir=tmp_path / "pixels",
         config=TeacherConfig(unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=10),
-        progress=False,
         **teacher_inputs,
     )
     pools = [set(job.teacher.candidates(job.queries, q).tolist()) for q in range(3)]
@@ -227,7 +214,7 @@ def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, t
             candidate_feature=feature,
         )
         out = tmp_path / feature.replace("+", "_")
-        return TeacherJob.open(out_dir=out, config=config, progress=False, **teacher_inputs)
+        return TeacherJob.open(out_dir=out, config=config, **teacher_inputs)
 
     def cosine(j: TeacherJob) -> torch.Tensor:
         train, queries = j.teacher.candidate_space(j.queries)
@@ -258,18 +245,13 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
             candidate_feature="minilm",
         )
 
-    small = TeacherJob.open(
-        out_dir=tmp_path / "m10", config=config(10), progress=False, **teacher_inputs
-    )
+    small = TeacherJob.open(out_dir=tmp_path / "m10", config=config(10), **teacher_inputs)
     small.run([0, 1])  # query 2 has no earlier result: it is scored whole
-    fresh = TeacherJob.open(
-        out_dir=tmp_path / "fresh", config=config(25), progress=False, **teacher_inputs
-    )
+    fresh = TeacherJob.open(out_dir=tmp_path / "fresh", config=config(25), **teacher_inputs)
     fresh.run()
     reused = TeacherJob.open(
         out_dir=tmp_path / "reused",
         config=config(25),
-        progress=False,
         reuse_runs=[tmp_path / "m10"],
         **teacher_inputs,
     )
@@ -297,7 +279,6 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
         TeacherJob.open(
             out_dir=tmp_path / "other",
             config=other,
-            progress=False,
             reuse_runs=[tmp_path / "m10"],
             **teacher_inputs,
         ).prepare()
@@ -305,7 +286,6 @@ def test_larger_pools_copy_the_scores_of_an_earlier_run_and_score_only_new_candi
         TeacherJob.open(
             out_dir=tmp_path / "other2",
             config=config(25),
-            progress=False,
             reuse_runs=[tmp_path],
             **teacher_inputs,
         ).prepare()
@@ -315,9 +295,7 @@ def test_teacher_config_round_trips_through_run_json(teacher_inputs, tmp_path):
     config = TeacherConfig(
         unlearn=CONFIG.unlearn, scoring=CONFIG.scoring, num_candidates=7, candidate_feature="effnet"
     )
-    TeacherJob.open(
-        out_dir=tmp_path / "run", config=config, progress=False, **teacher_inputs
-    ).prepare()
+    TeacherJob.open(out_dir=tmp_path / "run", config=config, **teacher_inputs).prepare()
     saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert teacher_config_from_json(saved) == config
 
@@ -343,13 +321,9 @@ def test_reference_runs_sample_rank_and_pack_every_split(teacher_inputs, small_w
     configs = {"train": config(16), "val": config(16), "test": config(None)}
     sizes = {"train": 3, "val": 2, "test": 2}
     args = (small_world.root, teacher_inputs["model_dir"], teacher_inputs["fisher_dir"], tmp_path)
-    timings = compute_reference_runs(
-        *args, configs, SamplerConfig(num_steps=2), progress=False, sizes=sizes
-    )
+    timings = compute_reference_runs(*args, configs, SamplerConfig(num_steps=2), sizes=sizes)
     assert {s: t["queries_computed"] for s, t in timings.items()} == sizes
-    again = compute_reference_runs(
-        *args, configs, SamplerConfig(num_steps=2), progress=False, sizes=sizes
-    )
+    again = compute_reference_runs(*args, configs, SamplerConfig(num_steps=2), sizes=sizes)
     assert all(t["queries_computed"] == 0 for t in again.values())  # finished queries are kept
 
     out = tmp_path / "reference"

@@ -29,7 +29,7 @@ from fastgda.unlearning.noise import keyed_noise
 
 @pytest.fixture
 def world_data(tiny_model, small_world):
-    return prepare_training_data(tiny_model, small_world, progress=False)
+    return prepare_training_data(tiny_model, small_world)
 
 
 def _random_orthogonal(n, gen):
@@ -113,7 +113,6 @@ def test_fitted_fisher_is_positive_and_round_trips(tiny_model, world_data, kind,
         tiny_model,
         world_data,
         FisherConfig(kind=kind, num_samples=48, batch_size=16),
-        progress=False,
     )
     assert len(fisher.layer_names) == 8
     values = [v for k, v in fisher.tensors.items() if k.endswith((".diag", ".scales"))]
@@ -136,7 +135,6 @@ def test_unlearning_moves_only_kv_weights_and_raises_the_query_loss(tiny_model, 
         tiny_model,
         world_data,
         FisherConfig(kind="ekfac", num_samples=32, batch_size=16),
-        progress=False,
     )
     x0, states, mask = world_data.x0[0], world_data.states[0], world_data.mask[0]
     grads = query_gradient(
@@ -187,9 +185,7 @@ def test_cached_before_losses_equal_a_recomputation_on_any_subset(
     tiny_model, world_data, small_world, tmp_path
 ):
     config = ScoringConfig(timesteps=(100, 600), batch_size=7)
-    before = BeforeLosses.compute(
-        tiny_model, world_data, config, key={"model": "m"}, progress=False
-    )
+    before = BeforeLosses.compute(tiny_model, world_data, config, key={"model": "m"})
     before.save(tmp_path / "before")
     cached = BeforeLosses.load(tmp_path / "before", config, key={"model": "m"})
     subset = np.array([41, 3, 17])
@@ -203,16 +199,14 @@ def test_cached_before_losses_equal_a_recomputation_on_any_subset(
     assert_close(influence_scores(tiny_model, world_data, subset, cached), 0, recomputed_losses)
     assert mean_item_loss(cached.losses).shape == (60, 1)
     # Only the subset encoded: the same losses, its noise keyed by the full set's ids, not by its own rows.
-    encoded = prepare_training_data(tiny_model, small_world, progress=False, rows=subset)
+    encoded = prepare_training_data(tiny_model, small_world, rows=subset)
     assert encoded.num_full == 60 and encoded.full_ids([2, 0]).tolist() == [17, 41]
     assert_close(
         mean_item_loss(item_losses(tiny_model, encoded, np.arange(3), config)),
         mean_item_loss(cached.losses[subset]),
         recomputed_losses,
     )
-    partial = BeforeLosses.compute(
-        tiny_model, world_data, config, {}, progress=False, item_ids=subset
-    )
+    partial = BeforeLosses.compute(tiny_model, world_data, config, {}, item_ids=subset)
     assert_close(partial.losses[subset], cached.losses[subset], recomputed_losses)
     with pytest.raises(ValueError, match="no before losses"):
         influence_scores(tiny_model, world_data, np.array([3, 4]), partial)
@@ -270,8 +264,8 @@ def test_padded_token_slots_change_nothing_in_a_mask_aware_fisher(tiny_model, wo
     """The attention never reads padded slots, so their states must not move the Fisher: with padding excluded,
     garbage there leaves the preconditioned step unchanged; counted (the old behaviour), it moves it."""
     config = FisherConfig(kind="ekfac", num_samples=64, batch_size=32, padding=padding)
-    clean = fit_fisher(tiny_model, world_data, config, progress=False)
-    noisy = fit_fisher(tiny_model, _garbage_in_padding(world_data), config, progress=False)
+    clean = fit_fisher(tiny_model, world_data, config)
+    noisy = fit_fisher(tiny_model, _garbage_in_padding(world_data), config)
     gen = torch.Generator().manual_seed(0)
     grads = {
         name: torch.randn(layer.weight.shape, generator=gen)
@@ -298,7 +292,6 @@ def test_a_fisher_of_another_model_is_refused(
         tiny_model,
         world_data,
         FisherConfig(kind="diagonal", num_samples=16, batch_size=16),
-        progress=False,
     )
     fisher.save(tmp_path / "fisher")
     loaded = Fisher.load(tmp_path / "fisher")
@@ -306,14 +299,12 @@ def test_a_fisher_of_another_model_is_refused(
         loaded.extra["model_sha256"] == fisher.extra["model_sha256"]
         and loaded.config.padding == "excluded"
     )
-    Teacher(
-        tiny_model, small_world, loaded, data=world_data, progress=False
-    )  # its own model: accepted
+    Teacher(tiny_model, small_world, loaded, data=world_data)  # its own model: accepted
     other = TextToImageModel.from_preset(test_preset, seed=1)  # same preset, other weights
     with pytest.raises(
         IncompatibleArtifactError, match="Fisher was fitted on a model whose weights digest"
     ):
-        Teacher(other, small_world, loaded, data=world_data, progress=False)
+        Teacher(other, small_world, loaded, data=world_data)
     # A Fisher saved before the digest and the padding setting existed: it loads as it was made, unchecked.
     import json
 
@@ -324,7 +315,7 @@ def test_a_fisher_of_another_model_is_refused(
     old = Fisher.load(tmp_path / "fisher")
     assert old.config.padding == "included"
     with caplog.at_level("WARNING"):
-        Teacher(other, small_world, old, data=world_data, progress=False)
+        Teacher(other, small_world, old, data=world_data)
     assert "records no model digest" in caplog.text
 
 

@@ -18,8 +18,8 @@ def test_world_is_deterministic_for_a_seed():
 
 def test_written_worlds_with_one_spec_have_one_content_hash(tmp_path):
     spec = WorldSpec(size=50, seed=2, num_per_concept=4)
-    one = build_world(spec, tmp_path / "one", progress=False)
-    two = build_world(spec, tmp_path / "two", progress=False)
+    one = build_world(spec, tmp_path / "one")
+    two = build_world(spec, tmp_path / "two")
     assert one.content_hash == two.content_hash
     manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
     assert manifest["kind"] == "dataset" and manifest["content_hash"] == one.content_hash
@@ -98,7 +98,7 @@ def test_the_openmoji_world_renders_each_emoji_with_captions_from_its_annotation
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             archive.addfile(info, io.BytesIO(payload))
-    world = build_openmoji_world(tmp_path / "world", tarball, size=16, progress=False)
+    world = build_openmoji_world(tmp_path / "world", tarball, size=16)
     assert len(world) == 2 and world.captions(0) == (
         "red circle",
         "circle, red",
@@ -115,4 +115,4 @@ def test_the_openmoji_world_renders_each_emoji_with_captions_from_its_annotation
         (tmp_path / "empty.tgz").write_bytes(b"")
         with tarfile.open(tmp_path / "empty.tgz", "w:gz"):
             pass
-        build_openmoji_world(tmp_path / "none", tmp_path / "empty.tgz", progress=False)
+        build_openmoji_world(tmp_path / "none", tmp_path / "empty.tgz")

@@ -241,7 +241,6 @@ class _RetrainTask:
     out_dir: str
     recipe: dict
     measurement: _Measurement | None = None
-    progress: bool = False
     device: str = "cpu"  # resolved in each worker: a Ray worker uses the GPU it was given
     dtype: str = "float32"
 
@@ -259,7 +258,7 @@ class _RetrainTask:
             if not (target / "model" / MANIFEST_NAME).exists():
                 model = retrain_start(self.model_dir, self.recipe["seed"], self.device, self.dtype)
                 if not encoded:
-                    encoded.append(prepare_training_data(model, dataset, progress=self.progress))
+                    encoded.append(prepare_training_data(model, dataset))
                 drop = set(removed)
                 kept = [i for i in range(len(dataset)) if i not in drop]
                 write_json_atomic(
@@ -272,7 +271,6 @@ class _RetrainTask:
                     DiffusionTrainConfig(**self.recipe),
                     checkpoint_dir=target / "checkpoints",
                     command=f"leave-{len(removed)}-out retrain {key}",
-                    progress=self.progress,
                     overwrite=True,
                     data=encoded[0].subset(kept),
                 )
@@ -302,7 +300,6 @@ def run_counterfactual(
     query_ids=None,
     executor=None,
     partial: bool = False,
-    progress: bool = True,
     device: str = "auto",
     dtype: str = "float32",
 ) -> CounterfactualResult:
@@ -335,7 +332,7 @@ def run_counterfactual(
         stored = GroundTruth.load(folder).select(rows).ids[:, : config.k]
         methods[name] = np.asarray(stored, dtype=np.int64)
     job = CounterfactualJob(
-        model_dir, data, query_set, methods, out_dir, config, progress=progress,
+        model_dir, data, query_set, methods, out_dir, config,
         query_rows=rows.tolist(), device=device, dtype=dtype,
     )  # fmt: skip
     if not partial:
@@ -493,7 +490,6 @@ class CounterfactualJob:
         rankings: dict[str, np.ndarray],
         out_dir,
         config: CounterfactualConfig,
-        progress: bool = True,
         query_rows: list[int] | None = None,
         device: str = "cpu",
         dtype: str = "float32",
@@ -505,7 +501,7 @@ class CounterfactualJob:
             str(data_dir),
             str(queries_dir),
         )
-        self.out_dir, self.config, self.progress = Path(out_dir), config, progress
+        self.out_dir, self.config = Path(out_dir), config
         recipe = _recipe_of(Path(model_dir), config)
         if config.steps:
             # A reduced recipe keeps the schedule's shape: warm-up at most a tenth of the run.
@@ -589,11 +585,10 @@ class CounterfactualJob:
             str(self.retrains_dir),
             recipe,
             measurement=self.measurement,
-            progress=self.progress,
             device=self.device,
             dtype=self.dtype,
         )
-        executor = executor or LocalExecutor(progress=self.progress)
+        executor = executor or LocalExecutor()
         executor.map(task, [(key, self.plan[key]) for key in pending], desc="leave-K-out retrains")
 
     # -- evaluation ----------------------------------------------------------------------------------

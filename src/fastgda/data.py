@@ -363,9 +363,7 @@ def open_dataset(
 SHARD_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def convert_shards(
-    source: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True
-) -> ImageCaptionFolder:
+def convert_shards(source: str | os.PathLike, out_dir: str | os.PathLike) -> ImageCaptionFolder:
     """Turn webdataset / img2dataset tar shards into an image folder with ``captions.jsonl`` (done once).
 
     A shard holds samples as ``<key>.<ext>`` files: an image (jpg, png or webp) with its caption in ``<key>.txt``
@@ -378,9 +376,8 @@ def convert_shards(
     """
     import tarfile
 
-    from tqdm.auto import tqdm
-
     from ._artifacts import atomic_dir
+    from .progress import bar as progress_bar
 
     source = Path(source)
     shards = sorted(source.glob("*.tar")) if source.is_dir() else [source]
@@ -392,7 +389,7 @@ def convert_shards(
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         lines = []
-        for shard in tqdm(shards, desc="reading shards", disable=not progress):
+        for shard in progress_bar(shards, desc="reading shards"):
             try:
                 archive = tarfile.open(shard)
             except (tarfile.TarError, OSError) as exc:

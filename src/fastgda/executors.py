@@ -12,10 +12,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from tqdm.auto import tqdm
-
 from ._optional import require
 from .errors import FastGDAError
+from .progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ def run_units(
     portable: Callable[[], Callable[[Any], Any]] | None,
     units: Sequence,
     desc: str,
-    progress: bool = True,
 ) -> list:
     """Run ``units`` on ``executor`` (default: this process): in this process the already loaded worker
     (``in_process``) is reused; elsewhere the picklable factory ``portable`` builds one in each worker.
@@ -52,7 +50,7 @@ def run_units(
     Raises:
         FastGDAError: a distributed executor was given for a job that was not opened from folders.
     """
-    executor = executor or LocalExecutor(progress=progress)
+    executor = executor or LocalExecutor()
     if isinstance(executor, LocalExecutor):
         return executor.map(in_process, units, desc=desc)
     if portable is None:
@@ -66,21 +64,21 @@ def run_units(
 class LocalExecutor:
     """Run every item in this process with one worker."""
 
-    def __init__(self, progress: bool = True):
-        self.progress = progress
-
     def map(
         self, make_worker: Callable[[], Callable[[Any], Any]], items: Sequence, desc: str = "work"
     ) -> list:
         worker = make_worker()
-        return [worker(item) for item in tqdm(items, desc=desc, disable=not self.progress)]
+        return [worker(item) for item in progress_bar(items, desc=desc)]
 
 
 class _RayWorker:
     def __init__(self, make_worker, threads: int):
         import torch
 
+        from . import progress
+
         torch.set_num_threads(threads)
+        progress.disable()  # an actor's bars would interleave in the driver's log: the driver's bar counts items
         self.worker = make_worker()
 
     def __call__(self, item):
@@ -110,7 +108,6 @@ class RayExecutor:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         max_retries: int = 3,
-        progress: bool = True,
     ):
         self.ray = require("ray", extra="ray")
         if not self.ray.is_initialized():
@@ -139,7 +136,6 @@ class RayExecutor:
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
         self.max_retries = max_retries
-        self.progress = progress
         if gpus_per_worker:
             logger.info(
                 "Ray: %d worker(s), %g GPU each (%g in the cluster)",
@@ -165,7 +161,7 @@ class RayExecutor:
         results: list = [None] * len(items)
         pending = {}
         queue = list(enumerate(items))
-        bar = tqdm(total=len(items), desc=desc, disable=not self.progress)
+        bar = progress_bar(total=len(items), desc=desc)
         try:
             for (
                 actor
@@ -192,7 +188,6 @@ def make_executor(
     kind: str = "local",
     workers: int | None = None,
     address: str | None = None,
-    progress: bool = True,
     device: str = "cpu",
 ):
     """Build an executor by name: ``"local"`` or ``"ray"``.
@@ -201,13 +196,12 @@ def make_executor(
     (``num_gpus=1``) when the cluster has GPUs; with ``cpu`` its workers take none.
     """
     if kind == "local":
-        return LocalExecutor(progress=progress)
+        return LocalExecutor()
     if kind == "ray":
         wants_gpu = str(device or "cpu").strip().lower().split(":")[0] in ("auto", "cuda")
         return RayExecutor(
             address=address,
             workers=workers,
-            progress=progress,
             gpus_per_worker=None if wants_gpu else 0,
         )
     raise FastGDAError(f"unknown executor {kind!r}; choose 'local' or 'ray'")

@@ -194,14 +194,14 @@ class FeatureExtractor:
         per_item = measure_bytes_per_item(probe, self.device)
         return batch_size_for_memory(free, per_item or 1.0, default, cap=1024)
 
-    def extract(self, dataset, batch_size: int = 512, progress: bool = True) -> Features:
+    def extract(self, dataset, batch_size: int = 512) -> Features:
         """``Features`` (N, D) of every row of a dataset or query set: its image and first caption (or prompt)."""
-        from tqdm.auto import tqdm
+        from .progress import bar as progress_bar
 
         starts = range(0, len(dataset), batch_size)
         chunks = [
             self.embed(dataset, range(start, min(start + batch_size, len(dataset))))
-            for start in tqdm(starts, desc=f"embedding ({self.spec})", disable=not progress)
+            for start in progress_bar(starts, desc=f"embedding ({self.spec})")
         ]
         values = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
         _check_finite(values, getattr(dataset, "root", "the dataset"))
@@ -295,14 +295,13 @@ def load_or_embed(
     source: str | os.PathLike,
     spec: str,
     out_dir: str | os.PathLike,
-    progress: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> Features:
     """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``."""
     if (Path(out_dir) / MANIFEST_NAME).exists():
         return Features.load(out_dir, expect_spec=spec)
-    return embed_dataset(source, spec, out_dir, progress=progress, device=device, dtype=dtype)
+    return embed_dataset(source, spec, out_dir, device=device, dtype=dtype)
 
 
 def embed_dataset(
@@ -312,7 +311,6 @@ def embed_dataset(
     chunk_size: int = 512,
     executor=None,
     store_dtype: str = "float32",
-    progress: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
     batch_size: int | None = None,
@@ -354,7 +352,7 @@ def embed_dataset(
     task = _ChunkTask(
         str(dataset_dir), spec, str(partial), chunk_size, str(device), dtype, batch_size
     )
-    executor = executor or LocalExecutor(progress=progress)
+    executor = executor or LocalExecutor()
     executor.map(task, pending, desc=f"embedding ({spec})")
     values = np.concatenate(
         [np.load(partial / f"chunk_{c:06d}.npy", allow_pickle=False) for c in range(num_chunks)]

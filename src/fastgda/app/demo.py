@@ -59,7 +59,6 @@ class _Inputs:
 def run_demo(
     out: str | Path,
     seed: int = 0,
-    progress: bool = True,
     panels: int = 4,
     epochs: int | None = None,
     counterfactual: bool = False,
@@ -79,15 +78,13 @@ def run_demo(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = StepRunner(out, STEP_NAMES, "demo", state_file="demo.json", progress=progress)
-    world = steps.run(
-        "world", _world, out, progress, title="world (standard shapes world, N = 2000)"
-    )
+    steps = StepRunner(out, STEP_NAMES, "demo", state_file="demo.json")
+    world = steps.run("world", _world, out, title="world (standard shapes world, N = 2000)")
     inputs = steps.run(
-        "features", _load_inputs, out, world, model_dir, reference_root, progress,
+        "features", _load_inputs, out, world, model_dir, reference_root,
         title=f"features ({DEMO_SPEC}) of the training set and the reference queries",
     )  # fmt: skip
-    ranker = steps.run("ranker", _ranker, inputs, seed, epochs, progress,
+    ranker = steps.run("ranker", _ranker, inputs, seed, epochs,
                        title="ranker (distilled from the reference teacher rankings)")  # fmt: skip
     attributor = steps.run(
         "attributor", build_attributor, ranker, inputs.world, inputs.features, inputs.truth,
@@ -95,7 +92,7 @@ def run_demo(
     )  # fmt: skip
     evaluation = steps.run("evaluation", _evaluate, inputs, ranker, seed,
                            title="evaluation on the test queries (mAP(L), planted recall)")  # fmt: skip
-    timing = steps.run("timing", _time_side_by_side, inputs, attributor, evaluation, progress,
+    timing = steps.run("timing", _time_side_by_side, inputs, attributor, evaluation,
                        title="live teacher vs attributor on one test query, side by side")  # fmt: skip
     leave_k_out = None
     if counterfactual or (out / "counterfactual" / "plan.json").exists():
@@ -103,7 +100,7 @@ def run_demo(
         if counterfactual_steps:
             config = replace(config, steps=counterfactual_steps)
         leave_k_out = steps.run(
-            "counterfactual", _counterfactual, inputs, ranker, config, counterfactual, executor, progress,
+            "counterfactual", _counterfactual, inputs, ranker, config, counterfactual, executor,
             timing["seconds"],
             title="counterfactual: leave-K-out retraining" + ("" if counterfactual else " (stored)"),
         )  # fmt: skip
@@ -113,13 +110,13 @@ def run_demo(
     return summary
 
 
-def _world(out: Path, progress: bool):
+def _world(out: Path):
     from . import pack
 
-    return pack.ensure_world(out / "world", progress=progress)
+    return pack.ensure_world(out / "world")
 
 
-def _load_inputs(out: Path, world, model_dir, reference_root, progress: bool) -> _Inputs:
+def _load_inputs(out: Path, world, model_dir, reference_root) -> _Inputs:
     from . import pack
     from .reference import (
         reference_dir,
@@ -138,11 +135,11 @@ def _load_inputs(out: Path, world, model_dir, reference_root, progress: bool) ->
         world=world,
         truth=truth,
         test_records=reference_queries("test", root),
-        features=embed_features(world.root, query_dirs, DEMO_SPEC, out, progress),
+        features=embed_features(world.root, query_dirs, DEMO_SPEC, out),
     )
 
 
-def _ranker(inputs: _Inputs, seed: int, epochs: int | None, progress: bool):
+def _ranker(inputs: _Inputs, seed: int, epochs: int | None):
     """The demo preset's ranker, reused when an earlier run distilled it from this reference and settings."""
     from .reference import reference_digest
 
@@ -158,7 +155,7 @@ def _ranker(inputs: _Inputs, seed: int, epochs: int | None, progress: bool):
         "members": config.members,
     }
     return distil_ranker(inputs.features, inputs.truth, inputs.out / "ranker", config, provenance,
-                         dependents=(inputs.out / "attributor",), progress=progress)  # fmt: skip
+                         dependents=(inputs.out / "attributor",))  # fmt: skip
 
 
 def _evaluate(inputs: _Inputs, ranker, seed: int):
@@ -168,7 +165,7 @@ def _evaluate(inputs: _Inputs, ranker, seed: int):
     )  # fmt: skip
 
 
-def _time_side_by_side(inputs: _Inputs, attributor, evaluation, progress: bool) -> dict:
+def _time_side_by_side(inputs: _Inputs, attributor, evaluation) -> dict:
     """The live teacher on one test query (a planted one if any) against the attributor, in one process."""
     from ..diffusion import TextToImageModel
     from ..ground_truth import read_query_result
@@ -187,7 +184,7 @@ def _time_side_by_side(inputs: _Inputs, attributor, evaluation, progress: bool) 
     began = time.perf_counter()
     job = TeacherJob.open(
         inputs.model_dir, inputs.world.root, query_set, inputs.reference / "fisher",
-        inputs.out / "teacher-live", config, cache_dir=inputs.out / "before_losses", progress=progress,
+        inputs.out / "teacher-live", config, cache_dir=inputs.out / "before_losses",
     ).prepare()  # fmt: skip
     setup_seconds = (
         time.perf_counter() - began
@@ -231,7 +228,6 @@ def _counterfactual(
     config: CounterfactualConfig,
     run: bool,
     executor,
-    progress: bool,
     seconds: dict[str, float],
 ):
     """The leave-K-out section of the report: run the job (``run``) or reuse a finished one; None if unfinished."""
@@ -251,7 +247,7 @@ def _counterfactual(
     )
     job = CounterfactualJob(
         inputs.model_dir, inputs.world.root, inputs.out / "queries-test", rankings,
-        inputs.out / "counterfactual", config, progress=progress, query_rows=rows.tolist(),
+        inputs.out / "counterfactual", config, query_rows=rows.tolist(),
     )  # fmt: skip
     if run:
         job.run(executor=executor)

@@ -23,9 +23,7 @@ from .._artifacts import MANIFEST_NAME, write_text_atomic
 from ..errors import FastGDAError
 
 
-def retrain_world_model(
-    world, out_dir: Path, steps: int | None = None, progress: bool = True
-) -> Path:
+def retrain_world_model(world, out_dir: Path, steps: int | None = None) -> Path:
     """Train the world model with the pack's recipe (``steps`` overrides its length) into ``out_dir``."""
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
     from . import pack
@@ -44,14 +42,11 @@ def retrain_world_model(
         DiffusionTrainConfig(**recipe),
         checkpoint_dir=out_dir.with_name(out_dir.name + ".checkpoints"),
         command="fastgda demo --profile full",
-        progress=progress,
     )
     return out_dir
 
 
-def score_model_adherence(
-    model_dir: Path, world, out: Path, num_prompts: int = 24, progress: bool = True
-) -> dict:
+def score_model_adherence(model_dir: Path, world, out: Path, num_prompts: int = 24) -> dict:
     """Sample held-out prompts with the model, score them with the pack's probe, and save a grid."""
     from ..diffusion import TextToImageModel
     from ..diffusion.queries import SamplerConfig, write_query_set
@@ -69,7 +64,6 @@ def score_model_adherence(
         out / "adherence-queries",
         sampler=SamplerConfig(**pack.pack_info()["sampler"]),
         model_dir=model_dir,
-        progress=progress,
         overwrite=True,
     )
     images = queries.load_images()
@@ -80,7 +74,7 @@ def score_model_adherence(
     return adherence
 
 
-def build_fisher(model_dir: Path, world, out_dir: Path, progress: bool = True) -> Path:
+def build_fisher(model_dir: Path, world, out_dir: Path) -> Path:
     """Fit the EK-FAC Fisher with the shipped reference's settings."""
     from ..diffusion import TextToImageModel
     from ..diffusion.training import prepare_training_data
@@ -91,7 +85,7 @@ def build_fisher(model_dir: Path, world, out_dir: Path, progress: bool = True) -
         return out_dir
     shipped = json.loads((reference_dir() / "fisher" / MANIFEST_NAME).read_text(encoding="utf-8"))
     model = TextToImageModel.from_pretrained(model_dir)
-    data = prepare_training_data(model, world, progress=progress)
+    data = prepare_training_data(model, world)
     fit_fisher(model, data, FisherConfig(**shipped["config"])).save(out_dir)
     return out_dir
 
@@ -103,7 +97,6 @@ def build_reference(
     work: Path,
     out_dir: Path,
     executor=None,
-    progress=True,
 ) -> Path:
     """Sample and rank the reference query splits with the shipped reference's teacher settings, then pack."""
     from ..diffusion.queries import SamplerConfig
@@ -124,7 +117,6 @@ def build_reference(
         sampler,
         cache_dir=work / "before_losses",
         executor=executor,
-        progress=progress,
     )
     pack_reference(
         {split: work / f"queries-{split}" for split in splits},
@@ -139,7 +131,6 @@ def build_reference(
 def run_full_profile(
     out: str | Path,
     seed: int = 0,
-    progress: bool = True,
     executor=None,
     model_steps: int | None = None,
     counterfactual_steps: int | None = None,
@@ -158,17 +149,16 @@ def run_full_profile(
     out.mkdir(parents=True, exist_ok=True)
     marker.touch()
     began = time.perf_counter()
-    world = pack.ensure_world(out / "world", progress=progress)
-    model_dir = retrain_world_model(world, out / "model", model_steps, progress)
-    adherence = score_model_adherence(model_dir, world, out, progress=progress)
-    fisher_dir = build_fisher(model_dir, world, out / "fisher", progress)
+    world = pack.ensure_world(out / "world")
+    model_dir = retrain_world_model(world, out / "model", model_steps)
+    adherence = score_model_adherence(model_dir, world, out)
+    fisher_dir = build_fisher(model_dir, world, out / "fisher")
     reference = build_reference(
-        model_dir, world, fisher_dir, out / "teacher", out / "reference", executor, progress
+        model_dir, world, fisher_dir, out / "teacher", out / "reference", executor
     )
     summary = run_demo(
         out,
         seed=seed,
-        progress=progress,
         counterfactual=True,
         counterfactual_steps=counterfactual_steps,
         executor=executor,

@@ -37,7 +37,7 @@ def probe_dir() -> Path:
     return PACK_DIR / "probe"
 
 
-def ensure_world(out_dir: str | os.PathLike, progress: bool = True) -> ShapesWorld:
+def ensure_world(out_dir: str | os.PathLike) -> ShapesWorld:
     """Open the standard world at ``out_dir``, generating it first if absent, and check its content hash.
 
     Raises:
@@ -50,7 +50,7 @@ def ensure_world(out_dir: str | os.PathLike, progress: bool = True) -> ShapesWor
     world = (
         ShapesWorld(out_dir)
         if out_dir.exists()
-        else build_world(WorldSpec(**info["world"]["spec"]), out_dir, progress=progress)
+        else build_world(WorldSpec(**info["world"]["spec"]), out_dir)
     )
     if world.content_hash != info["world"]["content_hash"]:
         raise IncompatibleArtifactError(

@@ -117,7 +117,6 @@ def compute_reference_runs(
     sampler=None,
     cache_dir: os.PathLike | None = None,
     executor=None,
-    progress: bool = True,
     sizes: dict[str, int] | None = None,
     reuse_work: os.PathLike | None = None,
 ) -> dict[str, dict]:
@@ -154,7 +153,6 @@ def compute_reference_runs(
                 queries,
                 sampler=sampler or SamplerConfig(),
                 model_dir=model_dir,
-                progress=progress,
                 overwrite=True,
             )
         spec = TeacherSpec(
@@ -171,7 +169,7 @@ def compute_reference_runs(
         )
         began = time.perf_counter()
         pending = len(prompts[split]) - len(finished_queries(work / f"run-{split}" / "results"))
-        run_teacher(spec, executor, progress=progress, shuffle_seed=0)
+        run_teacher(spec, executor, shuffle_seed=0)
         timings[split] = {
             "queries_computed": pending,
             "seconds": round(time.perf_counter() - began, 1),

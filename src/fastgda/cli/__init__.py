@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from ..errors import FastGDAError
+from ..progress import reporting
 from . import (
     attribute,
     attributor,
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.handler(args) or 0)
+        # One switch for every bar and step line: on, unless the output is for a script (--json).
+        with reporting(not getattr(args, "json", False)):
+            return int(args.handler(args) or 0)
     except (FastGDAError, OSError) as exc:  # OSError: a path that cannot be read or written
         if args.verbose:
             traceback.print_exc()

@@ -60,7 +60,7 @@ def handle(args) -> int:
     set_threads(args.threads)
     summary = run_build(
         args.data, args.out, config, model=args.model, prompts_file=args.prompts,
-        executor=executor_from_args(args, config.device), progress=not args.json,
+        executor=executor_from_args(args, config.device),
     )  # fmt: skip
     mid = sorted(summary["map"][summary["served"]], key=int)[1]
     lines = [

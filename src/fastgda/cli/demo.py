@@ -67,7 +67,6 @@ def handle(args) -> int:
         summary = run_full_profile(
             args.out or "demo-full",
             seed=args.seed,
-            progress=not args.json,
             executor=executor,
             model_steps=args.model_steps,
             counterfactual_steps=args.counterfactual_steps,
@@ -78,7 +77,6 @@ def handle(args) -> int:
         summary = run_demo(
             args.out or "demo",
             seed=args.seed,
-            progress=not args.json,
             epochs=args.epochs,
             counterfactual=args.counterfactual,
             counterfactual_steps=args.counterfactual_steps,

@@ -182,7 +182,7 @@ def handle_counterfactual(args) -> int:
     result = run_counterfactual(
         resolve_model_dir(args.model), args.data, args.query_set, items, queries, truth, args.out, config,
         rankers, rankings, args.baselines, query_ids, None if args.partial else executor_from_args(args),
-        args.partial, progress=not args.json,
+        args.partial,
         device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
         dtype=args.dtype,
     )  # fmt: skip

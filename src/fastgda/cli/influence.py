@@ -121,7 +121,6 @@ def handle_features(args) -> int:
         device=args.device,  # "auto" is resolved by each worker, on the machine it runs on
         dtype=dtype,
         encoded_cache=cache_dir(),
-        progress=not args.json,
     )
     size_mb = (features.rows.nbytes + features.norms.nbytes) / 1e6
     result = {"out": args.out, "shape": [len(features), features.dim], "megabytes": size_mb}
@@ -145,7 +144,6 @@ def handle_rank(args) -> int:
         resolve_model_dir(args.model), args.features, args.queries, args.out, config,
         fisher_dir=args.fisher, device=device, dtype=dtype,
     )  # fmt: skip
-    job.progress = not args.json
     job.run(args.query_ids, executor_from_args(args, args.device))
     ground_truth = job.merge(partial=bool(job.pending()))
     shape = list(ground_truth.ids.shape)

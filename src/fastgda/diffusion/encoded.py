@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._artifacts import MANIFEST_NAME, atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..data import ImageCaptionDataset
 from ..errors import FastGDAError
+from ..progress import bar as progress_bar
 from .model import TextToImageModel
 
 ENCODED_KIND = "encoded_training_data"
@@ -153,7 +153,6 @@ def storage_dtype(model: TextToImageModel) -> str:
 def prepare_training_data(
     model: TextToImageModel,
     dataset: ImageCaptionDataset,
-    progress: bool = True,
     cache: str | os.PathLike | None = None,
     rows=None,
 ) -> TrainingData:
@@ -170,11 +169,11 @@ def prepare_training_data(
         if cache is not None:
             raise ValueError("a cached encoding is of the whole set: pass rows or cache, not both")
         rows = np.asarray(rows, dtype=np.int64)
-        data = _encode(model, dataset, progress, _in_memory, rows)
+        data = _encode(model, dataset, _in_memory, rows)
         data.item_ids, data.num_full = torch.from_numpy(rows), len(dataset)
         return data
     if cache is None:
-        return _encode(model, dataset, progress, _in_memory)
+        return _encode(model, dataset, _in_memory)
     dtype = storage_dtype(model)
     key = {"content_hash": dataset.content_hash, "model": model.encoding_key(), "dtype": dtype}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -185,7 +184,7 @@ def prepare_training_data(
             verify_checksums(folder, manifest)
             return load_encoded(folder)
     with atomic_dir(folder, overwrite=True) as tmp:
-        data = _encode(model, dataset, progress, _on_disk(tmp, dtype))
+        data = _encode(model, dataset, _on_disk(tmp, dtype))
         data.x0.array.flush()
         data.states.array.flush()
         for name in _STORED:
@@ -239,9 +238,7 @@ def _on_disk(folder: Path, dtype: str):
     return allocate
 
 
-def _encode(
-    model: TextToImageModel, dataset: ImageCaptionDataset, progress: bool, allocate, items=None
-):
+def _encode(model: TextToImageModel, dataset: ImageCaptionDataset, allocate, items=None):
     """Encode chunk by chunk into ``allocate(name, shape)`` arrays, so the whole encoding is never in RAM twice.
 
     ``items``: the dataset rows to encode (int (n,)), in that order; every row when None."""
@@ -251,7 +248,7 @@ def _encode(
     starts = torch.cumsum(counts, 0) - counts
     x0 = states = mask = None
     chunk = 256
-    for start in tqdm(range(0, len(items), chunk), desc="encoding data", disable=not progress):
+    for start in progress_bar(range(0, len(items), chunk), desc="encoding data"):
         rows = [int(i) for i in items[start : start + chunk]]
         chunk_x0 = model.encode_images(dataset.load_images(rows, size=size)).cpu()
         chunk_states, chunk_mask = model.encode_prompts(

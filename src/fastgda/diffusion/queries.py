@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from .._artifacts import atomic_dir, read_manifest, write_manifest
+from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..data import CAPTIONS_FILE, ImageCaptionFolder
 from ..errors import FastGDAError
+from ..progress import bar as progress_bar
 from .model import TextToImageModel, model_digest
 
 QUERY_SET_KIND = "query_set"
@@ -81,7 +81,6 @@ def write_query_set(
     seed: int = 0,
     sampler: SamplerConfig = SamplerConfig(),
     model_dir: str | os.PathLike | None = None,
-    progress: bool = True,
     overwrite: bool = False,
 ) -> QuerySet:
     """Generate one image per prompt (query ``i`` uses seed ``seed + i`` unless its record names one).
@@ -96,7 +95,7 @@ def write_query_set(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         lines = []
-        bar = tqdm(total=len(records), desc="sampling queries", disable=not progress)
+        bar = progress_bar(total=len(records), desc="sampling queries")
         for start in range(0, len(records), sampler.batch_size):
             batch = records[start : start + sampler.batch_size]
             x0, states, mask = model.sample(
@@ -147,7 +146,8 @@ def write_query_set(
 
 def load_query_tensors(query_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a query set's x0 (Q, C, h, w), text_states (Q, S, D) and, if present, text_mask (Q, S)."""
-    read_manifest(query_dir, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
+    manifest = read_manifest(query_dir, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
+    verify_checksums(query_dir, manifest, names=["tensors.safetensors"])
     return load_file(Path(query_dir) / "tensors.safetensors")
 
 
@@ -161,6 +161,9 @@ class QuerySet(ImageCaptionFolder):
 
     def __init__(self, root: str | os.PathLike):
         self.manifest = read_manifest(root, QUERY_SET_KIND, QUERY_SET_FORMAT_VERSION)
+        # Query sets are small (thousands of queries at most): every file is checked, so a copy cut short
+        # fails here with what to do, not in safetensors or PIL.
+        verify_checksums(root, self.manifest)
         super().__init__(root)
         self.tensors = load_file(Path(root) / "tensors.safetensors")
         bad = [

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from .._artifacts import (
     describe_difference,
@@ -34,6 +33,7 @@ from ..config import (
 )
 from ..data import ImageCaptionDataset
 from ..errors import DatasetError, FastGDAError, IncompatibleArtifactError
+from ..progress import bar as progress_bar
 from .encoded import TrainingData, prepare_training_data
 from .model import TextToImageModel
 
@@ -221,7 +221,6 @@ def train_diffusion(
     config: DiffusionTrainConfig = DiffusionTrainConfig(),
     checkpoint_dir: str | os.PathLike | None = None,
     command: str | None = None,
-    progress: bool = True,
     overwrite: bool = False,
     data: TrainingData | None = None,
 ) -> TextToImageModel:
@@ -263,11 +262,9 @@ def train_diffusion(
             "prepare the training data from this dataset"
         )
     if data is None and start_step < config.last_step:
-        data = prepare_training_data(model, dataset, progress=progress)
+        data = prepare_training_data(model, dataset)
     began = time.perf_counter()
-    _run_steps(
-        model, data, config, ema, optimizer, start_step, history, checkpoint_dir, meta, progress
-    )
+    _run_steps(model, data, config, ema, optimizer, start_step, history, checkpoint_dir, meta)
     training = {
         "command": command,
         "config": asdict(config),
@@ -327,13 +324,13 @@ def _resume(
 
 def _run_steps(
     model, data, config: DiffusionTrainConfig, ema: dict, optimizer, start_step: int,
-    history: list[list[float]], checkpoint_dir: Path, meta: dict, progress: bool,
+    history: list[list[float]], checkpoint_dir: Path, meta: dict,
 ) -> None:  # fmt: skip
     """Steps ``start_step`` to ``config.last_step``: AdamW on the denoising loss, the EMA after each, the
     running loss into ``history`` every 100 steps, and a checkpoint every ``config.checkpoint_every``."""
     num_timesteps = model.scheduler.config.num_train_timesteps
     running = None
-    bar = tqdm(total=config.last_step, initial=start_step, desc="training", disable=not progress)
+    bar = progress_bar(total=config.last_step, initial=start_step, desc="training")
     for step in range(start_step, config.last_step):
         # Drawn on the host (the same batch on every device), then moved to the model's device.
         x0, states, mask, noise, t = (

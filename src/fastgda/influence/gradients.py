@@ -87,7 +87,6 @@ def item_gradients(
     item_ids: np.ndarray,
     config: GradientConfig,
     rows_per_pass: int = 64,
-    progress: bool = False,
 ) -> torch.Tensor:
     """Per-item gradients of the mean output over the item's (caption, timestep) rows.
 
@@ -105,7 +104,7 @@ def item_gradients(
     size = sum(layer.weight.numel() for layer in layers.values())
     out = torch.zeros(len(item_ids), size)
     batches = row_batches(data, item_ids, rows, timesteps, config.noise_seed, rows_per_pass, model.device,
-                          f"gradients of {len(item_ids)} items", progress)  # fmt: skip
+                          f"gradients of {len(item_ids)} items")  # fmt: skip
     for batch in batches:
         grads = _row_gradients(model, layers, batch.x0, batch.states, batch.mask, batch.noise, batch.t,
                                config.output)  # fmt: skip

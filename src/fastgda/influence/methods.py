@@ -176,7 +176,6 @@ class InfluenceJob:
         self.scorer, self.queries, self.out_dir = scorer, queries, Path(out_dir)
         self.results_dir = self.out_dir / "results"
         self.batch = batch
-        self.progress = True
         self.run_info = {
             "method": "influence",
             "config": json.loads(json.dumps(asdict(scorer.config))),
@@ -241,8 +240,7 @@ class InfluenceJob:
         if query_ids is not None:
             todo = [q for q in todo if q in {int(i) for i in query_ids}]
         batches = [todo[start : start + self.batch] for start in range(0, len(todo), self.batch)]
-        run_units(executor, lambda: self.rank_batch, self.spec, batches, "influence query batches",
-                  self.progress)  # fmt: skip
+        run_units(executor, lambda: self.rank_batch, self.spec, batches, "influence query batches")
 
     def rank_batch(self, query_ids: list[int]) -> None:
         """Score the training set for ``query_ids`` in one pass and write each query's ranking."""

@@ -143,7 +143,7 @@ class _ChunkTask:
             self.model_dir, device=self.device, dtype=self.dtype
         )
         dataset = open_dataset(self.data_dir)
-        data = prepare_training_data(model, dataset, progress=False, cache=self.encoded_cache)
+        data = prepare_training_data(model, dataset, cache=self.encoded_cache)
         layers = select_linear_layers(model.unet, self.config.layers)
         size = sum(layer.weight.numel() for layer in layers.values())
         projector = []  # made on first use, once per worker
@@ -191,7 +191,6 @@ def build_gradient_features(
     device: str = "cpu",
     dtype: str = "float32",
     encoded_cache=None,
-    progress: bool = True,
 ) -> GradientFeatures:
     """Compute (or finish) the gradient features of every training item and write ``out_dir`` atomically.
 
@@ -227,7 +226,7 @@ def build_gradient_features(
         str(model_dir), str(data_dir), str(parts), config, chunk_size, device, dtype,
         None if encoded_cache is None else str(encoded_cache),
     )  # fmt: skip
-    executor = executor or LocalExecutor(progress=progress)
+    executor = executor or LocalExecutor()
     executor.map(task, pending, desc="gradient feature chunks")
 
     dim = config.projection_dim or sum(layer.weight.numel() for layer in layers.values())

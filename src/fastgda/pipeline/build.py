@@ -130,7 +130,6 @@ def run_build(
     model: str | Path | None = None,
     prompts_file: str | Path | None = None,
     executor=None,
-    progress: bool = True,
 ) -> dict:
     """Run every step into ``out`` and return the summary (also ``out/summary.json``); see the module docstring.
 
@@ -158,24 +157,24 @@ def run_build(
     resolve_device(config.device)  # an unknown or absent device fails here, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = StepRunner(out, STEP_NAMES, "build", state_file="build.json", progress=progress)
+    steps = StepRunner(out, STEP_NAMES, "build", state_file="build.json")
     settings = _step_settings(config, data, model, prompts_file)
     run = steps.run
 
-    dataset = run("data", prepare_data, Path(data), out, progress, settings=settings["data"])
+    dataset = run("data", prepare_data, Path(data), out, settings=settings["data"])
     splits, train_data = run("prompts", draw_prompts, dataset, out, config, prompts_file,
                              settings=settings["prompts"])  # fmt: skip
-    model_dir = run("model", prepare_model, train_data, out, config, model, progress,
+    model_dir = run("model", prepare_model, train_data, out, config, model,
                     settings=settings["model"])  # fmt: skip
-    queries = run("queries", generate_queries, model_dir, out, splits, config, progress,
+    queries = run("queries", generate_queries, model_dir, out, splits, config,
                   settings=settings["queries"])  # fmt: skip
-    fisher_dir = run("fisher", prepare_fisher, model_dir, train_data, out, config, progress,
+    fisher_dir = run("fisher", prepare_fisher, model_dir, train_data, out, config,
                      settings=settings["fisher"])  # fmt: skip
     truth = run("teacher", rank_with_teacher, model_dir, train_data, queries, fisher_dir, out, config,
-                executor, steps, progress, settings=settings["teacher"])  # fmt: skip
-    features = run("features", embed_features, train_data.root, queries, config.spec, out, progress,
+                executor, steps, settings=settings["teacher"])  # fmt: skip
+    features = run("features", embed_features, train_data.root, queries, config.spec, out,
                    config.device, config.dtype, settings=settings["features"])  # fmt: skip
-    ranker, scorer = run("ranker", _ranker, features, truth, out, config, progress)
+    ranker, scorer = run("ranker", _ranker, features, truth, out, config)
     attributor = run("attributor", build_attributor, scorer, train_data, features, truth,
                      out / "attributor")  # fmt: skip
     methods = {"fastgda ranker": ranker}
@@ -224,7 +223,7 @@ def _step_settings(config: BuildConfig, data, model, prompts_file) -> dict[str, 
     }
 
 
-def _ranker(features: dict, truth: dict, out: Path, config: BuildConfig, progress: bool):
+def _ranker(features: dict, truth: dict, out: Path, config: BuildConfig):
     """The distilled ranker, and the scorer to serve: the ranker, or an untuned part that beat it on validation."""
     from ..ranker import RankerTrainConfig, best_scorer
 
@@ -240,7 +239,7 @@ def _ranker(features: dict, truth: dict, out: Path, config: BuildConfig, progres
         "query_ids": {s: truth[s].query_ids.tolist() for s in ("train", "val")},
     }
     ranker = distil_ranker(features, truth, out / "ranker", ranker_config, provenance,
-                           dependents=(out / "attributor",), progress=progress, device=config.device)  # fmt: skip
+                           dependents=(out / "attributor",), device=config.device)  # fmt: skip
     return ranker, best_scorer(ranker, features["items"], ranker.validation)
 
 

@@ -15,7 +15,6 @@ def embed_features(
     query_dirs: dict[str, Path],
     spec: str,
     out: Path,
-    progress: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> dict:
@@ -23,9 +22,7 @@ def embed_features(
     from ..features import load_or_embed
 
     def embed(source, name: str):
-        return load_or_embed(
-            source, spec, out / "features" / name, progress, device=device, dtype=dtype
-        )
+        return load_or_embed(source, spec, out / "features" / name, device=device, dtype=dtype)
 
     features = {"items": embed(data_root, "items")}
     for split, folder in query_dirs.items():
@@ -40,7 +37,6 @@ def distil_ranker(
     config,
     provenance: dict,
     dependents: tuple[Path, ...] = (),
-    progress: bool = True,
     device: str = "cpu",
 ):
     """The ranker distilled from ``truth["train"]`` (early stopping on ``truth["val"]``) with ``config`` (a
@@ -48,11 +44,11 @@ def distil_ranker(
     with its ``dependents`` (what was built on it)."""
     from ..ranker import Ranker, reusable_ranker
 
-    ranker = reusable_ranker(folder, provenance, dependents=dependents, progress=progress)
+    ranker = reusable_ranker(folder, provenance, dependents=dependents)
     if ranker is None:
         ranker = Ranker.distil(
             features["train"], features["items"], truth["train"], config,
-            validation=(features["val"], truth["val"]), progress=progress, device=device,
+            validation=(features["val"], truth["val"]), device=device,
         )  # fmt: skip
         ranker.save(folder, extra={"training": asdict(config), "provenance": provenance})
     return ranker

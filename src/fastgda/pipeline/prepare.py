@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 
-def prepare_data(source: Path, out: Path, progress: bool):
+def prepare_data(source: Path, out: Path):
     from ..data import convert_shards
 
     if source.suffix == ".tar" or (source.is_dir() and any(source.glob("*.tar"))):
         folder = out / "data"
         if not (folder / CAPTIONS_FILE).is_file():
-            convert_shards(source, folder, progress=progress)
+            convert_shards(source, folder)
         return open_dataset(folder)
     return open_dataset(source)
 
@@ -99,7 +99,7 @@ def holdout_captions(dataset, rows, folder: Path):
     return open_dataset(folder)
 
 
-def prepare_model(train_data, out: Path, config: BuildConfig, model, progress: bool) -> Path:
+def prepare_model(train_data, out: Path, config: BuildConfig, model) -> Path:
     from .._artifacts import cache_dir
     from ..devices import resolve_device
     from ..diffusion import DiffusionTrainConfig, TextToImageModel, train_diffusion
@@ -115,14 +115,12 @@ def prepare_model(train_data, out: Path, config: BuildConfig, model, progress: b
         )
         network = TextToImageModel.from_preset(config.train_model, seed=config.seed)
         network.to(resolve_device(config.device)).set_precision(config.dtype)
-        data = prepare_training_data(network, train_data, progress=progress, cache=cache_dir())
-        train_diffusion(network, train_data, folder, recipe, progress=progress, data=data)
+        data = prepare_training_data(network, train_data, cache=cache_dir())
+        train_diffusion(network, train_data, folder, recipe, data=data)
     return folder
 
 
-def generate_queries(
-    model_dir: Path, out: Path, splits: dict, config: BuildConfig, progress: bool
-) -> dict:
+def generate_queries(model_dir: Path, out: Path, splits: dict, config: BuildConfig) -> dict:
     from ..diffusion import TextToImageModel
     from ..diffusion.queries import QuerySet, SamplerConfig
 
@@ -139,15 +137,13 @@ def generate_queries(
             )
             QuerySet.generate(
                 model, splits[split], folder, seed=config.seed + 100_000 * n, sampler=sampler,
-                model_dir=model_dir, progress=progress,
+                model_dir=model_dir,
             )  # fmt: skip
         sets[split] = folder
     return sets
 
 
-def prepare_fisher(
-    model_dir: Path, train_data, out: Path, config: BuildConfig, progress: bool
-) -> Path:
+def prepare_fisher(model_dir: Path, train_data, out: Path, config: BuildConfig) -> Path:
     from .._artifacts import cache_dir
     from ..diffusion import TextToImageModel
     from ..unlearning import Fisher, FisherConfig
@@ -158,7 +154,5 @@ def prepare_fisher(
             model_dir, device=config.device, dtype=config.dtype
         )
         fisher_config = FisherConfig(num_samples=config.fisher_samples, seed=config.seed)
-        Fisher.fit(model, train_data, fisher_config, progress, encoded_cache=cache_dir()).save(
-            folder
-        )
+        Fisher.fit(model, train_data, fisher_config, encoded_cache=cache_dir()).save(folder)
     return folder

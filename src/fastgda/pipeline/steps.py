@@ -17,6 +17,7 @@ import numpy as np
 
 from .._artifacts import write_json_atomic
 from ..errors import FastGDAError
+from ..progress import say
 
 
 class StepRunner:
@@ -33,14 +34,8 @@ class StepRunner:
         names: Sequence[str],
         label: str,
         state_file: str = "steps.json",
-        progress: bool = True,
     ):
-        self.path, self.names, self.label, self.progress = (
-            Path(out) / state_file,
-            list(names),
-            label,
-            progress,
-        )
+        self.path, self.names, self.label = Path(out) / state_file, list(names), label
         self.state = json.loads(self.path.read_text()) if self.path.is_file() else {"steps": {}}
         self.began = time.perf_counter()
         self.seconds: dict[str, float] = {}  # this run's wall time per step
@@ -99,15 +94,12 @@ class StepRunner:
         return float(self.state["steps"].get(name, {}).get("seconds", 0.0))
 
     def _announce(self, name: str, title: str | None) -> None:
-        if not self.progress:
-            return
         index = self.names.index(name) + 1
         elapsed = (time.perf_counter() - self.began) / 60
         left = self.state.get("eta_minutes")
         eta = f", about {left:.0f} min left in all" if left is not None else ""
-        print(
-            f"[{self.label} {index}/{len(self.names)}] {title or name} (elapsed {elapsed:.1f} min{eta}) ...",
-            flush=True,
+        say(
+            f"[{self.label} {index}/{len(self.names)}] {title or name} (elapsed {elapsed:.1f} min{eta}) ..."
         )
 
     def _save(self, name: str, record: dict) -> None:

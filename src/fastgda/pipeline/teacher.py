@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def rank_with_teacher(
-    model_dir, train_data, queries, fisher_dir, out, config: BuildConfig, executor, steps, progress
+    model_dir, train_data, queries, fisher_dir, out, config: BuildConfig, executor, steps
 ):
     """Every split's rankings, the query counts cut to the budget; returns split -> GroundTruth (maybe partial)."""
     from .._artifacts import cache_dir
@@ -59,9 +59,7 @@ def rank_with_teacher(
         # The budget caps each split's total; a resumed build ranks only what is still missing of it.
         done = len(finished_queries(Path(specs[split].out_dir) / "results"))
         limit = None if limits[split] is None else max(0, limits[split] - done)
-        truth[split] = run_teacher(
-            specs[split], executor, progress=progress, shuffle_seed=config.seed, limit=limit
-        )
+        truth[split] = run_teacher(specs[split], executor, shuffle_seed=config.seed, limit=limit)
         if len(truth[split]) < 2:
             raise FastGDAError(
                 f"the teacher ranked {len(truth[split])} {split} queries within the budget; raise --budget-hours"
@@ -81,7 +79,7 @@ def budget_limits(specs: dict, config: BuildConfig, steps) -> dict[str, int | No
     finished = {s: len(finished_queries(Path(specs[s].out_dir) / "results")) for s in SPLITS}
     if all(finished[s] >= len(open_dataset(specs[s].queries_dir)) for s in SPLITS):
         return dict.fromkeys(SPLITS)  # a finished teacher: nothing to size or estimate
-    job = {split: specs[split].job(progress=False).prepare() for split in ("val", "test")}
+    job = {split: specs[split].job().prepare() for split in ("val", "test")}
     pooled = job["val"].teacher.estimate_seconds_per_query(job["val"].queries)
     full = job["test"].teacher.estimate_seconds_per_query(job["test"].queries)
     seconds = {"train": pooled, "val": pooled, "test": full}

@@ -198,7 +198,6 @@ class Ranker(nn.Module):
         config=None,
         *,
         validation: tuple | None = None,
-        progress: bool = True,
         device: str = "cpu",
     ) -> Ranker:
         """Learn a ranker from the teacher's rankings (method.md §5), training on ``device`` (the returned ranker
@@ -239,7 +238,6 @@ class Ranker(nn.Module):
             train_scores=ground_truth.scores,
             part_dims=items.part_dims,
             part_names=[p["name"] for p in sorted(items.parts, key=lambda p: p["offset"])],
-            progress=progress,
             device=device,
             **val,
         )
@@ -376,7 +374,6 @@ def reusable_ranker(
     ranker_dir: os.PathLike,
     provenance: dict,
     dependents: Sequence[os.PathLike] = (),
-    progress: bool = True,
 ) -> Ranker | None:
     """The ranker left in ``ranker_dir`` by a run with the same ``provenance``, else None.
 
@@ -392,8 +389,7 @@ def reusable_ranker(
         == provenance
     ):
         return Ranker.load(ranker_dir)
-    if progress:
-        logger.info("%s was distilled from other data or settings: retraining", ranker_dir)
+    logger.info("%s was distilled from other data or settings: retraining", ranker_dir)
     for folder in (ranker_dir, *dependents):
         shutil.rmtree(folder, ignore_errors=True)
     return None

@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import (
     AT_LEAST_ONE,
@@ -35,6 +34,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ..evaluation import candidate_map
+from ..progress import bar as progress_bar
 from .model import Ranker, RankerShape
 from .pairs import PairSampler
 from .untuned import part_pool_maps
@@ -211,7 +211,6 @@ def train_ranker(
     train_scores: np.ndarray | None = None,
     part_dims: list[int] | None = None,
     part_names: list[str] | None = None,
-    progress: bool = True,
     device: str = "cpu",
 ) -> Ranker:
     """Fit a ranker on arrays (``Ranker.distil`` does it from ``Features`` and a ``GroundTruth``).
@@ -253,7 +252,6 @@ def train_ranker(
         val_query_features=val_query_features,
         val_ranked_ids=val_ranked_ids,
         train_scores=train_scores,
-        progress=progress,
         part_dims=part_dims,
         residual_part=residual_part,
         device=device,
@@ -335,7 +333,6 @@ def _train_one(
     val_query_features: np.ndarray | None,
     val_ranked_ids: np.ndarray | None,
     train_scores: np.ndarray | None,
-    progress: bool,
     part_dims: list[int] | None,
     residual_part: tuple[int, int] | None,
     device=None,
@@ -376,9 +373,7 @@ def _train_one(
         history.append(validated({"epoch": 0}))
         stopping.start_from(history[-1]["val_map"], ranker)
     order_rng = np.random.default_rng(config.seed + 1)
-    bar = tqdm(
-        range(config.epochs), desc=f"ranker epochs (seed {config.seed})", disable=not progress
-    )
+    bar = progress_bar(range(config.epochs), desc=f"ranker epochs (seed {config.seed})")
     for epoch in bar:
         order = order_rng.permutation(len(train_ranked_ids))
         loss = _train_epoch(ranker, sampler, order, q_train, items, optimiser, schedule, config)

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, check_settings, setting
 from ..errors import IncompatibleArtifactError
+from ..progress import bar as progress_bar
 from .layers import reads_text_states, select_linear_layers, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -145,9 +145,7 @@ class Fisher:
             )
 
     @staticmethod
-    def fit(
-        model, data, config: FisherConfig | None = None, progress: bool = True, encoded_cache=None
-    ) -> Fisher:
+    def fit(model, data, config: FisherConfig | None = None, encoded_cache=None) -> Fisher:
         """Estimate a Fisher of the model over its training set (a dataset, or its encoded ``TrainingData``).
 
         ``encoded_cache``: where a dataset's encoding is kept (``prepare_training_data``'s ``cache``).
@@ -155,8 +153,8 @@ class Fisher:
         from ..diffusion.training import TrainingData, prepare_training_data
 
         if not isinstance(data, TrainingData):
-            data = prepare_training_data(model, data, progress=progress, cache=encoded_cache)
-        return fit_fisher(model, data, config or FisherConfig(), progress=progress)
+            data = prepare_training_data(model, data, cache=encoded_cache)
+        return fit_fisher(model, data, config or FisherConfig())
 
     @staticmethod
     def load(folder: str | os.PathLike) -> Fisher:
@@ -231,7 +229,7 @@ class EKFAC(Fisher):
         return out
 
 
-def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: bool = True) -> Fisher:
+def fit_fisher(model, data, config: FisherConfig = FisherConfig()) -> Fisher:
     """Estimate a Fisher over the training data for the layers ``config.layers`` selects.
 
     Args:
@@ -248,7 +246,7 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
     was_training = model.unet.training
     model.unet.eval()
     try:
-        batches = functools.partial(_layer_io_batches, model, data, layers, config, progress)
+        batches = functools.partial(_layer_io_batches, model, data, layers, config)
         fit = _fit_diagonal if config.kind == "diagonal" else _fit_ekfac
         tensors = fit(layers, batches, config.num_samples)
     finally:
@@ -264,7 +262,7 @@ def fit_fisher(model, data, config: FisherConfig = FisherConfig(), progress: boo
     return cls(config, tensors, extra)
 
 
-def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool, desc: str):
+def _layer_io_batches(model, data, layers, config: FisherConfig, desc: str):
     """Per batch of training samples: layer name -> (inputs (B, S, d_in), output gradients (B, S, d_out), the
     number of token slots that count). With ``padding`` excluded, a text layer's padded slots are zeroed and
     not counted.
@@ -280,7 +278,7 @@ def _layer_io_batches(model, data, layers, config: FisherConfig, progress: bool,
         batch_size=config.batch_size, caption_dropout=0.0, seed=config.seed
     )
     num_timesteps = model.scheduler.config.num_train_timesteps
-    for b in tqdm(range(num_batches), desc=desc, disable=not progress):
+    for b in progress_bar(range(num_batches), desc=desc):
         # Drawn on the host (the same samples on every device), then moved to the model's device.
         x0, states, mask, noise, t = (
             None if v is None else v.to(device) for v in draw_batch(data, b, sampler, num_timesteps)

@@ -95,7 +95,6 @@ class TeacherJob:
         out_dir,
         config: TeacherConfig | None = None,
         cache_dir=None,
-        progress: bool = True,
         reuse_runs=(),
         encoded_cache=None,
         device: str = "auto",
@@ -115,7 +114,6 @@ class TeacherJob:
             data_dir,
             fisher_dir,
             config or TeacherConfig(),
-            progress,
             encoded_cache,
             device,
             dtype,
@@ -161,7 +159,7 @@ class TeacherJob:
             before = BeforeLosses.load(self.cache_dir, scoring, key)
         else:
             t = self.teacher
-            before = BeforeLosses.compute(t.model, t.data, scoring, key, progress=t.progress)
+            before = BeforeLosses.compute(t.model, t.data, scoring, key)
             before.save(self.cache_dir)
         self.teacher.before_losses = before
         self._prepared = True
@@ -227,8 +225,7 @@ class TeacherJob:
             q for q in (range(self.num_queries) if query_ids is None else query_ids) if q in pending
         ]
         self.prepare()  # inputs checked, run.json written and the before-loss cache filled once, here
-        run_units(executor, lambda: self.run_query, self.spec, todo, "teacher queries",
-                  self.teacher.progress)  # fmt: skip
+        run_units(executor, lambda: self.run_query, self.spec, todo, "teacher queries")
 
     def merge(self, partial: bool = False, overwrite: bool = True) -> GroundTruth:
         """Gather the per-query results into ``out_dir/ground_truth`` (``partial``: the finished ones)."""
@@ -298,7 +295,7 @@ class TeacherSpec:
     device: str = "auto"  # resolved in each worker: a Ray worker uses the GPU it was given
     dtype: str = "float32"  # the precision the model computes in (``fastgda.devices.DTYPE_HELP``)
 
-    def job(self, progress: bool = False) -> TeacherJob:
+    def job(self) -> TeacherJob:
         job = TeacherJob.open(
             self.model_dir,
             self.data_dir,
@@ -307,7 +304,6 @@ class TeacherSpec:
             self.out_dir,
             self.config,
             cache_dir=self.cache_dir,
-            progress=progress,
             reuse_runs=self.reuse_runs,
             encoded_cache=self.encoded_cache,
             device=self.device,
@@ -324,7 +320,6 @@ class TeacherSpec:
 def run_teacher(
     spec: TeacherSpec,
     executor=None,
-    progress: bool = True,
     shuffle_seed: int | None = None,
     query_ids: list[int] | None = None,
     limit: int | None = None,
@@ -337,7 +332,7 @@ def run_teacher(
     finished queries mix every kind of prompt. ``query_ids`` / ``limit``: run only these queries, or at most
     this many; the ground truth then holds every finished query (a partial merge) until all are done.
     """
-    job = spec.job(progress=progress).prepare()
+    job = spec.job().prepare()
     pending = job.pending()
     if query_ids is not None:
         unknown = sorted(set(query_ids) - set(range(job.num_queries)))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import bar as progress_bar
 from .noise import keyed_noise
 
 
@@ -64,15 +64,12 @@ def row_batches(
     batch_size: int,
     device,
     desc: str = "",
-    progress: bool = False,
 ) -> Iterator[RowBatch]:
     """Batches of ``rows`` (from ``item_rows``) of ``item_ids``' items of ``data`` (a ``TrainingData``)."""
     items = np.asarray(item_ids, dtype=np.int64)
     ids = data.full_ids(items)  # the noise is keyed by the full set's id
     shape = tuple(data.x0.shape[1:])
-    for start in tqdm(
-        range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False
-    ):
+    for start in progress_bar(range(0, len(rows), batch_size), desc=desc, leave=False):
         batch = rows[start : start + batch_size]
         position, flip, caption, step = batch.T
         item = torch.from_numpy(items[position])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._artifacts import atomic_dir, read_manifest, write_manifest
+from .._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
 from ..config import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import ConfigError, IncompatibleArtifactError
 from .rows import item_rows, row_batches
@@ -59,9 +59,7 @@ class ScoringConfig:
         return 2 if self.flips else 1
 
 
-def item_losses(
-    model, data, item_ids: np.ndarray, config: ScoringConfig, progress: bool = False
-) -> np.ndarray:
+def item_losses(model, data, item_ids: np.ndarray, config: ScoringConfig) -> np.ndarray:
     """Per-(item, caption, timestep) diffusion losses under keyed noise.
 
     Args:
@@ -80,7 +78,7 @@ def item_losses(
     )
     batch_size = config.batch_size or scoring_batch_size(model, data)
     batches = row_batches(data, item_ids, rows, timesteps, config.noise_seed, batch_size, model.device,
-                          f"scoring {len(item_ids)} items", progress)  # fmt: skip
+                          f"scoring {len(item_ids)} items")  # fmt: skip
     with torch.no_grad():
         for batch in batches:
             losses = model.loss(batch.x0, batch.states, batch.mask, batch.noise, batch.t)
@@ -140,17 +138,16 @@ class BeforeLosses:
         data,
         config: ScoringConfig,
         key: dict,
-        progress: bool = True,
         item_ids: np.ndarray | None = None,
     ) -> BeforeLosses:
         """Losses of every item, or only of ``item_ids`` (other rows stay NaN; for checks on a few queries)."""
         if item_ids is None:
             return cls(
-                item_losses(model, data, np.arange(data.x0.shape[0]), config, progress=progress),
+                item_losses(model, data, np.arange(data.x0.shape[0]), config),
                 config,
                 key,
             )
-        part = item_losses(model, data, np.asarray(item_ids), config, progress=progress)
+        part = item_losses(model, data, np.asarray(item_ids), config)
         losses = np.full((data.x0.shape[0], *part.shape[1:]), np.nan, dtype=np.float32)
         losses[np.asarray(item_ids)] = part
         return cls(losses, config, key)
@@ -188,6 +185,8 @@ class BeforeLosses:
                 f"before-loss cache {folder} was computed for {manifest['key']} with {asdict(saved)}, this run "
                 f"needs {key} with {asdict(config)}; delete the cache to recompute it"
             )
+        # A few bytes per (item, caption, timestep): checked in full, so a cut-short copy is refused here.
+        verify_checksums(folder, manifest, names=["losses.npy"])
         losses = np.load(Path(folder) / "losses.npy", allow_pickle=False)
         columns = [saved.timesteps.index(t) for t in config.timesteps]
         if columns != list(range(len(saved.timesteps))):
@@ -195,9 +194,7 @@ class BeforeLosses:
         return cls(losses, config, key)
 
 
-def influence_scores(
-    model, data, candidate_ids: np.ndarray, before: BeforeLosses, progress: bool = False
-) -> np.ndarray:
+def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
     """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now.
 
     With flips, tau is the larger of the original's and the mirror's rise (method.md §3.6).
@@ -210,7 +207,7 @@ def influence_scores(
         raise ValueError(
             "some candidates have no before losses; compute them for every candidate first"
         )
-    after = mean_item_loss(item_losses(model, data, candidate_ids, before.config, progress))
+    after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
     return (after - mean_item_loss(rows)).max(axis=1)
 
 

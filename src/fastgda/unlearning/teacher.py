@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import FRACTION, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
 from ..index import unit_rows
+from ..progress import bar as progress_bar
 from .fisher import Fisher
 from .layers import select_linear_layers
 from .scoring import (
@@ -91,18 +91,16 @@ class Teacher:
         *,
         data=None,
         before_losses: BeforeLosses | None = None,
-        progress: bool = True,
         encoded_cache: str | os.PathLike | None = None,
     ):
         from ..diffusion.training import prepare_training_data
 
         self.model, self.dataset, self.fisher, self.config = model, dataset, fisher, config
-        self.progress = progress
         fisher.check_model(model)
         self.layers = select_linear_layers(model.unet, fisher.config.layers)
         fisher.check_layers(list(self.layers))
         if data is None:
-            data = prepare_training_data(model, dataset, progress=progress, cache=encoded_cache)
+            data = prepare_training_data(model, dataset, cache=encoded_cache)
         self.data = data
         # Shared with the teachers ``with_candidates`` makes, so the before losses are computed once for all.
         self._shared = {"before_losses": before_losses}
@@ -115,7 +113,6 @@ class Teacher:
         data_dir: str | os.PathLike,
         fisher_dir: str | os.PathLike,
         config: TeacherConfig = TeacherConfig(),
-        progress: bool = True,
         encoded_cache: str | os.PathLike | None = None,
         device: str = "auto",
         dtype: str = "float32",
@@ -127,7 +124,7 @@ class Teacher:
 
         model = TextToImageModel.from_pretrained(model_dir, device=device, dtype=dtype)
         dataset, fisher = open_dataset(data_dir), Fisher.load(fisher_dir)
-        return cls(model, dataset, fisher, config, progress=progress, encoded_cache=encoded_cache)
+        return cls(model, dataset, fisher, config, encoded_cache=encoded_cache)
 
     def with_candidates(
         self, num_candidates: int | None, candidate_feature: str | None = None
@@ -152,7 +149,7 @@ class Teacher:
         """L(z, θ₀) of every training item under the scoring config, computed once."""
         if self._shared["before_losses"] is None:
             self._shared["before_losses"] = BeforeLosses.compute(
-                self.model, self.data, self.config.scoring, {}, progress=self.progress
+                self.model, self.data, self.config.scoring, {}
             )
         return self._shared["before_losses"]
 
@@ -231,7 +228,7 @@ class Teacher:
                 "folder `fastgda embed` wrote for the training set, or a spec such as effnet+minilm"
             )
         extractor = FeatureExtractor(name, self.model.device, self.model.compute_dtype)
-        return extractor.extract(self.dataset, progress=self.progress)
+        return extractor.extract(self.dataset)
 
     def candidates(self, queries, q: int) -> np.ndarray:
         """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space (nearest
@@ -267,7 +264,7 @@ class Teacher:
             damping=self.config.damping,
         )
         with weights_shifted(self.layers, delta):
-            return influence_scores(self.model, self.data, candidates, before, self.progress)
+            return influence_scores(self.model, self.data, candidates, before)
 
     def estimate_seconds_per_query(self, queries) -> float:
         """The cost of one query, timed on one batch of the unlearning step and one of scoring.
@@ -324,8 +321,7 @@ class Teacher:
         self.check_queries(queries)
         query_ids = list(range(len(queries))) if query_ids is None else [int(q) for q in query_ids]
         rows = [
-            self.rank_query(queries, q)
-            for q in tqdm(query_ids, desc="teacher queries", disable=not self.progress)
+            self.rank_query(queries, q) for q in progress_bar(query_ids, desc="teacher queries")
         ]
         return GroundTruth(
             np.asarray(query_ids, dtype=np.int64),

@@ -7,10 +7,10 @@ import os
 from dataclasses import asdict
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..._artifacts import atomic_dir, write_json_atomic, write_manifest
 from ...data import CAPTIONS_FILE
+from ...progress import bar as progress_bar
 from .dataset import ShapesWorld
 from .shapes import RARE_CONCEPTS, WorldSpec, generate_world
 
@@ -18,7 +18,7 @@ WORLD_FORMAT_VERSION = 1
 
 
 def build_world(
-    spec: WorldSpec, out_dir: str | os.PathLike, overwrite: bool = False, progress: bool = True
+    spec: WorldSpec, out_dir: str | os.PathLike, overwrite: bool = False
 ) -> ShapesWorld:
     """Generate the world for ``spec`` and write it to ``out_dir``.
 
@@ -33,7 +33,7 @@ def build_world(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         lines = []
-        for i in tqdm(range(spec.size), desc="writing world", disable=not progress):
+        for i in progress_bar(range(spec.size), desc="writing world"):
             name = f"images/{i:06d}.png"
             Image.fromarray(world.images[i]).save(tmp / name, optimize=False)
             lines.append(

@@ -58,7 +58,6 @@ def build_openmoji_world(
     out_dir: str | os.PathLike,
     tarball: str | os.PathLike | None = None,
     size: int = 16,
-    progress: bool = True,
 ) -> ImageCaptionFolder:
     """Render the OpenMoji package into an image folder at ``out_dir`` (fetched with npm unless ``tarball``).
 
@@ -66,7 +65,7 @@ def build_openmoji_world(
         DatasetError: the tarball is not the OpenMoji package, or npm cannot fetch it.
         MissingDependencyError: the SVG renderer (``resvg-py``, extra ``worlds``) is not installed.
     """
-    from tqdm.auto import tqdm
+    from ...progress import bar as progress_bar
 
     resvg = require("resvg_py", "worlds")
     with tempfile.TemporaryDirectory() as scratch:
@@ -79,7 +78,7 @@ def build_openmoji_world(
             rows = _annotations(archive, tarball)
             (tmp / "images").mkdir()
             lines, skipped = [], 0
-            for row in tqdm(rows, desc="rendering OpenMoji", disable=not progress):
+            for row in progress_bar(rows, desc="rendering OpenMoji"):
                 member = _member(archive, f"package/color/svg/{row['hexcode']}.svg")
                 if member is None:
                     skipped += 1

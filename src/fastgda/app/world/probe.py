@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..._artifacts import atomic_dir, read_manifest, verify_checksums, write_manifest
+from ...progress import bar as progress_bar
 from .shapes import (
     ALL_COLOURS,
     ALL_SHAPES,
@@ -135,9 +135,7 @@ def render_probe_set(num: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndar
     return np.stack(images), {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()}
 
 
-def train_probe(
-    num_images: int = 6000, epochs: int = 12, seed: int = 0, progress: bool = True
-) -> AttributeProbe:
+def train_probe(num_images: int = 6000, epochs: int = 12, seed: int = 0) -> AttributeProbe:
     """Train a probe on freshly rendered scenes (Adam, batch 128)."""
     torch.manual_seed(seed)
     images, labels = render_probe_set(num_images, seed)
@@ -146,7 +144,7 @@ def train_probe(
     probe = AttributeProbe()
     optimizer = torch.optim.Adam(probe.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="training probe", disable=not progress):
+    for _ in progress_bar(range(epochs), desc="training probe"):
         probe.train()
         for idx in torch.randperm(len(x), generator=gen).split(128):
             logits = probe(x[idx])
