@@ -205,8 +205,14 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
     from fastgda.features import FeatureExtractor, Features
     from fastgda.index import unit_rows
     from fastgda.influence import GradientFeatures, InfluenceConfig, InfluenceScorer
-    from fastgda.unlearning import Fisher, ScoringConfig, Teacher, TeacherConfig, UnlearnConfig
-    from fastgda.unlearning.scoring import BeforeLosses
+    from fastgda.unlearning import (
+        BeforeLossStore,
+        Fisher,
+        ScoringConfig,
+        Teacher,
+        TeacherConfig,
+        UnlearnConfig,
+    )
 
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir("shipped")
@@ -214,11 +220,10 @@ def measure_costs(args, out: Path, demo: Path, methods: dict) -> dict[str, dict]
     dataset = open_dataset(args.world)
     data = prepare_training_data(model, dataset)
     key = {"model": model_digest(model_dir), "data": dataset.content_hash}
-    if (out / "before_losses" / "manifest.json").is_file():
-        before = BeforeLosses.load(out / "before_losses", ScoringConfig(), key)
-    else:  # every teacher ranking came from --rankings: the teachers' shared set-up, computed here once
-        before = BeforeLosses.compute(model, data, ScoringConfig(), key)
-        before.save(out / "before_losses")
+    # The teachers' shared set-up: every item's before losses, read from the runs' cache (computed where the
+    # rankings came from --rankings).
+    before = BeforeLossStore.open(out / "before_losses", ScoringConfig(), key, len(dataset))
+    before.ensure(model, data, np.arange(len(dataset)))
     queries = QuerySet(demo / "queries-test")
     q, everything = COST_QUERY, np.arange(len(dataset))
     costs = {}

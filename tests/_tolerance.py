@@ -182,7 +182,12 @@ def teacher_scores(model, loss_scale: float, score_scale: float) -> Tolerance:
 def largest_loss(run_dir) -> float:
     """The largest before-unlearning loss a teacher run measured (``run_dir/before_losses``): the scale of its
     losses for ``teacher_scores``."""
-    return float(np.nanmax(np.abs(np.load(Path(run_dir) / "before_losses" / "losses.npy"))))
+    folder = Path(run_dir) / "before_losses"
+    files = (
+        [folder / "losses.npy"] if (folder / "losses.npy").is_file() else []
+    )  # format 1: one dense array
+    files += sorted(folder.glob("chunks/*/losses.npy"))  # format 2: the chunks computed
+    return max(float(np.nanmax(np.abs(np.load(path)))) for path in files)
 
 
 def assert_same_ranking(ids, scores, other_ids, other_scores, tolerance: Tolerance) -> None:

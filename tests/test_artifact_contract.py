@@ -29,14 +29,15 @@ class Kind:
 
 
 def _before_losses_loader(folder: Path):
-    from fastgda.unlearning import ScoringConfig
-    from fastgda.unlearning.scoring import BeforeLosses
+    """The teacher's before-loss store: its manifest, then every chunk it holds (read and verified)."""
+    from fastgda.unlearning import BeforeLossStore, ScoringConfig
 
     manifest = json.loads((folder / "manifest.json").read_text())
     config = ScoringConfig(
         **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
     )
-    return lambda path: BeforeLosses.load(path, config, manifest["key"])
+    size = manifest["shapes"]["num_items"][0]
+    return lambda path: BeforeLossStore.open(path, config, manifest["key"], size)
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +135,12 @@ def test_a_future_format_version_is_refused(kinds, name, tmp_path):
 @pytest.mark.parametrize("name", KINDS)
 def test_a_truncated_data_file_is_refused(kinds, name, tmp_path):
     folder = _copy(kinds[name], tmp_path)
-    checksums = json.loads((folder / "manifest.json").read_text())["checksums"]
-    if not checksums:
+    # The largest data file anywhere in it (a before-loss store keeps its data in chunk folders of their own).
+    files = [path for path in folder.rglob("*") if path.is_file() and path.name != "manifest.json"]
+    if not files:
         pytest.skip(f"a {name} is its manifest alone")
-    largest = max(checksums, key=lambda file: (folder / file).stat().st_size)
-    data = (folder / largest).read_bytes()
-    (folder / largest).write_bytes(data[: len(data) // 2])
+    largest = max(files, key=lambda path: path.stat().st_size)
+    data = largest.read_bytes()
+    largest.write_bytes(data[: len(data) // 2])
     with pytest.raises(IncompatibleArtifactError):
         kinds[name].load(folder)

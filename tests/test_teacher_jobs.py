@@ -336,3 +336,36 @@ def test_reference_runs_sample_rank_and_pack_every_split(teacher_inputs, small_w
     assert reference_ground_truth("train", out).ids.shape == (3, 16)
     assert reference_ground_truth("test", out).ids.shape == (2, len(small_world))  # test: all N
     assert len(reference_queries("val", out)) == 2
+
+
+def test_a_pooled_teacher_computes_only_its_candidates_before_losses_and_scores_as_the_full_pass(
+    teacher_inputs, tmp_path
+):
+    """Issue 33: the before losses of the union of the pools, not of all N; kept by id in chunks, so a resumed
+    or second job over the same cache computes none again; and the scores are the full pass's, up to rounding."""
+    from fastgda.unlearning import BeforeLosses
+
+    config = replace(CONFIG, num_candidates=12)
+    pooled = TeacherJob.open(out_dir=tmp_path / "pooled", config=config, **teacher_inputs)
+    pooled.run()
+    store = pooled.teacher.before_losses
+    union = np.unique(
+        np.concatenate([pooled.teacher.candidates(pooled.queries, q) for q in range(3)])
+    )
+    assert len(store) == len(union) < 60 and store.held(union).all()
+    # Another job over the same cache (a resumed run, or a worker): nothing to compute.
+    again = TeacherJob.open(out_dir=tmp_path / "again", config=config, cache_dir=tmp_path / "pooled" /
+                            "before_losses", **teacher_inputs)  # fmt: skip
+    assert again.ensure_before_losses([0, 1, 2]) == 0
+    # Today's full pass: dense before losses of all 60 items (format 1), then the same pools scored from them.
+    t = pooled.teacher
+    key = json.loads((tmp_path / "pooled" / "before_losses" / "manifest.json").read_text())["key"]
+    BeforeLosses.compute(t.model, t.data, config.scoring, key).save(tmp_path / "dense")
+    full = TeacherJob.open(out_dir=tmp_path / "full", config=config, cache_dir=tmp_path / "dense",
+                           **teacher_inputs)  # fmt: skip
+    full.run()
+    assert len(full.teacher.before_losses) == 60
+    a, b = pooled.merge(), full.merge()
+    assert_same_ranking(
+        a.ids, a.scores, b.ids, b.scores, _rerun(teacher_inputs, tmp_path / "pooled", a)
+    )

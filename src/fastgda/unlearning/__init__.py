@@ -1,5 +1,6 @@
 """The teacher: attribution by unlearning (AbU with a diagonal Fisher, AbU+ with EK-FAC). Extra ``diffusion``."""
 
+from .before import BeforeLossStore
 from .fisher import EKFAC, DiagonalFisher, Fisher, FisherConfig, fit_fisher
 from .layers import LAYER_PATTERNS, select_linear_layers
 from .scoring import (
@@ -16,6 +17,7 @@ from .unlearner import UnlearnConfig, newton_step, query_gradient, unlearn, weig
 __all__ = [
     "EKFAC",
     "LAYER_PATTERNS",
+    "BeforeLossStore",
     "BeforeLosses",
     "DiagonalFisher",
     "Fisher",

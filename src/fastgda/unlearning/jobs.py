@@ -31,7 +31,7 @@ from ..ground_truth import (
     read_query_result,
     write_query_result,
 )
-from .scoring import BeforeLosses
+from .before import BeforeLossStore
 from .teacher import Teacher, TeacherConfig, teacher_config_from_json, teacher_config_to_json
 
 __all__ = [
@@ -154,16 +154,32 @@ class TeacherJob:
         }
         if "compute_dtype" in self.run_info:
             key["compute_dtype"] = self.run_info["compute_dtype"]
-        scoring = self.config.scoring
-        if (self.cache_dir / MANIFEST_NAME).is_file():
-            before = BeforeLosses.load(self.cache_dir, scoring, key)
-        else:
-            t = self.teacher
-            before = BeforeLosses.compute(t.model, t.data, scoring, key)
-            before.save(self.cache_dir)
-        self.teacher.before_losses = before
+        t = self.teacher
+        t.before_losses = BeforeLossStore.open(
+            self.cache_dir, self.config.scoring, key, t.num_train
+        )
+        if self.config.num_candidates is None:
+            # Full rankings score every item: all N once here, before any worker, instead of in each.
+            t.before_losses.ensure(t.model, t.data, np.arange(t.num_train))
         self._prepared = True
         return self
+
+    def ensure_before_losses(self, query_ids) -> int:
+        """Compute the before losses of every candidate these queries will score (the union of their pools, less
+        what reused runs already scored) once, here, so workers find them in the shared cache; returns how many
+        were computed."""
+        self.prepare()
+        t = self.teacher
+        wanted = [
+            np.setdiff1d(
+                t.candidates(self.queries, q),
+                list(self._reused_scores(q)) if self.reuse_runs else [],
+            )
+            for q in query_ids
+        ]
+        if not wanted:
+            return 0
+        return t.before_losses.ensure(t.model, t.data, np.concatenate(wanted))
 
     def _check_or_write_run_info(self) -> None:
         check_or_write_run_info(self.out_dir, self.run_info, "a teacher", _as_compared)
@@ -224,7 +240,10 @@ class TeacherJob:
         todo = [
             q for q in (range(self.num_queries) if query_ids is None else query_ids) if q in pending
         ]
-        self.prepare()  # inputs checked, run.json written and the before-loss cache filled once, here
+        self.prepare()  # inputs checked and run.json written once, here
+        self.ensure_before_losses(
+            todo
+        )  # the candidates' before losses, once, shared by every worker
         run_units(executor, lambda: self.run_query, self.spec, todo, "teacher queries")
 
     def merge(self, partial: bool = False, overwrite: bool = True) -> GroundTruth:
@@ -327,7 +346,8 @@ def run_teacher(
     """Run the pending queries of ``spec`` on ``executor`` (default: this process), then merge.
 
     The driver opens and prepares the job first, so inputs are validated, ``run.json`` is written and the
-    before-loss cache is computed exactly once before any worker starts; it then logs an estimate of the time
+    before losses of every candidate the pending queries will score (all N for full rankings) are computed once,
+    into the shared cache, before any worker starts; it then logs an estimate of the time
     the run needs. ``shuffle_seed``: run the queries in a seeded random order, so that an interrupted run's
     finished queries mix every kind of prompt. ``query_ids`` / ``limit``: run only these queries, or at most
     this many; the ground truth then holds every finished query (a partial merge) until all are done.

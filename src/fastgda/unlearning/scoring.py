@@ -2,8 +2,9 @@
 
 Method.md §3.6: tau(query, z) = L(z, theta_-) - L(z, theta_0), each loss averaged over equally spaced timesteps
 and then over the item's captions, with noise keyed by (item, caption, t, flip) so the before and after losses
-see identical noise. The before losses do not depend on the query: ``BeforeLosses`` computes them once for all
-N items and every query reuses them.
+see identical noise. The before losses do not depend on the query: ``BeforeLosses`` computes them for all N
+items (or some) in memory; the teacher keeps them by id in a ``fastgda.unlearning.before.BeforeLossStore``,
+computed only for the items it scores and reused by every query.
 """
 
 from __future__ import annotations
@@ -152,6 +153,19 @@ class BeforeLosses:
         losses[np.asarray(item_ids)] = part
         return cls(losses, config, key)
 
+    def rows(self, ids) -> np.ndarray:
+        """float32 (n, F, C_max, T) losses of ``ids``.
+
+        Raises:
+            ValueError: some of them were not computed (``compute`` with other ``item_ids``).
+        """
+        rows = self.losses[np.asarray(ids)]
+        if np.isnan(rows).reshape(len(rows), -1).all(axis=1).any():
+            raise ValueError(
+                "some candidates have no before losses; compute them for every candidate first"
+            )
+        return rows
+
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             np.save(tmp / "losses.npy", self.losses)
@@ -194,19 +208,16 @@ class BeforeLosses:
         return cls(losses, config, key)
 
 
-def influence_scores(model, data, candidate_ids: np.ndarray, before: BeforeLosses) -> np.ndarray:
-    """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now.
+def influence_scores(model, data, candidate_ids: np.ndarray, before) -> np.ndarray:
+    """tau = L(z, theta_-) - L(z, theta_0) for candidates, under the weights ``model`` holds now; ``before`` is
+    a ``BeforeLosses`` or a ``BeforeLossStore`` holding the candidates.
 
     With flips, tau is the larger of the original's and the mirror's rise (method.md §3.6).
 
     Returns:
         float64 (n,) scores; higher = more influential.
     """
-    rows = before.losses[np.asarray(candidate_ids)]
-    if np.isnan(rows).reshape(len(rows), -1).all(axis=1).any():
-        raise ValueError(
-            "some candidates have no before losses; compute them for every candidate first"
-        )
+    rows = before.rows(candidate_ids)
     after = mean_item_loss(item_losses(model, data, candidate_ids, before.config))
     return (after - mean_item_loss(rows)).max(axis=1)
 

@@ -22,6 +22,7 @@ from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
 from ..index import unit_rows
 from ..progress import bar as progress_bar
+from .before import BeforeLossStore
 from .fisher import Fisher
 from .layers import select_linear_layers
 from .scoring import (
@@ -78,7 +79,8 @@ class Teacher:
         fisher: a ``Fisher`` fitted on that model and data (``Fisher.fit`` or ``Fisher.load``).
         config: the step and scoring settings.
         data: the dataset's ``TrainingData`` when already encoded (default: encoded here, once).
-        before_losses: ``BeforeLosses`` of this model, data and scoring config (default: computed on first use).
+        before_losses: a ``BeforeLossStore`` (or dense ``BeforeLosses``) of this model, data and scoring config
+            (default: an empty one in memory, filled with each query's candidates as they are scored).
         encoded_cache: where the training set's encoding is kept (``prepare_training_data``'s ``cache``).
     """
 
@@ -90,7 +92,7 @@ class Teacher:
         config: TeacherConfig = TeacherConfig(),
         *,
         data=None,
-        before_losses: BeforeLosses | None = None,
+        before_losses: BeforeLossStore | BeforeLosses | None = None,
         encoded_cache: str | os.PathLike | None = None,
     ):
         from ..diffusion.training import prepare_training_data
@@ -103,7 +105,9 @@ class Teacher:
             data = prepare_training_data(model, dataset, cache=encoded_cache)
         self.data = data
         # Shared with the teachers ``with_candidates`` makes, so the before losses are computed once for all.
-        self._shared = {"before_losses": before_losses}
+        self._shared: dict = {"before_losses": None}
+        if before_losses is not None:
+            self.before_losses = before_losses
         self._candidate_spaces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -145,16 +149,17 @@ class Teacher:
         return len(self.dataset)
 
     @property
-    def before_losses(self) -> BeforeLosses:
-        """L(z, θ₀) of every training item under the scoring config, computed once."""
+    def before_losses(self) -> BeforeLossStore:
+        """L(z, θ₀) of the training items scored so far, by id: each query's candidates are computed when first
+        needed (all N for a full ranking), then shared by every query."""
         if self._shared["before_losses"] is None:
-            self._shared["before_losses"] = BeforeLosses.compute(
-                self.model, self.data, self.config.scoring, {}
-            )
+            self._shared["before_losses"] = BeforeLossStore(self.config.scoring, {}, self.num_train)
         return self._shared["before_losses"]
 
     @before_losses.setter
-    def before_losses(self, value: BeforeLosses) -> None:
+    def before_losses(self, value: BeforeLossStore | BeforeLosses) -> None:
+        if isinstance(value, BeforeLosses):
+            value = BeforeLossStore.from_losses(value)
         self._shared["before_losses"] = value
 
     # -- candidates --------------------------------------------------------------------------------------
@@ -249,7 +254,8 @@ class Teacher:
     # -- scoring -----------------------------------------------------------------------------------------
     def scores(self, queries, q: int, candidates: np.ndarray) -> np.ndarray:
         """Influence scores float64 (n,) of ``candidates`` for query ``q``: one Newton step, then loss rises."""
-        before = self.before_losses  # under θ₀: computed (on first use) before the weights move
+        before = self.before_losses
+        before.ensure(self.model, self.data, candidates)  # under θ₀: before the weights move
         x0, states, mask = queries.query(q)
         delta = unlearn(
             self.model,
