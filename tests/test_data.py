@@ -118,3 +118,27 @@ def test_a_shapes_world_is_an_image_folder_with_planted_concepts(small_world, tm
     (tmp_path / "concepts.json").write_text('{"concepts": [{"name": "x"}]}')
     with pytest.raises(DatasetError, match="not a list of planted concepts"):
         read_planted_concepts(tmp_path)
+
+
+def test_the_content_hash_is_remembered_under_a_cheap_key_and_what_that_key_misses(
+    image_caption_dir,
+):
+    """The full hash reads every image once; later datasets over the unchanged folder get it from fastgda's cache
+    by captions, paths, sizes and modification times. An edit that keeps an image's size and its old
+    modification time is what that key misses (documented); ``verify_content_hash`` reads every byte again."""
+    import os
+
+    first = ImageCaptionFolder(image_caption_dir)
+    remembered = first.content_hash
+    assert remembered == first.verify_content_hash()
+    image = first.image_path(0)
+    data, stat = image.read_bytes(), image.stat()
+    # Same size, other bytes, the old modification time put back: the key cannot see it.
+    image.write_bytes(bytes(len(data)))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = ImageCaptionFolder(image_caption_dir)
+    assert again.content_hash == remembered  # remembered, so no image was read
+    assert again.verify_content_hash() != remembered  # every byte read: the edit shows
+    # An ordinary edit moves the modification time: the key changes and the hash is recomputed.
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert ImageCaptionFolder(image_caption_dir).content_hash == again.verify_content_hash()

@@ -192,16 +192,48 @@ class ImageCaptionDataset:
 
     @cached_property
     def content_hash(self) -> str:
-        """SHA-256 over the ordered captions and image bytes: any edit changes it."""
+        """SHA-256 over the ordered captions and image bytes: any edit changes it.
+
+        Reading every byte costs a pass over the data (18 GB at COCO's size), and several steps of a build ask.
+        So the full hash is computed once and remembered in fastgda's cache under a cheap key: the captions and
+        each image's path, size and modification time (``stat_key``). What that key can miss: an image rewritten
+        with the same size and its old modification time restored (``touch -r``, some copy tools, filesystems
+        with coarse timestamps); ``verify_content_hash`` reads every byte again.
+        """
+        key = self.stat_key()
+        remembered = _remembered_hashes().get(key)
+        if remembered is not None:
+            return remembered
+        full = self.verify_content_hash()
+        _remember_hash(key, full)
+        return full
+
+    def verify_content_hash(self) -> str:
+        """The content hash from every byte, whatever is remembered."""
         digest = hashlib.sha256()
         for path, captions in zip(self._paths, self._captions, strict=True):
             digest.update(json.dumps(list(captions)).encode())
             try:
                 digest.update(path.read_bytes())
             except FileNotFoundError as exc:
-                raise DatasetError(
-                    f"image file {path} does not exist; restore it or remove its entry"
-                ) from exc
+                raise _missing_image(path) from exc
+        return digest.hexdigest()
+
+    def stat_key(self) -> str:
+        """SHA-256 over the ordered captions, the dataset's location and each image's path, size and
+        modification time (ns): one ``stat`` per image, no image bytes read."""
+        digest = hashlib.sha256(json.dumps([list(c) for c in self._captions]).encode())
+        root = str(
+            Path(self.source).resolve()
+        )  # one resolve: the key moves with the folder's location
+        lines = [root]
+        for path in self._paths:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError as exc:
+                raise _missing_image(path) from exc
+            lines.append(f"{path}\0{info.st_size}\0{info.st_mtime_ns}")
+        digest.update("\n".join(lines).encode())
         return digest.hexdigest()
 
     def describe(self) -> dict:
@@ -212,6 +244,42 @@ class ImageCaptionDataset:
             "size": len(self),
             "content_hash": self.content_hash,
         }
+
+
+def _missing_image(path: Path) -> DatasetError:
+    return DatasetError(f"image file {path} does not exist; restore it or remove its entry")
+
+
+HASHES_FILE = "content-hashes.jsonl"  # in fastgda's cache: one {"key", "content_hash"} per line
+
+
+def _remembered_hashes() -> dict[str, str]:
+    """stat key -> content hash, from the cache (an unreadable line is skipped: it is recomputed)."""
+    from ._artifacts import cache_dir
+
+    path = cache_dir() / HASHES_FILE
+    remembered = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                remembered[entry["key"]] = entry["content_hash"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return remembered
+
+
+def _remember_hash(key: str, content_hash: str) -> None:
+    """Append one line (a single short write: concurrent writers interleave whole lines)."""
+    from ._artifacts import cache_dir
+
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / HASHES_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"key": key, "content_hash": content_hash}) + "\n")
+    except OSError:
+        pass  # a read-only cache only costs the next pass over the data
 
 
 class ImageCaptionFolder(ImageCaptionDataset):
