@@ -369,3 +369,35 @@ def test_a_pooled_teacher_computes_only_its_candidates_before_losses_and_scores_
     assert_same_ranking(
         a.ids, a.scores, b.ids, b.scores, _rerun(teacher_inputs, tmp_path / "pooled", a)
     )
+
+
+def test_candidate_features_are_embedded_once_per_data_and_spec_and_loaded_after(
+    teacher_inputs, tmp_path
+):
+    """Issue 33: every teacher job (each split, the budget's probe, each Ray actor) used to embed all N for its
+    pools; now the first embeds them into fastgda's cache and the others load them, with the same pools."""
+    from fastgda._artifacts import cache_dir
+
+    config = replace(CONFIG, num_candidates=10, candidate_feature="pixels+minilm")
+    first = TeacherJob.open(out_dir=tmp_path / "a", config=config, **teacher_inputs)
+    pools = [first.teacher.candidates(first.queries, q) for q in range(3)]
+    content_hash = first.teacher.dataset.content_hash
+
+    def ours(folder) -> bool:  # other tests of this session cache other specs and data here too
+        if not (folder / "manifest.json").is_file():
+            return False
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return (
+            manifest["config"]["spec"] == "pixels+minilm"
+            and manifest["source"]["content_hash"] == content_hash
+        )
+
+    folders = [f for f in (cache_dir() / "candidate-features").iterdir() if ours(f)]
+    assert len(folders) == 1
+    stamps = {f: (f / "manifest.json").stat().st_mtime_ns for f in folders}
+    second = TeacherJob.open(out_dir=tmp_path / "b", config=config, **teacher_inputs)
+    for q in range(3):
+        np.testing.assert_array_equal(second.teacher.candidates(second.queries, q), pools[q])
+    assert {
+        f: (f / "manifest.json").stat().st_mtime_ns for f in folders
+    } == stamps  # loaded, not rewritten

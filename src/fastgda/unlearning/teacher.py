@@ -232,6 +232,15 @@ class Teacher:
                 f"candidate feature {name!r} is neither a {FEATURES_KIND} folder nor an encoder spec; give the "
                 "folder `fastgda embed` wrote for the training set, or a spec such as effnet+minilm"
             )
+        from ..data import ImageCaptionFolder
+
+        if isinstance(
+            self.dataset, ImageCaptionFolder
+        ):  # a folder that can be embedded again by its path
+            cached = _cached_candidate_features(self.dataset, name, self.model)
+            if len(cached) == self.num_train:
+                return cached
+        # A dataset made in memory (a subset, a COCO annotation file): embedded here, each time.
         extractor = FeatureExtractor(name, self.model.device, self.model.compute_dtype)
         return extractor.extract(self.dataset)
 
@@ -353,3 +362,21 @@ def teacher_config_from_json(obj: dict) -> TeacherConfig:
         scoring=ScoringConfig(**scoring),
         **{k: v for k, v in obj.items() if k not in ("unlearn", "scoring")},
     )
+
+
+def _cached_candidate_features(dataset, spec: str, model):
+    """The training set's features of ``spec`` for candidate pools, embedded once per (data, spec, precision)
+    into fastgda's cache and loaded by every later teacher: each job, each split, the budget's probe and each
+    Ray actor used to embed all N again. Resumable in chunks (``embed_dataset``)."""
+    import hashlib
+    import json
+
+    from .._artifacts import cache_dir
+    from ..features import FeatureSpec, load_or_embed
+
+    spec = str(FeatureSpec.parse(spec))
+    dtype = str(model.compute_dtype).removeprefix("torch.")
+    key = {"content_hash": dataset.content_hash, "spec": spec, "compute_dtype": dtype}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_dir() / "candidate-features" / digest
+    return load_or_embed(dataset.root, spec, folder, device=str(model.device), dtype=dtype)
