@@ -74,6 +74,8 @@ BENCHMARKS = (
               "2 min", "{results}/serve_faults.data.json", needs=("demo_time",),
               headline=("healthz_p99_ms", "peak_rss_mb", "valid_errors", "status_500")),
     Benchmark("decode_threads", "quick", ("--world", "{world}", "--count", "400", "--scale", "6"), "1 min"),
+    Benchmark("evaluation_cost", "quick", ("--json", "{results}/evaluation_cost.data.json"), "3 min",
+              "{results}/evaluation_cost.data.json"),
     Benchmark("provenance", "quick", ("--count", "2000", "--size", "640", "--json",
                                       "{results}/provenance.data.json"), "1 min", "{results}/provenance.data.json"),
     Benchmark("tolerance_margins", "standard", ("--json", "{results}/tolerance_margins.data.json"), "25 min",

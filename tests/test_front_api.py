@@ -186,3 +186,30 @@ def test_a_ranker_that_loses_to_a_plain_cosine_on_validation_is_not_served(fast_
     np.testing.assert_array_equal(
         fg.Attributor.load(tmp_path / "a").attribute_features(queries.values, k=5).ids, answer.ids
     )
+
+
+def test_evaluation_within_pools_scores_each_query_over_its_pool(fast_path, rng):
+    """Issue 33's candidate mode (the paper's SD protocol): each query's K pool items only. Over full rankings
+    (K = N) it gives the full evaluation's figures; over pools, the teacher's own order scores 1; pools without
+    the flag are refused with the way to it."""
+    root, _ = fast_path
+    items, queries = fg.Features.load(root / "items"), fg.Features.load(root / "q")
+    full_truth = fg.GroundTruth.load(root / "test" / "ground_truth")
+    matrix = rng.random((len(full_truth), len(items))).astype(
+        np.float32
+    )  # continuous: no exact ties
+    full = fg.evaluate({"m": matrix}, queries, items, full_truth, baselines=False)
+    pooled_full = fg.evaluate(
+        {"m": matrix}, queries, items, full_truth, baselines=False, within_pools=True
+    )
+    assert pooled_full.map["m"] == full.map["m"]
+    pools = fg.GroundTruth.load(root / "train" / "ground_truth")  # pools of 20
+    with pytest.raises(fg.IncompatibleArtifactError, match="within-pools"):
+        fg.evaluate({"m": matrix}, queries, items, pools)
+    teacher = np.full((len(pools), len(items)), -1.0, dtype=np.float32)
+    np.put_along_axis(teacher, pools.ids.astype(np.int64), -np.arange(20, dtype=np.float32), axis=1)
+    evaluation = fg.evaluate({"teacher order": teacher}, queries, items, pools, within_pools=True)
+    assert evaluation.num_train == 20 and evaluation.pools.shape == (len(pools), 20)
+    assert all(cell["mean"] == 1.0 for cell in evaluation.map["teacher order"].values())
+    assert {"untuned image (pixels)", "untuned text (minilm)", "random"} <= set(evaluation.map)
+    assert evaluation.scores["random"].shape == (len(pools), 20)

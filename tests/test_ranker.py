@@ -173,6 +173,23 @@ def test_map_equals_scikit_learn_average_precision(rng):
     assert l_values(118_287) == [497, 1005, 4022] and l_values(2000) == [8, 17, 68]
 
 
+def test_map_sorts_each_query_once_for_every_l_with_the_same_bits(rng):
+    """Issue 33: one sort per query serves every L; each AP is the per-L computation's, bit for bit (the same
+    positions in the same stable order, the same float64 operations), ties included."""
+    from fastgda.evaluation import map_at_ls
+
+    scores = np.round(
+        rng.normal(size=(4, 300)), 1
+    )  # rounded: many exact ties, broken by item order
+    teacher = np.argsort(-(scores + rng.normal(size=scores.shape)), axis=1)
+    together = map_at_ls(scores, teacher, [1, 7, 40])
+    for L in (1, 7, 40):
+        one_by_one = [
+            average_precision(scores[q], np.isin(np.arange(300), teacher[q, :L])) for q in range(4)
+        ]
+        assert together[L].tolist() == one_by_one
+
+
 def test_an_ensemble_is_its_members_trained_alone_and_its_cosine_is_their_mean(rng, tmp_path):
     queries, items, ranked, _ = planted_problem(rng, num_queries=40)
     config = RankerTrainConfig(

@@ -54,11 +54,25 @@ def map_at_l(predicted_scores: np.ndarray, teacher_ids: np.ndarray, L: int) -> n
     Returns:
         float64 (Q,) AP per query; report its mean and standard error.
     """
-    out = np.empty(len(predicted_scores))
+    return map_at_ls(predicted_scores, teacher_ids, [L])[L]
+
+
+def map_at_ls(predicted_scores: np.ndarray, teacher_ids: np.ndarray, ls) -> dict[int, np.ndarray]:
+    """``map_at_l`` at every L of ``ls``, each query's scores sorted once (not once per L): L -> float64 (Q,).
+
+    The same figures as ``average_precision`` bit for bit: the positives' positions in the one stable order.
+    """
+    ls = [int(L) for L in ls]
+    if any(L < 1 for L in ls):
+        raise ConfigError("a query has no positives; L must be at least 1")
+    out = {L: np.empty(len(predicted_scores)) for L in ls}
     for q, (scores, ids) in enumerate(zip(predicted_scores, teacher_ids, strict=True)):
-        positive = np.zeros(len(scores), dtype=bool)
-        positive[ids[:L]] = True
-        out[q] = average_precision(scores, positive)
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        for L in ls:
+            ranks = np.sort(position[np.unique(ids[:L])]) + 1  # 1-based positions of the positives
+            out[L][q] = float((np.arange(1, len(ranks) + 1) / ranks).mean())
     return out
 
 
@@ -133,9 +147,10 @@ def map_table(
     """mAP(L) mean and standard error per method at ``ls`` (default: the paper's L fractions of N)."""
     table = {}
     for name, scores in methods.items():
+        per_query = map_at_ls(scores, teacher_ids, ls or l_values(num_train))
         table[name] = {}
-        for L in ls or l_values(num_train):
-            mean, stderr = mean_and_stderr(map_at_l(scores, teacher_ids, L))
+        for L, values in per_query.items():
+            mean, stderr = mean_and_stderr(values)
             table[name][L] = {"mean": mean, "stderr": stderr}
     return table
 
@@ -181,6 +196,9 @@ class Evaluation:
     planted_recall: dict[str, tuple[float, float]] | None = None
     # int (Q, N): the full rankings scored against
     teacher_ids: np.ndarray = field(default=None, repr=False)
+    # Within pools (``evaluate(within_pools=True)``): each query's pool of training ids (Q, K) in the teacher's
+    # order; ``num_train`` is then K, and ``scores`` and ``teacher_ids`` hold positions in the pools.
+    pools: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ls(self) -> list[int]:
@@ -204,10 +222,9 @@ class Evaluation:
 
     def curve(self, method: str, fractions) -> list[tuple[int, float]]:
         """(L, mean mAP(L)) for L at each fraction of N: the mAP(L) curve of one method."""
-        return [
-            (L, float(map_at_l(self.scores[method], self.teacher_ids, L).mean()))
-            for L in l_values(self.num_train, fractions)
-        ]
+        ls = l_values(self.num_train, fractions)
+        per_query = map_at_ls(self.scores[method], self.teacher_ids, ls)
+        return [(L, float(per_query[L].mean())) for L in ls]
 
     def to_json(self) -> dict:
         recall = None if self.planted_recall is None else dict(self.planted_recall)
@@ -233,6 +250,7 @@ def evaluate(
     exemplars: dict[str, list[int]] | None = None,
     seed: int = 0,
     ls: list[int] | None = None,
+    within_pools: bool = False,
 ) -> Evaluation:
     """mAP(L) of each method against the teacher's full rankings of the test queries, beside the untuned baselines.
 
@@ -246,16 +264,21 @@ def evaluate(
         concepts / exemplars: the planted concept each test query names (or None) and each concept's training
             ids, for planted recall (the shapes world).
         ls: the L of mAP(L) (default: 0.42%, 0.85% and 3.4% of N; the paper's MSCOCO figures use 500, 1000, 4000).
+        within_pools: score each query within the pool its ground truth ranks (the paper's SD protocol: a test
+            query's top-M neighbours); each method scores only those K items, and L defaults to the shares of K.
 
     Raises:
-        IncompatibleArtifactError: the rankings are not full, or the features do not match.
+        IncompatibleArtifactError: the rankings are pools but ``within_pools`` is off, or the features do not match.
     """
-    if ground_truth.ids.shape[1] != len(items):
+    if ground_truth.ids.shape[1] != len(items) and not within_pools:
         raise IncompatibleArtifactError(
             f"mAP(L) needs full rankings: the ground truth ranks {ground_truth.ids.shape[1]} candidates of "
-            f"{len(items)} items; use the test queries' ground truth"
+            f"{len(items)} items; use the test queries' full ground truth, or score each query within its pool "
+            "(within_pools=True, --within-pools)"
         )
     selected = queries.select(ground_truth.query_ids)
+    if within_pools:
+        return _evaluate_within_pools(methods, selected, items, ground_truth, baselines, seed, ls)
     scores = {}
     for name, method in methods.items():
         ranker = getattr(method, "ranker", method)
@@ -273,3 +296,62 @@ def evaluate(
             {**scores, "teacher": teacher_scores(ground_truth, len(items))}, concepts, exemplars
         )
     return Evaluation(len(items), selected.ids, scores, table, recall, ground_truth.ids)
+
+
+def _evaluate_within_pools(methods: dict, selected: Features, items: Features, ground_truth, baselines: bool,
+                           seed: int, ls) -> Evaluation:  # fmt: skip
+    """``evaluate`` within each query's pool: every method scores only the pool's K items (Q, K), and each query
+    is sorted once, so the cost grows with Q x K, not Q x N."""
+    pools = ground_truth.ids.astype(np.int64)  # (Q, K), the teacher's order
+    scores = {}
+    for name, method in methods.items():
+        ranker = getattr(method, "ranker", method)
+        if hasattr(ranker, "score"):
+            scores[name] = np.stack(
+                [
+                    ranker.score(selected.values[q : q + 1], items.values[pool])[0]
+                    for q, pool in enumerate(pools)
+                ]  # fmt: skip
+            ).astype(np.float32)
+        else:
+            matrix = np.asarray(
+                method, dtype=np.float32
+            )  # (Q, N) over every item, or (Q, K) already
+            scores[name] = (
+                np.take_along_axis(matrix, pools, 1) if matrix.shape[1] == len(items) else matrix
+            )
+    if baselines:
+        scores.update(_untuned_within_pools(selected, items, pools, seed))
+    local = np.broadcast_to(
+        np.arange(pools.shape[1]), pools.shape
+    )  # the teacher's ranks within the pools
+    table = map_table(scores, local, pools.shape[1], ls)
+    return Evaluation(pools.shape[1], selected.ids, scores, table, None, local, pools)
+
+
+def _untuned_within_pools(
+    selected: Features, items: Features, pools: np.ndarray, seed: int
+) -> dict:
+    """The untuned baselines' cosines (Q, K) over each query's pool, as ``untuned_methods`` over all N."""
+    if selected.spec != items.spec:
+        raise IncompatibleArtifactError(
+            f"query features {selected.spec!r} vs item features {items.spec!r}: "
+            "embed the queries and the items with one spec"
+        )
+
+    def pooled_cosine(query_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        q = unit_rows(query_rows)
+        return np.stack([unit_rows(item_rows[pool]) @ q[row] for row, pool in enumerate(pools)])
+
+    methods = {
+        f"untuned {part['modality']} ({part['name']})": pooled_cosine(
+            selected.part(part["name"]), items.part(part["name"])
+        )
+        for part in items.parts
+    }
+    if len(items.parts) > 1:
+        methods[f"untuned concatenation ({items.spec})"] = pooled_cosine(
+            selected.values, items.values
+        )
+    methods[RANDOM] = np.random.default_rng(seed).random(pools.shape).astype(np.float32)
+    return methods

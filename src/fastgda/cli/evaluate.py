@@ -47,6 +47,12 @@ def add_parser(sub) -> None:
         nargs="+",
         help="the L of mAP(L) (default: 0.42%% 0.85%% 3.4%% of N; the paper's MSCOCO figures: 500 1000 4000)",
     )
+    m.add_argument(
+        "--within-pools",
+        action="store_true",
+        help="score each test query within the pool its ground truth ranks (the paper's SD protocol: the top-M "
+        "neighbours); L defaults to the shares of the pool size",
+    )
     m.add_argument("--threads", type=COUNT)
     add_json_flag(m)
     m.set_defaults(handler=handle_map)
@@ -118,9 +124,8 @@ def handle_map(args) -> int:
     truth = GroundTruth.load(args.ground_truth)
     rankers = {f"ranker ({Path(path).name})": Ranker.load(path) for path in args.ranker}
     concepts, exemplars = _planted_concepts(args.query_set, args.data, truth.query_ids)
-    evaluation = evaluate(
-        rankers, queries, items, truth, concepts=concepts, exemplars=exemplars, ls=args.l
-    )
+    evaluation = evaluate(rankers, queries, items, truth, concepts=concepts, exemplars=exemplars,
+                          ls=args.l, within_pools=args.within_pools)  # fmt: skip
     result = evaluation.to_json()
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
