@@ -127,10 +127,54 @@ def test_webdataset_shards_become_an_image_folder_and_nothing_escapes_it(tmp_pat
     assert np.asarray(folder.load_image(1))[0, 0].tolist() == [0, 0, 255]
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "escape.txt").exists()
     assert all(
-        folder.image_path(i).parent == tmp_path / "data" / "images" for i in range(len(folder))
+        folder.image_path(i).parent == tmp_path / "data" / "images" / "000000"
+        for i in range(len(folder))
     )
     with pytest.raises(fg.DatasetError, match="no .tar shards"):
         fg.data.convert_shards(tmp_path / "data", tmp_path / "nothing")
+
+
+def _shard(path, samples: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as archive:
+        for name, payload in samples.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+
+
+def test_shards_convert_one_at_a_time_and_a_crash_keeps_the_finished_ones(tmp_path):
+    """Issue 33: each shard is converted and marked on its own (side by side); after a failure a rerun converts
+    only the shards not marked, and the rows come in shard order whatever order they finished in."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for n, colour in enumerate(("red", "green", "blue")):
+        _shard(
+            shards / f"{n:06d}.tar",
+            {f"s{n}.png": _png(colour), f"s{n}.txt": f"a {colour} square".encode()},
+        )
+    (shards / "000001.tar").write_bytes(b"not a tar file")  # the second shard is broken
+    with pytest.raises(fg.DatasetError, match="000001.tar is not a readable tar file"):
+        fg.data.convert_shards(shards, tmp_path / "data", threads=2)
+    partial = tmp_path / "data.partial"
+    done = sorted(p.name for p in (partial / "done").glob("*.json"))
+    assert "000001.json" not in done and not (tmp_path / "data").exists()
+    kept = {
+        n: (partial / "images" / n / "00000000.png").stat().st_mtime_ns
+        for n in ("000000", "000002")
+    }
+    _shard(shards / "000001.tar", {"s1.png": _png("green"), "s1.txt": b"a green square"})
+    folder = fg.data.convert_shards(shards, tmp_path / "data", threads=2)
+    assert [folder.captions(i)[0] for i in range(3)] == [
+        "a red square",
+        "a green square",
+        "a blue square",
+    ]
+    assert [folder.records[i]["id"] for i in range(3)] == ["000000/s0", "000001/s1", "000002/s2"]
+    assert not partial.exists() and not (tmp_path / "data" / "done").exists()
+    again = {
+        n: (tmp_path / "data" / "images" / n / "00000000.png").stat().st_mtime_ns for n in kept
+    }
+    assert again == kept  # the shards finished before the failure were not converted again
 
 
 def test_a_quick_build_takes_a_folder_of_mixed_sizes_and_modes(small_world, tmp_path, capsys):

@@ -431,60 +431,61 @@ def open_dataset(
 SHARD_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def convert_shards(source: str | os.PathLike, out_dir: str | os.PathLike) -> ImageCaptionFolder:
+def convert_shards(
+    source: str | os.PathLike, out_dir: str | os.PathLike, threads: int | None = None
+) -> ImageCaptionFolder:
     """Turn webdataset / img2dataset tar shards into an image folder with ``captions.jsonl`` (done once).
 
     A shard holds samples as ``<key>.<ext>`` files: an image (jpg, png or webp) with its caption in ``<key>.txt``
     or in ``<key>.json`` (``"caption"`` or ``"captions"``), as img2dataset writes them. ``source`` is a ``.tar``
-    file or a folder of them (read in name order). Members are read, never extracted, so no path in a shard can
-    write outside ``out_dir``; samples without an image or a non-empty caption are skipped and counted.
+    file or a folder of them (rows in shard-name order, then member order). Members are read, never extracted,
+    so no path in a shard can write outside ``out_dir``; samples without an image or a non-empty caption are
+    skipped and counted.
+
+    Resumable per shard: each shard is converted on its own (``threads`` side by side, default one per core)
+    into ``<out_dir>.partial/`` and marked done when its images and captions are in place; a rerun after a crash
+    converts only the shards not marked, and the captions are joined, streamed, at the end. No step holds more
+    than one shard's caption lines.
 
     Raises:
-        DatasetError: no shards, or no usable sample in them.
+        DatasetError: no shards, an unreadable shard, or no usable sample in them.
+        FileExistsError: ``out_dir`` exists.
     """
-    import tarfile
+    from concurrent.futures import ThreadPoolExecutor
 
-    from ._artifacts import atomic_dir
+    from .images import decode_threads
     from .progress import bar as progress_bar
 
-    source = Path(source)
+    source, out_dir = Path(source), Path(out_dir)
     shards = sorted(source.glob("*.tar")) if source.is_dir() else [source]
     if not shards or not all(s.is_file() for s in shards):
         raise DatasetError(
             f"{source} holds no .tar shards; pass a shard or a folder of webdataset shards"
         )
-    skipped = 0
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "images").mkdir()
-        lines = []
-        for shard in progress_bar(shards, desc="reading shards"):
-            try:
-                archive = tarfile.open(shard)
-            except (tarfile.TarError, OSError) as exc:
-                raise DatasetError(f"{shard} is not a readable tar file ({exc})") from exc
-            with archive:
-                samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in archive.getmembers():
-                    if member.isfile():
-                        key, _, ext = member.name.rpartition(".")
-                        samples.setdefault(key, {})[f".{ext.lower()}"] = member
-                for key, files in samples.items():
-                    image = next((files[e] for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
-                    captions = _shard_captions(archive, files)
-                    if image is None or not captions:
-                        skipped += 1
-                        continue
-                    name = f"images/{len(lines):08d}{Path(image.name).suffix.lower()}"
-                    (tmp / name).write_bytes(archive.extractfile(image).read())
-                    record = {
-                        "file": name,
-                        "captions": captions,
-                        "id": f"{shard.stem}/{Path(key).name}",
-                    }
-                    lines.append(json.dumps(record))
-        if not lines:
-            raise DatasetError(f"no sample in {source} has both an image and a caption")
-        (tmp / CAPTIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; pass another folder, or remove it")
+    work = out_dir.with_name(out_dir.name + ".partial")
+    (work / "done").mkdir(parents=True, exist_ok=True)
+    pending = [shard for shard in shards if not (work / "done" / f"{shard.stem}.json").is_file()]
+    with ThreadPoolExecutor(threads or decode_threads()) as pool:
+        converted = pool.map(lambda shard: _convert_shard(shard, work), pending)
+        for _ in progress_bar(converted, total=len(pending), desc="reading shards"):
+            pass  # each shard marks itself done; an error stops here, the finished ones kept
+    skipped = samples = 0
+    with open(work / f".{CAPTIONS_FILE}.tmp", "w", encoding="utf-8") as joined:
+        for shard in shards:
+            marker = json.loads((work / "done" / f"{shard.stem}.json").read_text(encoding="utf-8"))
+            skipped, samples = skipped + marker["skipped"], samples + marker["samples"]
+            with open(work / "done" / f"{shard.stem}.jsonl", encoding="utf-8") as part:
+                for line in part:
+                    joined.write(line)
+    if not samples:
+        raise DatasetError(f"no sample in {source} has both an image and a caption")
+    os.replace(work / f".{CAPTIONS_FILE}.tmp", work / CAPTIONS_FILE)
+    os.replace(work, out_dir)
+    import shutil
+
+    shutil.rmtree(out_dir / "done", ignore_errors=True)  # the per-shard parts, joined above
     if skipped:
         import logging
 
@@ -492,6 +493,51 @@ def convert_shards(source: str | os.PathLike, out_dir: str | os.PathLike) -> Ima
             "%d samples without an image or a caption were skipped", skipped
         )
     return ImageCaptionFolder(out_dir)
+
+
+def _convert_shard(shard: Path, work: Path) -> None:
+    """One shard's usable samples into ``work/images/<shard>/`` and ``work/done/<shard>.jsonl``, then its done
+    marker ``work/done/<shard>.json`` (samples and skipped counts), written last."""
+    import shutil
+    import tarfile
+
+    from ._artifacts import write_json_atomic, write_text_atomic
+
+    folder = work / "images" / shard.stem
+    staging = work / "images" / f".{shard.stem}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a crash mid-shard: redone whole
+    staging.mkdir(parents=True)
+    try:
+        archive = tarfile.open(shard)
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"{shard} is not a readable tar file ({exc})") from exc
+    lines, skipped = [], 0
+    with archive:
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        for member in archive.getmembers():
+            if member.isfile():
+                key, _, ext = member.name.rpartition(".")
+                samples.setdefault(key, {})[f".{ext.lower()}"] = member
+        for key, files in samples.items():
+            image = next((files[e] for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
+            captions = _shard_captions(archive, files)
+            if image is None or not captions:
+                skipped += 1
+                continue
+            name = f"{len(lines):08d}{Path(image.name).suffix.lower()}"
+            (staging / name).write_bytes(archive.extractfile(image).read())
+            record = {
+                "file": f"images/{shard.stem}/{name}",
+                "captions": captions,
+                "id": f"{shard.stem}/{Path(key).name}",
+            }
+            lines.append(json.dumps(record))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    write_text_atomic(work / "done" / f"{shard.stem}.jsonl", "".join(line + "\n" for line in lines))
+    write_json_atomic(
+        work / "done" / f"{shard.stem}.json", {"samples": len(lines), "skipped": skipped}
+    )
 
 
 def _shard_captions(archive, files: dict) -> list[str]:
