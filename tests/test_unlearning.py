@@ -329,3 +329,26 @@ def test_item_rows_lay_out_every_items_rows_as_the_loops_would():
                     for c in range(count) for t in range(4)]  # fmt: skip
         assert item_rows(counts, 4, flips).tolist() == [list(r) for r in expected]
     assert item_rows(np.zeros(0, np.int64), 4).shape == (0, 4)
+
+
+def test_a_before_loss_store_computes_only_what_no_worker_holds_yet(
+    tiny_model, world_data, tmp_path
+):
+    """Two stores over one folder (two workers): each computes only the ids neither has written; a third reads
+    both's chunks; the losses are those of a dense computation, within the UNet's chain bound."""
+    from fastgda.unlearning import BeforeLossStore
+
+    config = ScoringConfig(timesteps=(100, 600), batch_size=7)
+    one = BeforeLossStore.open(tmp_path / "store", config, {"model": "m"}, 60)
+    two = BeforeLossStore.open(tmp_path / "store", config, {"model": "m"}, 60)
+    assert one.ensure(tiny_model, world_data, [1, 2, 3]) == 3
+    assert two.ensure(tiny_model, world_data, [3, 4]) == 1  # 3 read from the first worker's chunk
+    three = BeforeLossStore.open(tmp_path / "store", config, {"model": "m"}, 60)
+    assert len(three) == 4 and three.held([1, 2, 3, 4]).all() and not three.held([0, 59]).any()
+    dense = item_losses(tiny_model, world_data, np.array([1, 2, 3]), config)
+    within = network(tiny_model.unet, float(np.abs(dense).max()))
+    assert_close(three.rows([3, 1, 2]), dense[[2, 0, 1]], within)
+    with pytest.raises(ValueError, match="no before losses"):
+        three.rows([0, 1])
+    with pytest.raises(IncompatibleArtifactError, match="delete the cache"):
+        BeforeLossStore.open(tmp_path / "store", config, {"model": "other"}, 60)

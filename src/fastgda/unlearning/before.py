@@ -55,6 +55,9 @@ class BeforeLossStore:
         self._read: set[str] = set()  # chunk folders already read
         self._sorted_ids = np.zeros(0, dtype=np.int64)
         self._where = np.zeros((0, 2), dtype=np.int64)  # (chunk, row) of each sorted id
+        self._indexed = (
+            0  # chunks the sorted index covers: it is rebuilt once per lookup after adds
+        )
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -143,6 +146,7 @@ class BeforeLossStore:
     # -- computing and reading ---------------------------------------------------------------------------
     def held(self, ids) -> np.ndarray:
         """bool (n,): which of ``ids`` the store holds."""
+        self._index()
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         position = np.searchsorted(self._sorted_ids, ids)
         inside = position < len(self._sorted_ids)
@@ -173,7 +177,7 @@ class BeforeLossStore:
             ValueError: some ids were never computed (call ``ensure`` first).
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found = self.held(ids)
+        found = self.held(ids)  # (indexes the chunks added since the last lookup)
         if not found.all():
             raise ValueError(
                 f"{int((~found).sum())} candidates have no before losses (e.g. id {int(ids[~found][0])}); "
@@ -195,25 +199,33 @@ class BeforeLossStore:
         return out
 
     def __len__(self) -> int:
+        self._index()
         return len(self._sorted_ids)
 
     def _add(self, ids: np.ndarray, losses: np.ndarray) -> None:
-        """Hold ``ids``' losses; an id held already keeps its first losses (a recomputation in other batches
-        differs only by rounding)."""
-        keep = ~self.held(ids)
+        """Hold ``ids``' losses (indexed at the next lookup, so adding many chunks costs one sort)."""
         if len(ids) and len(np.unique(ids)) != len(ids):
             raise IncompatibleArtifactError("a before-loss chunk repeats ids; delete the cache")
-        ids, losses = ids[keep], losses[keep]
-        if not len(ids):
+        if len(ids):
+            self._chunks.append(
+                (np.asarray(ids, dtype=np.int64), np.asarray(losses, dtype=np.float32))
+            )
+
+    def _index(self) -> None:
+        """Sort the ids of the chunks added since the last lookup into the index; an id held twice (two workers
+        computed it) keeps its first chunk's losses, which differ from the other's only by rounding."""
+        if self._indexed == len(self._chunks):
             return
-        self._chunks.append((ids, np.asarray(losses, dtype=np.float32)))
-        index = len(self._chunks) - 1
-        all_ids = np.concatenate([self._sorted_ids, ids])
-        where = np.concatenate(
-            [self._where, np.stack([np.full(len(ids), index), np.arange(len(ids))], axis=1)]
-        )
-        order = np.argsort(all_ids, kind="stable")
-        self._sorted_ids, self._where = all_ids[order], where[order]
+        new = range(self._indexed, len(self._chunks))
+        all_ids = np.concatenate([self._sorted_ids, *(self._chunks[c][0] for c in new)])
+        where = np.concatenate([self._where, *(np.stack([np.full(len(self._chunks[c][0]), c),
+                                                          np.arange(len(self._chunks[c][0]))], axis=1)
+                                               for c in new)])  # fmt: skip
+        order = np.argsort(all_ids, kind="stable")  # earlier chunks first among equal ids
+        all_ids, where = all_ids[order], where[order]
+        first = np.r_[True, all_ids[1:] != all_ids[:-1]]
+        self._sorted_ids, self._where = all_ids[first], where[first]
+        self._indexed = len(self._chunks)
 
     def _write(self, ids: np.ndarray, losses: np.ndarray) -> None:
         if self.folder is None:

@@ -169,6 +169,8 @@ class TeacherJob:
         what reused runs already scored) once, here, so workers find them in the shared cache; returns how many
         were computed."""
         self.prepare()
+        if self.config.num_candidates is None:
+            return 0  # full rankings: ``prepare`` computed all N
         t = self.teacher
         wanted = [
             np.setdiff1d(
