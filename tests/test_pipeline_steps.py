@@ -51,3 +51,16 @@ def test_other_settings_for_a_begun_step_are_refused_before_any_work(tmp_path):
     assert ran == []
     again.run("teacher", lambda: ran.append(1), settings={"num_pairs": 500, "seed": 0})
     assert ran == [1]
+
+
+def test_step_lines_go_to_stderr_and_only_where_progress_shows(tmp_path, capsys):
+    """The command line's rule: stdout holds results; step lines go with the bars, and a quiet block has none."""
+    from fastgda import progress
+
+    with progress.reporting(True):
+        StepRunner(tmp_path, ["first"], "test").run("first", lambda: None, title="the first step")
+    captured = capsys.readouterr()
+    assert "[test 1/1] the first step" in captured.err and captured.out == ""
+    with progress.quiet():
+        StepRunner(tmp_path / "quiet", ["first"], "test").run("first", lambda: None)
+    assert capsys.readouterr().err == ""

@@ -13,6 +13,7 @@ The command line turns them off under ``--json``; Ray actors turn them off in th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -62,6 +63,7 @@ def bar(iterable=None, **options) -> tqdm:
 
 
 def say(line: str) -> None:
-    """Print one status line (a pipeline step starting) where progress shows."""
+    """Print one status line (a pipeline step starting) where progress shows: on stderr, with the bars, so that
+    stdout holds only results (the command line's rule)."""
     if shown():
-        print(line, flush=True)
+        print(line, file=sys.stderr, flush=True)
