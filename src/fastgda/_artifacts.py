@@ -217,3 +217,9 @@ def cache_dir() -> Path:
         return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fastgda"
+
+
+def keyed_cache_dir(root: str | os.PathLike, kind: str, key: dict) -> Path:
+    """``root/kind/<digest of key>``: where a cache of ``kind`` derived from exactly ``key`` (JSON-able) lives."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(root) / kind / digest

@@ -77,12 +77,14 @@ def map_at_ls(predicted_scores: np.ndarray, teacher_ids: np.ndarray, ls) -> dict
 
 
 def candidate_map(predicted_scores: np.ndarray, teacher_ids: np.ndarray, L: int) -> np.ndarray:
-    """AP within each query's candidate pool: predicted_scores (Q, K) aligned with teacher_ids (Q, K)."""
-    positive = np.zeros(teacher_ids.shape, dtype=bool)
-    positive[:, :L] = True  # teacher_ids are sorted most influential first
-    return np.array(
-        [average_precision(s, p) for s, p in zip(predicted_scores, positive, strict=True)]
-    )
+    """AP within each query's candidate pool: predicted_scores (Q, K) aligned with teacher_ids (Q, K), which are
+    sorted most influential first, so the positives are the first L positions of each pool."""
+    return map_at_ls(predicted_scores, pool_positions(teacher_ids.shape), [L])[L]
+
+
+def pool_positions(shape: tuple[int, int]) -> np.ndarray:
+    """int (Q, K): each pool's items by the teacher's rank within it (scores aligned with the pool's order)."""
+    return np.broadcast_to(np.arange(shape[1]), shape)
 
 
 def recall_at_k(ranked_ids: np.ndarray, relevant: set[int], k: int | None = None) -> float:
@@ -108,26 +110,38 @@ def cosine_matrix(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 def untuned_methods(
-    query_features: Features, item_features: Features, seed: int = 0
+    query_features: Features,
+    item_features: Features,
+    seed: int = 0,
+    pools: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Score matrices of the untuned baselines: one per spec part, the raw concatenation, and random."""
+    """Score matrices of the untuned baselines: one per spec part, the raw concatenation, and random.
+
+    Float32 (Q, N) over every item, or with ``pools`` (int (Q, K) training ids per query) (Q, K) over each
+    query's pool only.
+    """
     if query_features.spec != item_features.spec:
         raise IncompatibleArtifactError(
             f"query features {query_features.spec!r} vs item features {item_features.spec!r}: "
             "embed the queries and the items with one spec"
         )
+
+    def cosines(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if pools is None:
+            return cosine_matrix(queries, items)
+        units = unit_rows(queries)
+        return np.stack([unit_rows(items[pool]) @ units[q] for q, pool in enumerate(pools)])
+
     methods = {}
     for part in item_features.parts:
         name = f"untuned {part['modality']} ({part['name']})"
-        methods[name] = cosine_matrix(
-            query_features.part(part["name"]), item_features.part(part["name"])
-        )
+        methods[name] = cosines(query_features.part(part["name"]), item_features.part(part["name"]))
     if len(item_features.parts) > 1:
-        methods[f"untuned concatenation ({item_features.spec})"] = cosine_matrix(
+        methods[f"untuned concatenation ({item_features.spec})"] = cosines(
             query_features.values, item_features.values
         )
-    rng = np.random.default_rng(seed)
-    methods[RANDOM] = rng.random((len(query_features), len(item_features))).astype(np.float32)
+    shape = (len(query_features), len(item_features)) if pools is None else pools.shape
+    methods[RANDOM] = np.random.default_rng(seed).random(shape).astype(np.float32)
     return methods
 
 
@@ -279,14 +293,7 @@ def evaluate(
     selected = queries.select(ground_truth.query_ids)
     if within_pools:
         return _evaluate_within_pools(methods, selected, items, ground_truth, baselines, seed, ls)
-    scores = {}
-    for name, method in methods.items():
-        ranker = getattr(method, "ranker", method)
-        scores[name] = (
-            ranker.score(selected.values, items.values)
-            if hasattr(ranker, "score")
-            else np.asarray(method, dtype=np.float32)
-        )
+    scores = {name: _method_scores(method, selected, items) for name, method in methods.items()}
     if baselines:
         scores.update(untuned_methods(selected, items, seed=seed))
     table = map_table(scores, ground_truth.ids, len(items), ls)
@@ -303,55 +310,30 @@ def _evaluate_within_pools(methods: dict, selected: Features, items: Features, g
     """``evaluate`` within each query's pool: every method scores only the pool's K items (Q, K), and each query
     is sorted once, so the cost grows with Q x K, not Q x N."""
     pools = ground_truth.ids.astype(np.int64)  # (Q, K), the teacher's order
-    scores = {}
-    for name, method in methods.items():
-        ranker = getattr(method, "ranker", method)
-        if hasattr(ranker, "score"):
-            scores[name] = np.stack(
-                [
-                    ranker.score(selected.values[q : q + 1], items.values[pool])[0]
-                    for q, pool in enumerate(pools)
-                ]  # fmt: skip
-            ).astype(np.float32)
-        else:
-            matrix = np.asarray(
-                method, dtype=np.float32
-            )  # (Q, N) over every item, or (Q, K) already
-            scores[name] = (
-                np.take_along_axis(matrix, pools, 1) if matrix.shape[1] == len(items) else matrix
-            )
+    scores = {name: _method_scores(m, selected, items, pools) for name, m in methods.items()}
     if baselines:
-        scores.update(_untuned_within_pools(selected, items, pools, seed))
-    local = np.broadcast_to(
-        np.arange(pools.shape[1]), pools.shape
-    )  # the teacher's ranks within the pools
+        scores.update(untuned_methods(selected, items, seed, pools))
+    local = pool_positions(pools.shape)
     table = map_table(scores, local, pools.shape[1], ls)
     return Evaluation(pools.shape[1], selected.ids, scores, table, None, local, pools)
 
 
-def _untuned_within_pools(
-    selected: Features, items: Features, pools: np.ndarray, seed: int
-) -> dict:
-    """The untuned baselines' cosines (Q, K) over each query's pool, as ``untuned_methods`` over all N."""
-    if selected.spec != items.spec:
-        raise IncompatibleArtifactError(
-            f"query features {selected.spec!r} vs item features {items.spec!r}: "
-            "embed the queries and the items with one spec"
-        )
-
-    def pooled_cosine(query_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
-        q = unit_rows(query_rows)
-        return np.stack([unit_rows(item_rows[pool]) @ q[row] for row, pool in enumerate(pools)])
-
-    methods = {
-        f"untuned {part['modality']} ({part['name']})": pooled_cosine(
-            selected.part(part["name"]), items.part(part["name"])
-        )
-        for part in items.parts
-    }
-    if len(items.parts) > 1:
-        methods[f"untuned concatenation ({items.spec})"] = pooled_cosine(
-            selected.values, items.values
-        )
-    methods[RANDOM] = np.random.default_rng(seed).random(pools.shape).astype(np.float32)
-    return methods
+def _method_scores(
+    method, queries: Features, items: Features, pools: np.ndarray | None = None
+) -> np.ndarray:
+    """A method's float32 scores (Q, N), or (Q, K) over each query's pool: a ``Ranker`` (or anything with a
+    ``ranker``) scores by its cosine, only the pool's items with ``pools``; a score matrix is taken as it is
+    (its pool's columns when it spans all N)."""
+    ranker = getattr(method, "ranker", method)
+    if hasattr(ranker, "score"):
+        if pools is None:
+            return ranker.score(queries.values, items.values)
+        rows = [
+            ranker.score(queries.values[q : q + 1], items.values[pool])[0]
+            for q, pool in enumerate(pools)
+        ]
+        return np.stack(rows).astype(np.float32)
+    matrix = np.asarray(method, dtype=np.float32)
+    if pools is not None and matrix.shape[1] == len(items):
+        return np.take_along_axis(matrix, pools, 1)
+    return matrix

@@ -11,8 +11,6 @@ model's pixels x/127.5 - 1 are exact.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._artifacts import MANIFEST_NAME, atomic_dir, read_manifest, verify_checksums, write_manifest
+from .._artifacts import (
+    MANIFEST_NAME,
+    atomic_dir,
+    keyed_cache_dir,
+    read_manifest,
+    verify_checksums,
+    write_manifest,
+)
 from ..data import ImageCaptionDataset
 from ..errors import FastGDAError
 from ..progress import bar as progress_bar
@@ -176,8 +181,7 @@ def prepare_training_data(
         return _encode(model, dataset, _in_memory)
     dtype = storage_dtype(model)
     key = {"content_hash": dataset.content_hash, "model": model.encoding_key(), "dtype": dtype}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    folder = Path(cache) / "encoded" / digest
+    folder = keyed_cache_dir(cache, "encoded", key)
     if (folder / MANIFEST_NAME).is_file():
         manifest = read_manifest(folder, ENCODED_KIND, ENCODED_FORMAT_VERSION)
         if manifest["config"] == key:

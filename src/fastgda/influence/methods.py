@@ -220,9 +220,9 @@ class InfluenceJob:
         if dtype != "float32":
             provenance["compute_dtype"] = dtype
         job = cls(scorer, queries, out_dir, provenance)
-        job.spec = InfluenceSpec(*(str(a) if a is not None else None for a in
-                                   (model_dir, features_dir, queries_dir, out_dir)), config,
-                                 str(fisher_dir) if fisher_dir else None, device, dtype)  # fmt: skip
+        fisher_folder = str(fisher_dir) if fisher_dir else None
+        job.spec = InfluenceSpec(str(model_dir), str(features_dir), str(queries_dir), str(out_dir), config,
+                                 fisher_folder, device, dtype)  # fmt: skip
         return job
 
     def pending(self) -> list[int]:

@@ -191,13 +191,15 @@ def _step_settings(config: BuildConfig, data, model, prompts_file) -> dict[str, 
     (The ranker and the attributor check their own provenance and are retrained instead; the budget, the
     device and the precision may change between runs.)"""
     return {
-        "data": {"data": str(data)},
+        "data": {"data": str(Path(data).resolve())},  # the same folder, however the path is written
         "prompts": {
             "train": config.num_train_queries,
             "val": config.num_val_queries,
             "test": config.num_test_queries,
             "seed": config.seed,
-            "held_out": bool(config.train_model) and model is None,
+            "held_out": bool(
+                config.train_model
+            ),  # with no prompts file, as ``draw_prompts`` reads it
             "prompts_file": str(prompts_file) if prompts_file else None,
         },  # fmt: skip
         "model": {

@@ -361,8 +361,8 @@ def _train_one(
     val_l = _validation_l(config, val_ranked_ids) if has_val else 1
 
     if has_val:
-        # Validation reads only the items in its pools: each epoch embeds those, not all N (at N = 118,287 and
-        # 60 epochs of three members, the full embeddings were about 16 minutes of a ranker's training).
+        # Validation reads only the items in its pools: each epoch embeds those, not all N (whose cost grows
+        # with N every epoch of every member).
         val_items = np.unique(val_ranked_ids)
         val_positions = np.searchsorted(val_items, val_ranked_ids)
         val_item_features = item_features[val_items]

@@ -30,7 +30,14 @@ from .._artifacts import (
     write_manifest,
 )
 from ..errors import IncompatibleArtifactError
-from .scoring import BEFORE_KIND, BeforeLosses, ScoringConfig, item_losses
+from .scoring import (
+    BEFORE_KIND,
+    BeforeLosses,
+    ScoringConfig,
+    item_losses,
+    select_columns,
+    served_columns,
+)
 
 STORE_FORMAT_VERSION = 2
 CHUNK_KIND = "before_losses_chunk"
@@ -55,9 +62,11 @@ class BeforeLossStore:
         self._read: set[str] = set()  # chunk folders already read
         self._sorted_ids = np.zeros(0, dtype=np.int64)
         self._where = np.zeros((0, 2), dtype=np.int64)  # (chunk, row) of each sorted id
-        self._indexed = (
-            0  # chunks the sorted index covers: it is rebuilt once per lookup after adds
-        )
+        # Chunks the sorted index covers: it is rebuilt once per lookup after adds.
+        self._indexed = 0
+        self._columns = list(
+            range(len(config.timesteps))
+        )  # the stored timesteps this config scores at
 
     # -- opening -----------------------------------------------------------------------------------------
     @classmethod
@@ -81,7 +90,7 @@ class BeforeLossStore:
             except FileExistsError:
                 pass  # another worker created it first: read theirs
         manifest = read_manifest(folder, BEFORE_KIND, (1, STORE_FORMAT_VERSION))
-        store._check(manifest)
+        store._columns = served_columns(folder, manifest, config, key, store.num_items)
         if manifest["format_version"] == 1:
             store._read_dense(manifest)
         store.refresh()
@@ -95,36 +104,13 @@ class BeforeLossStore:
         store._add(np.flatnonzero(held).astype(np.int64), before.losses[held])
         return store
 
-    def _check(self, manifest: dict) -> None:
-        saved = ScoringConfig(
-            **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
-        )
-        missing = sorted(set(self.config.timesteps) - set(saved.timesteps))
-        size = manifest["shapes"].get("num_items", manifest["shapes"].get("losses", [None]))[0]
-        if (
-            missing
-            or (saved.noise_seed, saved.flips) != (self.config.noise_seed, self.config.flips)
-            or manifest["key"] != self.key
-            or size != self.num_items
-        ):
-            raise IncompatibleArtifactError(
-                f"before-loss cache {self.folder} was computed for {manifest['key']} with {asdict(saved)} over "
-                f"{size} items; this run needs {self.key} with {asdict(self.config)} over {self.num_items} items; "
-                "delete the cache (or pass another --cache-dir) to recompute it"
-            )
-        # A cache computed at more timesteps serves any subset: noise is keyed by (item, caption, t, flip).
-        self._columns = [saved.timesteps.index(t) for t in self.config.timesteps]
-
     def _read_dense(self, manifest: dict) -> None:
         verify_checksums(self.folder, manifest, names=["losses.npy"])
         losses = np.load(self.folder / "losses.npy", allow_pickle=False)
         held = ~np.isnan(losses).reshape(len(losses), -1).all(axis=1)
-        self._add(np.flatnonzero(held).astype(np.int64), self._select(losses[held]))
-
-    def _select(self, losses: np.ndarray) -> np.ndarray:
-        if self._columns == list(range(losses.shape[-1])):
-            return losses
-        return np.ascontiguousarray(losses[..., self._columns])
+        self._add(
+            np.flatnonzero(held).astype(np.int64), select_columns(losses[held], self._columns)
+        )
 
     def refresh(self) -> int:
         """Read the chunks other workers wrote since; returns how many were new."""
@@ -139,7 +125,7 @@ class BeforeLossStore:
             ids = np.load(chunk / "ids.npy", allow_pickle=False)
             losses = np.load(chunk / "losses.npy", allow_pickle=False)
             self._read.add(chunk.name)
-            self._add(ids, self._select(losses))
+            self._add(ids, select_columns(losses, self._columns))
             new += 1
         return new
 

@@ -158,7 +158,7 @@ class TeacherJob:
         t.before_losses = BeforeLossStore.open(
             self.cache_dir, self.config.scoring, key, t.num_train
         )
-        if self.config.num_candidates is None:
+        if t.ranks_every_item:
             # Full rankings score every item: all N once here, before any worker, instead of in each.
             t.before_losses.ensure(t.model, t.data, np.arange(t.num_train))
         self._prepared = True
@@ -169,9 +169,9 @@ class TeacherJob:
         what reused runs already scored) once, here, so workers find them in the shared cache; returns how many
         were computed."""
         self.prepare()
-        if self.config.num_candidates is None:
-            return 0  # full rankings: ``prepare`` computed all N
         t = self.teacher
+        if t.ranks_every_item:
+            return 0  # ``prepare`` computed all N
         wanted = [
             np.setdiff1d(
                 t.candidates(self.queries, q),

@@ -186,26 +186,49 @@ class BeforeLosses:
         so the columns of the kept timesteps are exactly what a recomputation would give.
         """
         manifest = read_manifest(folder, BEFORE_KIND, BEFORE_FORMAT_VERSION)
-        saved = ScoringConfig(
-            **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
-        )
-        missing = sorted(set(config.timesteps) - set(saved.timesteps))
-        if (
-            missing
-            or (saved.noise_seed, saved.flips) != (config.noise_seed, config.flips)
-            or manifest["key"] != key
-        ):
-            raise IncompatibleArtifactError(
-                f"before-loss cache {folder} was computed for {manifest['key']} with {asdict(saved)}, this run "
-                f"needs {key} with {asdict(config)}; delete the cache to recompute it"
-            )
+        columns = served_columns(folder, manifest, config, key)
         # A few bytes per (item, caption, timestep): checked in full, so a cut-short copy is refused here.
         verify_checksums(folder, manifest, names=["losses.npy"])
-        losses = np.load(Path(folder) / "losses.npy", allow_pickle=False)
-        columns = [saved.timesteps.index(t) for t in config.timesteps]
-        if columns != list(range(len(saved.timesteps))):
-            losses = np.ascontiguousarray(losses[..., columns])
+        losses = select_columns(np.load(Path(folder) / "losses.npy", allow_pickle=False), columns)
         return cls(losses, config, key)
+
+
+def served_columns(
+    folder, manifest: dict, config: ScoringConfig, key: dict, num_items: int | None = None
+) -> list[int]:
+    """Which of a saved before-loss cache's timestep columns ``config`` scores at, after refusing a cache made for
+    another model, data (``key``), noise seed, flip setting or training-set size.
+
+    A cache computed at more timesteps serves any subset of them: noise is keyed by (item, caption, t, flip), so
+    the kept columns are exactly what a recomputation would give.
+
+    Raises:
+        IncompatibleArtifactError: the cache cannot serve ``config`` and ``key``.
+    """
+    saved = ScoringConfig(
+        **{**manifest["config"], "timesteps": tuple(manifest["config"]["timesteps"])}
+    )
+    shapes = manifest.get("shapes", {})
+    size = shapes.get("num_items", shapes.get("losses", [None]))[0]
+    if (
+        set(config.timesteps) - set(saved.timesteps)
+        or (saved.noise_seed, saved.flips) != (config.noise_seed, config.flips)
+        or manifest["key"] != key
+        or (num_items is not None and size != num_items)
+    ):
+        raise IncompatibleArtifactError(
+            f"before-loss cache {folder} was computed for {manifest['key']} with {asdict(saved)} over {size} "
+            f"items; this run needs {key} with {asdict(config)} over {num_items or size} items; delete the cache "
+            "(or pass another --cache-dir) to recompute it"
+        )
+    return [saved.timesteps.index(t) for t in config.timesteps]
+
+
+def select_columns(losses: np.ndarray, columns: list[int]) -> np.ndarray:
+    """``losses`` (..., T_saved) at ``columns`` (as it is when they are all of them, in order)."""
+    if columns == list(range(losses.shape[-1])):
+        return losses
+    return np.ascontiguousarray(losses[..., columns])
 
 
 def influence_scores(model, data, candidate_ids: np.ndarray, before) -> np.ndarray:

@@ -109,6 +109,8 @@ class Teacher:
         if before_losses is not None:
             self.before_losses = before_losses
         self._candidate_spaces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # (query set, q) -> its top-M pool: asked for when its before losses are computed and when it is scored
+        self._pools: dict[tuple[str, int], np.ndarray] = {}
 
     @classmethod
     def from_folders(
@@ -141,8 +143,14 @@ class Teacher:
             candidate_feature=candidate_feature or self.config.candidate_feature,
         )
         other = copy.copy(self)
-        other.config, other._candidate_spaces = config, {}
+        other.config, other._candidate_spaces, other._pools = config, {}, {}
         return other
+
+    @property
+    def ranks_every_item(self) -> bool:
+        """Whether every query's candidates are all N training items (full rankings)."""
+        m, share = self.config.num_candidates, self.config.candidate_share
+        return (m is None or m >= self.num_train) and (share is None or share >= 1)
 
     @property
     def num_train(self) -> int:
@@ -252,8 +260,11 @@ class Teacher:
         if m is None or m >= self.num_train:
             ids = np.arange(self.num_train)
         else:
-            train, query = self.candidate_space(queries)
-            ids = torch.topk(train @ query[q], m).indices.numpy()
+            key = (str(queries.root), int(q))
+            if key not in self._pools:
+                train, query = self.candidate_space(queries)
+                self._pools[key] = torch.topk(train @ query[q], m).indices.numpy()
+            ids = self._pools[key]
         if share is None or share >= 1:
             return ids
         keep = max(2, round(share * len(ids)))
@@ -368,15 +379,11 @@ def _cached_candidate_features(dataset, spec: str, model):
     """The training set's features of ``spec`` for candidate pools, embedded once per (data, spec, precision)
     into fastgda's cache and loaded by every later teacher: each job, each split, the budget's probe and each
     Ray actor used to embed all N again. Resumable in chunks (``embed_dataset``)."""
-    import hashlib
-    import json
-
-    from .._artifacts import cache_dir
+    from .._artifacts import cache_dir, keyed_cache_dir
     from ..features import FeatureSpec, load_or_embed
 
     spec = str(FeatureSpec.parse(spec))
     dtype = str(model.compute_dtype).removeprefix("torch.")
     key = {"content_hash": dataset.content_hash, "spec": spec, "compute_dtype": dtype}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    folder = cache_dir() / "candidate-features" / digest
+    folder = keyed_cache_dir(cache_dir(), "candidate-features", key)
     return load_or_embed(dataset.root, spec, folder, device=str(model.device), dtype=dtype)
