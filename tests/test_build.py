@@ -70,9 +70,10 @@ def test_a_build_runs_every_step_and_resumes_what_was_interrupted(teacher_inputs
     assert [path.stat().st_mtime_ns for path in results] == stamps
 
 
-def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
+def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds_on_test_pools(
     teacher_inputs, tmp_path, capsys
 ):
+    """Also the test candidate protocol: test queries ranked over their top-M pools and evaluated within them."""
     out = tmp_path / "budget"
     argv = ["build", "--data", str(teacher_inputs["data_dir"]), "--out", str(out)]
     argv += [
@@ -81,6 +82,8 @@ def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
         *SMALL,
         "--budget-hours",
         "1e-6",
+        "--test-candidates",
+        "50",
         "--device",
         "cpu",
         "--json",
@@ -94,6 +97,10 @@ def test_a_budget_ranks_fewer_queries_and_a_partial_teacher_still_builds(
     }  # the least each split can work with
     train = fg.GroundTruth.load(out / "teacher-train" / "ground_truth")
     assert train.config["finished"] == 2 and train.config["num_queries"] == 6
+    assert fg.GroundTruth.load(out / "teacher-test" / "ground_truth").ids.shape == (2, 50)
+    assert summary["test_ranked_over"] == 50 and summary["num_train"] == 60
+    assert json.loads((out / "evaluation.json").read_text())["num_train"] == 50
+    assert "top-50 neighbours" in (out / "report.html").read_text()
 
 
 def _png(colour) -> bytes:

@@ -17,6 +17,25 @@ def test_a_step_records_its_status_seconds_and_settings(tmp_path):
     assert record["seconds"] >= 0 and runner.seconds["first"] == record["last_seconds"]
 
 
+def test_each_step_records_its_own_peak_memory_not_the_process_high_water_mark(tmp_path):
+    import time
+
+    import numpy as np
+
+    def hold(megabytes: int) -> None:
+        block = np.ones(megabytes * 2**20 // 8)  # float64, every page touched
+        time.sleep(0.3)  # several samples while it is held
+        del block
+
+    runner = StepRunner(tmp_path, ["large", "small"], "test")
+    runner.run("large", hold, 300)
+    runner.run("small", hold, 1)
+    steps = json.loads((tmp_path / "steps.json").read_text())["steps"]
+    # The large step held 300 MiB more than the small one; the small one ran after the process's high.
+    assert steps["large"]["peak_rss_mb"] >= steps["small"]["peak_rss_mb"] + 250
+    assert steps["small"]["peak_rss_mb"] > 0
+
+
 def test_a_finished_step_keeps_the_time_it_took_and_a_rerun_records_its_own(tmp_path):
     (tmp_path / "steps.json").write_text(
         json.dumps({"steps": {"first": {"status": "done", "seconds": 120.0}}})

@@ -217,8 +217,8 @@ def test_multi_part_candidate_space_averages_the_parts_cosines(teacher_inputs, t
         return TeacherJob.open(out_dir=out, config=config, **teacher_inputs)
 
     def cosine(j: TeacherJob) -> torch.Tensor:
-        train, queries = j.teacher.candidate_space(j.queries)
-        return queries @ train.T
+        space = j.teacher.candidate_space(j.queries)
+        return torch.from_numpy(space.queries @ space.items().T)
 
     both, image, text = job("effnet+minilm"), job("effnet"), job("minilm")
     # Cosines of unit rows (Σ|terms| <= 1) over 1,664 columns against the parts' own, each part's rows

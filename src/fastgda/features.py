@@ -100,8 +100,13 @@ class Features:
             )
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, expect_spec: str | None = None) -> Features:
-        """Load (checksums verified); with ``expect_spec``, refuse features made by other encoders."""
+    def load(
+        cls, folder: str | os.PathLike, expect_spec: str | None = None, mmap: bool = False
+    ) -> Features:
+        """Load (checksums verified); with ``expect_spec``, refuse features made by other encoders.
+
+        ``mmap``: leave ``values`` on disk, memory-mapped in its stored dtype (float32 or float16), for readers
+        that take rows in blocks (candidate pools); otherwise they are read into RAM as float32."""
         folder = Path(folder)
         manifest = read_manifest(folder, FEATURES_KIND, FEATURES_FORMAT_VERSION)
         verify_checksums(folder, manifest)
@@ -116,7 +121,10 @@ class Features:
                 f"features at {folder} were made with spec {spec!r}, expected {expect_spec!r}; "
                 f"embed again with `fastgda embed --spec {expect_spec}`"
             )
-        values = np.load(folder / "values.npy", allow_pickle=False).astype(np.float32)
+        if mmap:
+            values = np.load(folder / "values.npy", mmap_mode="r", allow_pickle=False)
+        else:
+            values = np.load(folder / "values.npy", allow_pickle=False).astype(np.float32)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         return cls(values, ids, spec, manifest["config"]["parts"], manifest.get("source", {}))
 
@@ -297,11 +305,15 @@ def load_or_embed(
     out_dir: str | os.PathLike,
     device: str = "cpu",
     dtype: str = "float32",
+    mmap: bool = False,
 ) -> Features:
-    """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``."""
-    if (Path(out_dir) / MANIFEST_NAME).exists():
-        return Features.load(out_dir, expect_spec=spec)
-    return embed_dataset(source, spec, out_dir, device=device, dtype=dtype)
+    """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``
+    (``mmap``: as ``Features.load``)."""
+    if not (Path(out_dir) / MANIFEST_NAME).exists():
+        features = embed_dataset(source, spec, out_dir, device=device, dtype=dtype)
+        if not mmap:
+            return features
+    return Features.load(out_dir, expect_spec=spec, mmap=mmap)
 
 
 def embed_dataset(

@@ -59,13 +59,15 @@ def query_panels(
     """One panel per query of ``query_ids``: its image and prompt above the teacher's top-``top`` training
     images and each of ``methods``' (names in ``evaluation.scores``), planted exemplars of its concept marked.
 
-    ``test``: the test ``GroundTruth`` (full rankings); ``query_image``/``query_prompt``/``item_image`` read one
-    image or prompt by id, so only the images shown are decoded.
+    ``test``: the test ``GroundTruth`` (full rankings, or pools when ``evaluation.pools`` is set);
+    ``query_image``/``query_prompt``/``item_image`` read one image or prompt by id, so only the images shown are
+    decoded.
     """
     from ..evaluation import teacher_scores
     from .html import PanelRow, QueryPanel
 
-    teacher = teacher_scores(test, num_train)
+    pools = evaluation.pools  # (Q, K) ids of each query's pool: scores are then over pool positions
+    teacher = test.scores if pools is not None else teacher_scores(test, num_train)
     panels = []
     for q in query_ids:
         row = int(np.flatnonzero(test.query_ids == q)[0])
@@ -76,8 +78,9 @@ def query_panels(
         scored += [(name, evaluation.scores[name][row]) for name in methods]
         for name, scores in scored:
             best = np.argsort(-scores, kind="stable")[:top]
-            images = [thumbnail(item_image(int(i))) for i in best]
-            panel.rows.append(PanelRow(name, best.tolist(), scores[best].tolist(), images))
+            ids = best if pools is None else pools[row][best]
+            images = [thumbnail(item_image(int(i))) for i in ids]
+            panel.rows.append(PanelRow(name, ids.tolist(), scores[best].tolist(), images))
         panels.append(panel)
     return panels
 

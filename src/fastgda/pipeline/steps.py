@@ -18,14 +18,17 @@ import numpy as np
 from .._artifacts import write_json_atomic
 from ..errors import FastGDAError
 from ..progress import say
+from .memory import PeakMemory
 
 
 class StepRunner:
     """Runs named steps in order and records them in ``out/state_file``.
 
     ``state["steps"][name]``: ``status`` (running, done), ``seconds`` (the wall time it took to finish, added up
-    over the runs that worked on it), ``last_seconds`` (this run's, however short a reuse was) and ``settings``
-    (what its outputs depend on; a rerun with others is refused before any work).
+    over the runs that worked on it), ``last_seconds`` (this run's, however short a reuse was),
+    ``peak_rss_mb`` (the most resident memory of this process during the step, in the run that finished it;
+    ``fastgda.pipeline.memory``) and ``settings`` (what its outputs depend on; a rerun with others is refused
+    before any work).
     """
 
     def __init__(
@@ -68,7 +71,8 @@ class StepRunner:
                 record["settings"] = settings
             self._save(name, record)
         began = time.perf_counter()
-        result = function(*args)
+        with PeakMemory() as peak:
+            result = function(*args)
         seconds = time.perf_counter() - began
         self.seconds[name] = round(seconds, 1)
         # A step reused whole took no work: its recorded time stays what finishing it took.
@@ -79,6 +83,8 @@ class StepRunner:
             "seconds": round(total, 1),
             "last_seconds": round(seconds, 1),
         }
+        if not done_before:  # a reuse's memory says nothing of what the step needs
+            record["peak_rss_mb"] = round(peak.bytes / 2**20, 1)
         if name == "teacher":
             self.state.pop("eta_minutes", None)  # what follows takes minutes at most
         self._save(name, record)

@@ -1,5 +1,5 @@
-"""The build's teacher step: candidate pools for training and validation queries, full rankings for test
-queries, the query counts cut to a budget of teacher time."""
+"""The build's teacher step: candidate pools for training and validation queries, full rankings (or the
+``--test-candidates`` pools) for test queries, the query counts cut to a budget of teacher time."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def rank_with_teacher(
     configs = {
         "train": replace(base, num_candidates=config.num_candidates),
         "val": replace(base, num_candidates=config.num_candidates),
-        "test": base,  # full rankings: evaluation needs every item ranked
+        # Full rankings (evaluation ranks every item), or the test candidate protocol's pools.
+        "test": replace(base, num_candidates=config.test_candidates),
     }
     specs = {
         split: TeacherSpec(

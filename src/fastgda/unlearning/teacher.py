@@ -15,16 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import FRACTION, NON_NEGATIVE, Bounds, check_settings, setting
 from ..errors import IncompatibleArtifactError
 from ..ground_truth import GroundTruth
-from ..index import unit_rows
 from ..progress import bar as progress_bar
 from .before import BeforeLossStore
 from .fisher import Fisher
 from .layers import select_linear_layers
+from .pools import CandidateSpace, balanced_rows
 from .scoring import (
     BeforeLosses,
     ScoringConfig,
@@ -108,9 +107,9 @@ class Teacher:
         self._shared: dict = {"before_losses": None}
         if before_losses is not None:
             self.before_losses = before_losses
-        self._candidate_spaces: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        # (query set, q) -> its top-M pool: asked for when its before losses are computed and when it is scored
-        self._pools: dict[tuple[str, int], np.ndarray] = {}
+        self._candidate_spaces: dict[str, CandidateSpace] = {}
+        # query set -> its pools int64 (Q, M): asked for when the before losses are computed and when scored
+        self._pools: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_folders(
@@ -180,23 +179,24 @@ class Teacher:
                 "queries with this model"
             )
 
-    def candidate_space(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidate features of training items (N, D) and queries (Q, D), computed once per query set.
+    def candidate_space(self, queries) -> CandidateSpace:
+        """The training items' and the query set's candidate features (``fastgda.unlearning.pools``), kept per
+        query set; the training rows stay on disk and are read in blocks.
 
         ``pixels`` uses the clean samples the model denoises (x0, pixels or latents). Anything else is a feature
-        spec from ``fastgda.encoders`` (``effnet``, ``effnet+minilm``, ...): training items are embedded with
-        their image and first caption, queries with their image and prompt. Each part is L2-normalised and
-        scaled by 1/sqrt(parts), so the cosine is the mean of the parts' cosines and no encoder dominates by
-        its width.
+        spec from ``fastgda.encoders`` (``effnet``, ``effnet+minilm``, ...) or a features folder: training items
+        are embedded with their image and first caption, queries with their image and prompt.
         """
         key = str(queries.root)
         if key in self._candidate_spaces:
             return self._candidate_spaces[key]
         name = self.config.candidate_feature
-        normalize = torch.nn.functional.normalize
         if name == "pixels":
-            train, query = self.data.x0[:].flatten(1), queries.tensors["x0"].flatten(1)
-            space = normalize(train.float(), dim=1), normalize(query.float(), dim=1)
+            x0 = self.data.x0
+            query = queries.tensors["x0"].flatten(1).float().numpy()
+            width = query.shape[1]
+            space = CandidateSpace(lambda a, b: x0[a:b].reshape(b - a, width).numpy(), len(x0),
+                                   balanced_rows(query, [(0, width)]), [(0, width)])  # fmt: skip
         else:
             from ..features import FeatureExtractor
 
@@ -206,17 +206,13 @@ class Teacher:
             query_values = extractor.embed_pairs(
                 queries.read_images(), [queries.captions(i)[0] for i in range(len(queries))]
             )
-            parts = sorted(train_features.parts, key=lambda p: p["offset"])
-
-            def balanced(values: np.ndarray) -> torch.Tensor:
-                scale = len(parts) ** -0.5  # each part's cosine weighs the same, whatever its width
-                columns = [
-                    unit_rows(values[:, p["offset"] : p["offset"] + p["dim"]]) * scale
-                    for p in parts
-                ]
-                return torch.from_numpy(np.concatenate(columns, axis=1))
-
-            space = balanced(train_features.values), balanced(query_values)
+            parts = [
+                (p["offset"], p["dim"])
+                for p in sorted(train_features.parts, key=lambda p: p["offset"])
+            ]
+            values = train_features.values  # memory-mapped where it was loaded from a folder
+            space = CandidateSpace(lambda a, b: np.asarray(values[a:b], dtype=np.float32), len(values),
+                                   balanced_rows(query_values, parts), parts)  # fmt: skip
         self._candidate_spaces[key] = space
         return space
 
@@ -226,7 +222,7 @@ class Teacher:
         from ..features import FEATURES_KIND, FeatureExtractor, Features
 
         if Path(name).is_dir():
-            features = Features.load(name)
+            features = Features.load(name, mmap=True)
             expected = self.dataset.content_hash
             found = features.source.get("content_hash")
             if len(features) != self.num_train or found not in (None, expected):
@@ -255,16 +251,15 @@ class Teacher:
     def candidates(self, queries, q: int) -> np.ndarray:
         """All training ids, or query ``q``'s top-M neighbours by cosine in the candidate feature space (nearest
         first); with ``candidate_share``, a random share of them drawn from a generator seeded by ``q``, in
-        neighbour order."""
+        neighbour order. The first call for a query set finds every query's pool in one pass over N."""
         m, share = self.config.num_candidates, self.config.candidate_share
         if m is None or m >= self.num_train:
             ids = np.arange(self.num_train)
         else:
-            key = (str(queries.root), int(q))
+            key = str(queries.root)
             if key not in self._pools:
-                train, query = self.candidate_space(queries)
-                self._pools[key] = torch.topk(train @ query[q], m).indices.numpy()
-            ids = self._pools[key]
+                self._pools[key] = self.candidate_space(queries).pools(m)
+            ids = self._pools[key][int(q)]
         if share is None or share >= 1:
             return ids
         keep = max(2, round(share * len(ids)))
@@ -386,4 +381,6 @@ def _cached_candidate_features(dataset, spec: str, model):
     dtype = str(model.compute_dtype).removeprefix("torch.")
     key = {"content_hash": dataset.content_hash, "spec": spec, "compute_dtype": dtype}
     folder = keyed_cache_dir(cache_dir(), "candidate-features", key)
-    return load_or_embed(dataset.root, spec, folder, device=str(model.device), dtype=dtype)
+    return load_or_embed(
+        dataset.root, spec, folder, device=str(model.device), dtype=dtype, mmap=True
+    )
