@@ -78,6 +78,8 @@ BENCHMARKS = (
               "{results}/evaluation_cost.data.json"),
     Benchmark("provenance", "quick", ("--count", "2000", "--size", "640", "--json",
                                       "{results}/provenance.data.json"), "1 min", "{results}/provenance.data.json"),
+    Benchmark("scaling", "full", ("--work", "{work}/scaling", "--json", "{results}/scaling.data.json"), "80 min",
+              "{results}/scaling.data.json"),
     Benchmark("tolerance_margins", "standard", ("--json", "{results}/tolerance_margins.data.json"), "25 min",
               "{results}/tolerance_margins.data.json"),
     Benchmark("candidate_pools", "standard", ("--world", "{world}", "--work", "{work}/quality"), "10 min",

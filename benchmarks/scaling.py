@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 STEPS = ("world", "data", "prompts", "model", "queries", "fisher", "teacher", "features", "ranker",
          "attributor", "evaluation", "report")  # fmt: skip
 # Fixed per-N work: the same model, the same query counts and pools at every N.
@@ -61,8 +63,38 @@ def measure_size(n: int, work: Path, threads: int) -> dict[str, dict]:
     run_child(argv, {**env, "PYTHONUNBUFFERED": "1"})
     recorded = json.loads((build / "build.json").read_text())["steps"]
     for name, record in recorded.items():
-        steps[name] = {"seconds": record["seconds"], "peak_mb": record.get("peak_rss_mb")}
+        steps[name] = {"seconds": record["seconds"], "peak_mb": record.get("peak_rss_mb"),
+                       "anonymous_mb": record.get("peak_anonymous_mb")}  # fmt: skip
     return steps
+
+
+def full_ranking_rate(build: Path, world: Path, cache: Path, items: int = 1024) -> dict:
+    """The teacher's scoring rate with the build's model at the default five timesteps, measured on ``items``
+    training items: what one full ranking of N items costs (test queries without --test-candidates)."""
+    os.environ["FASTGDA_CACHE"] = str(cache)
+    from fastgda.data import open_dataset
+    from fastgda.diffusion import TextToImageModel
+    from fastgda.diffusion.training import prepare_training_data
+    from fastgda.progress import quiet
+    from fastgda.unlearning import ScoringConfig
+    from fastgda.unlearning.scoring import item_losses
+
+    with quiet():
+        model = TextToImageModel.from_pretrained(build / "model", device="cpu")
+        data = prepare_training_data(
+            model,
+            open_dataset(train if (train := build / "train-data").is_dir() else world),
+            cache=cache,
+        )
+        ids = np.random.default_rng(0).choice(
+            len(data.x0), size=min(items, len(data.x0)), replace=False
+        )
+        item_losses(model, data, ids[:64], ScoringConfig())  # warm-up
+        began = time.perf_counter()
+        item_losses(model, data, ids, ScoringConfig())
+        seconds = time.perf_counter() - began
+    captions = float(data.caption_count.numpy()[ids].mean())
+    return {"items_per_second": len(ids) / seconds, "captions_per_item": captions, "timesteps": 5}
 
 
 def exponent(sizes: list[int], values: list[float]) -> float | None:
@@ -88,7 +120,7 @@ def extrapolate(sizes: list[int], seconds: list[float], target: int) -> float:
 
 def table(sizes: list[int], measured: dict[int, dict]) -> tuple[str, dict]:
     """The markdown table of seconds and peak MiB per step and size, with exponents and extrapolations."""
-    header = "| step | " + " | ".join(f"N = {n:,}: s / peak MiB" for n in sizes)
+    header = "| step | " + " | ".join(f"N = {n:,}: s, peak MiB (anonymous)" for n in sizes)
     header += " | time exponent | memory exponent | h at 10^6 | h at 10^8 |"
     lines = [header, "|" + "---|" * (len(sizes) + 5)]
     fitted, totals = {}, {10**6: 0.0, 10**8: 0.0}
@@ -98,13 +130,17 @@ def table(sizes: list[int], measured: dict[int, dict]) -> tuple[str, dict]:
             continue
         seconds = [r["seconds"] for r in rows]
         peaks = [r["peak_mb"] or 0.0 for r in rows]
-        time_exp, mem_exp = exponent(sizes, seconds), exponent(sizes, peaks)
+        # Memory's exponent from the anonymous part where known: memory-mapped pages are not what a step needs.
+        anonymous = [r.get("anonymous_mb") for r in rows]
+        needed = [a if a is not None else p for a, p in zip(anonymous, peaks, strict=True)]
+        time_exp, mem_exp = exponent(sizes, seconds), exponent(sizes, needed)
         far = {t: extrapolate(sizes, seconds, t) for t in totals} if len(sizes) > 1 else {}
         for t in far:
             totals[t] += far[t]
         fitted[step] = {"time_exponent": time_exp, "memory_exponent": mem_exp,
                         "hours": {str(t): s / 3600 for t, s in far.items()}}  # fmt: skip
-        cells = [f"{s:,.1f} / {p:,.0f}" for s, p in zip(seconds, peaks, strict=True)]
+        cells = [f"{s:,.1f} s, {p:,.0f}" + ("" if a is None else f" ({a:,.0f})")
+                 for s, p, a in zip(seconds, peaks, anonymous, strict=True)]  # fmt: skip
         show = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
         hours = [f"{far[t] / 3600:,.2f}" if far else "—" for t in totals]
         lines.append(f"| {step} | " + " | ".join(cells) + f" | {show(time_exp)} | {show(mem_exp)} | "

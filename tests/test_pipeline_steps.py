@@ -34,6 +34,24 @@ def test_each_step_records_its_own_peak_memory_not_the_process_high_water_mark(t
     # The large step held 300 MiB more than the small one; the small one ran after the process's high.
     assert steps["large"]["peak_rss_mb"] >= steps["small"]["peak_rss_mb"] + 250
     assert steps["small"]["peak_rss_mb"] > 0
+    if "peak_anonymous_mb" in steps["large"]:  # Linux: an array is anonymous memory
+        assert steps["large"]["peak_anonymous_mb"] >= steps["small"]["peak_anonymous_mb"] + 250
+
+
+def test_pages_of_a_memory_mapped_file_are_resident_but_not_anonymous(tmp_path):
+    import numpy as np
+
+    from fastgda.pipeline.memory import PeakMemory, resident_bytes
+
+    if resident_bytes() is None:
+        pytest.skip("no /proc here: only the high-water mark is known")
+    path = tmp_path / "big.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(300 * 2**17,)).flush()
+    with PeakMemory() as peak:
+        mapped = np.load(path, mmap_mode="r")
+        assert float(mapped.sum()) == 0.0  # every page read once, 300 MiB
+        del mapped
+    assert peak.bytes - peak.anonymous_bytes >= 250 * 2**20
 
 
 def test_a_finished_step_keeps_the_time_it_took_and_a_rerun_records_its_own(tmp_path):

@@ -310,9 +310,7 @@ def load_or_embed(
     """The features at ``out_dir`` if a finished artifact of ``spec`` is there, else ``embed_dataset``
     (``mmap``: as ``Features.load``)."""
     if not (Path(out_dir) / MANIFEST_NAME).exists():
-        features = embed_dataset(source, spec, out_dir, device=device, dtype=dtype)
-        if not mmap:
-            return features
+        return embed_dataset(source, spec, out_dir, device=device, dtype=dtype, mmap=mmap)
     return Features.load(out_dir, expect_spec=spec, mmap=mmap)
 
 
@@ -326,12 +324,14 @@ def embed_dataset(
     device: str = "cpu",
     dtype: str = "float32",
     batch_size: int | None = None,
+    mmap: bool = False,
 ) -> Features:
-    """Embed every row of a dataset (training set or query set) into a features artifact at ``out_dir``.
+    """Embed every row of a dataset (training set or query set) into a features artifact at ``out_dir``, the
+    finished chunks streamed into it one at a time; returns it as ``Features.load`` (``mmap``) reads it.
 
     ``store_dtype``: float32 or float16 on disk. ``device`` / ``dtype``: where the encoders run and the precision
-    they compute in (``fastgda.devices``); features come back float32 either way. ``batch_size``: items per
-    encoder pass (``FeatureExtractor``).
+    they compute in (``fastgda.devices``); features come back float32 (memory-mapped as stored with ``mmap``).
+    ``batch_size``: items per encoder pass (``FeatureExtractor``).
 
     Resumable: chunks finished by an earlier (interrupted) call with the same settings are reused.
     """
@@ -366,25 +366,43 @@ def embed_dataset(
     )
     executor = executor or LocalExecutor()
     executor.map(task, pending, desc=f"embedding ({spec})")
-    values = np.concatenate(
-        [np.load(partial / f"chunk_{c:06d}.npy", allow_pickle=False) for c in range(num_chunks)]
-    )
-    _check_finite(values, dataset_dir)
-    features = Features(
-        values,
-        np.arange(len(dataset), dtype=np.int64),
-        spec,
-        spec_layout(spec),
-        source,
-    )
-    features.save(out_dir, dtype=store_dtype, overwrite=True)
+    chunks = [partial / f"chunk_{c:06d}.npy" for c in range(num_chunks)]
+    _write_streamed(chunks, out_dir, spec, store_dtype, source, dataset_dir)
     shutil.rmtree(partial)
-    return features
+    return Features.load(out_dir, expect_spec=spec, mmap=mmap)
 
 
-def _check_finite(values: np.ndarray, where) -> None:
+def _write_streamed(chunks: list[Path], out_dir: Path, spec: str, store_dtype: str, source: dict,
+                    where) -> None:  # fmt: skip
+    """The features folder from its chunk files, one chunk in RAM at a time (N x D is never held whole)."""
+    first = np.load(chunks[0], mmap_mode="r", allow_pickle=False)
+    count = sum(int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0]) for path in chunks)
+    shape = (count, int(first.shape[1]))
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=store_dtype, shape=shape)
+        row = 0
+        for path in chunks:
+            chunk = np.load(path, allow_pickle=False)
+            _check_finite(chunk, where, offset=row)
+            values[row : row + len(chunk)] = chunk
+            row += len(chunk)
+        values.flush()
+        del values
+        np.save(tmp / "ids.npy", np.arange(count, dtype=np.int64))
+        write_manifest(
+            tmp,
+            FEATURES_KIND,
+            FEATURES_FORMAT_VERSION,
+            config={"spec": spec, "parts": spec_layout(spec), "dtype": store_dtype},
+            shapes={"values": list(shape), "ids": [count]},
+            extra={"source": source},
+        )
+
+
+def _check_finite(values: np.ndarray, where, offset: int = 0) -> None:
+    """Refuse NaN or infinite rows of ``values`` (rows ``offset``... of ``where``)."""
     if not np.isfinite(values).all():
-        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1)) + offset
         raise IncompatibleArtifactError(
             f"encoders returned NaN or infinite features for rows {bad[:5].tolist()} of {where}; "
             "check those images"

@@ -26,9 +26,9 @@ class StepRunner:
 
     ``state["steps"][name]``: ``status`` (running, done), ``seconds`` (the wall time it took to finish, added up
     over the runs that worked on it), ``last_seconds`` (this run's, however short a reuse was),
-    ``peak_rss_mb`` (the most resident memory of this process during the step, in the run that finished it;
-    ``fastgda.pipeline.memory``) and ``settings`` (what its outputs depend on; a rerun with others is refused
-    before any work).
+    ``peak_rss_mb`` and ``peak_anonymous_mb`` (the most resident memory of this process during the step, all of
+    it and without memory-mapped files' pages, in the run that finished it; ``fastgda.pipeline.memory``) and
+    ``settings`` (what its outputs depend on; a rerun with others is refused before any work).
     """
 
     def __init__(
@@ -85,6 +85,8 @@ class StepRunner:
         }
         if not done_before:  # a reuse's memory says nothing of what the step needs
             record["peak_rss_mb"] = round(peak.bytes / 2**20, 1)
+            if peak.anonymous_bytes is not None:
+                record["peak_anonymous_mb"] = round(peak.anonymous_bytes / 2**20, 1)
         if name == "teacher":
             self.state.pop("eta_minutes", None)  # what follows takes minutes at most
         self._save(name, record)
