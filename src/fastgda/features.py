@@ -379,7 +379,9 @@ def _write_streamed(chunks: list[Path], out_dir: Path, spec: str, store_dtype: s
     count = sum(int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0]) for path in chunks)
     shape = (count, int(first.shape[1]))
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=store_dtype, shape=shape)
+        values = np.lib.format.open_memmap(
+            tmp / "values.npy", mode="w+", dtype=store_dtype, shape=shape
+        )
         row = 0
         for path in chunks:
             chunk = np.load(path, allow_pickle=False)

@@ -31,7 +31,9 @@ def resident_bytes() -> tuple[int, int] | None:
     """(whole resident set, its anonymous part) now, in bytes; None where ``/proc`` is absent."""
     try:
         with open("/proc/self/status", "rb") as handle:
-            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+            fields = dict(
+                line.split(b":", 1) for line in handle.read().splitlines() if b":" in line
+            )
         kib = {name: int(fields[name].split()[0]) * 1024 for name in (b"VmRSS", b"RssAnon")}
     except (OSError, ValueError, KeyError, IndexError):
         return None
@@ -58,7 +60,9 @@ class PeakMemory:
         self._thread.join()
         self._take()
         high = _max_rss_bytes()
-        if high > self._high_before:  # the block set a new high for the process: that figure is exact
+        if (
+            high > self._high_before
+        ):  # the block set a new high for the process: that figure is exact
             self.bytes = max(self.bytes, high)
 
     def _take(self) -> bool:
