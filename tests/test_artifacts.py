@@ -52,3 +52,25 @@ def test_existing_artifact_is_not_overwritten_by_default(tmp_path):
     _artifact(tmp_path)
     with pytest.raises(FileExistsError), atomic_dir(tmp_path / "art"):
         pass
+
+
+def test_a_large_cache_is_verified_in_full_once_then_by_stat(tmp_path, monkeypatch):
+    import os
+
+    from fastgda._artifacts import VERIFIED_FILE, verify_checksums_once
+
+    monkeypatch.setenv("FASTGDA_CACHE", str(tmp_path / "cache"))
+    art = _artifact(tmp_path)
+    manifest = read_manifest(art, "thing", 3)
+    verify_checksums_once(art, manifest)  # in full, then remembered
+    assert (tmp_path / "cache" / VERIFIED_FILE).is_file()
+
+    weights = art / "weights.bin"
+    stamp = os.stat(weights)
+    weights.write_bytes(b"\x07\x07")  # same size, new bytes
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    verify_checksums_once(art, manifest)  # the documented miss: size and time restored, so only a stat
+
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(IncompatibleArtifactError, match="changed or truncated"):
+        verify_checksums_once(art, manifest)  # a new time: every byte read again

@@ -136,6 +136,23 @@ def test_train_top_labels_only_the_teachers_top_t_and_validates_on_whole_pools(r
         fit(ranked[:30], train_top=0)
 
 
+def test_training_reads_item_rows_from_a_memory_map_as_from_ram(rng, tmp_path):
+    """All N item rows may stay on disk: each batch reads its own; the weights come out the same, bit for bit."""
+    queries, items, ranked, _ = planted_problem(rng, num_queries=40)
+    np.save(tmp_path / "items.npy", items)
+    mapped = np.load(tmp_path / "items.npy", mmap_mode="r")  # read-only, as a features folder is opened
+    config = RankerTrainConfig(hidden=(16,), out_dim=8, epochs=2, batch_queries=4, pairs_per_query=20,
+                               residual="none", members=2)  # fmt: skip
+
+    def weights(item_features):
+        ranker = train_ranker(queries[:30], item_features, ranked[:30], config,
+                              val_query_features=queries[30:], val_ranked_ids=ranked[30:])  # fmt: skip
+        return torch.cat([p.flatten() for p in ranker.parameters()]), ranker.history
+
+    (in_ram, history), (on_disk, disk_history) = weights(items), weights(mapped)
+    assert torch.equal(in_ram, on_disk) and history == disk_history
+
+
 def test_balanced_parts_get_equal_input_variance(rng):
     features = np.concatenate(
         [rng.normal(size=(500, 48)) * 3.0, rng.normal(size=(500, 16))], axis=1

@@ -23,7 +23,7 @@ from .._artifacts import (
     atomic_dir,
     keyed_cache_dir,
     read_manifest,
-    verify_checksums,
+    verify_checksums_once,
     write_manifest,
 )
 from ..data import ImageCaptionDataset
@@ -185,7 +185,7 @@ def prepare_training_data(
     if (folder / MANIFEST_NAME).is_file():
         manifest = read_manifest(folder, ENCODED_KIND, ENCODED_FORMAT_VERSION)
         if manifest["config"] == key:
-            verify_checksums(folder, manifest)
+            verify_checksums_once(folder, manifest)  # in full once, then a stat per file
             return load_encoded(folder)
     with atomic_dir(folder, overwrite=True) as tmp:
         data = _encode(model, dataset, _on_disk(tmp, dtype))

@@ -18,13 +18,17 @@ def embed_features(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> dict:
-    """``{"items": Features of the training set, split: Features of its queries}``, under ``out/features``."""
+    """``{"items": Features of the training set, split: Features of its queries}``, under ``out/features``; the
+    training set's values stay on disk, memory-mapped (the ranker, the attributor and the evaluation read the
+    rows they need)."""
     from ..features import load_or_embed
 
-    def embed(source, name: str):
-        return load_or_embed(source, spec, out / "features" / name, device=device, dtype=dtype)
+    def embed(source, name: str, mmap: bool = False):
+        return load_or_embed(
+            source, spec, out / "features" / name, device=device, dtype=dtype, mmap=mmap
+        )
 
-    features = {"items": embed(data_root, "items")}
+    features = {"items": embed(data_root, "items", mmap=True)}
     for split, folder in query_dirs.items():
         features[split] = embed(folder, f"q-{split}")
     return features

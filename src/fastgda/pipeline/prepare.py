@@ -83,19 +83,17 @@ def holdout_captions(dataset, rows, folder: Path):
     """The dataset without the last caption of ``rows``: a captions.jsonl naming the original images."""
     if not (folder / CAPTIONS_FILE).is_file():
         held = set(int(r) for r in rows)
-        lines = []
-        for i in range(len(dataset)):
-            captions = list(dataset.captions(i))
-            if i in held:
-                captions = captions[:-1]
-            record = {
-                "file": str(Path(dataset.image_path(i)).resolve()),
-                "captions": captions,
-                "id": str(i),
-            }
-            lines.append(json.dumps(record))
+
+        def lines():  # one line at a time: N records are never held together
+            for i in range(len(dataset)):
+                captions = list(dataset.captions(i))
+                if i in held:
+                    captions = captions[:-1]
+                file = str(Path(dataset.image_path(i)).resolve())
+                yield json.dumps({"file": file, "captions": captions, "id": str(i)}) + "\n"
+
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / CAPTIONS_FILE, "\n".join(lines) + "\n")
+        write_text_atomic(folder / CAPTIONS_FILE, lines())
     return open_dataset(folder)
 
 

@@ -36,7 +36,11 @@ def rank_with_teacher(
         "train": replace(base, num_candidates=config.num_candidates),
         "val": replace(base, num_candidates=config.num_candidates),
         # Full rankings (evaluation ranks every item), or the test candidate protocol's pools.
-        "test": replace(base, num_candidates=config.test_candidates),
+        "test": replace(
+            base,
+            num_candidates=config.test_candidates,
+            candidate_feature=config.test_candidate_feature or config.candidate_feature,
+        ),
     }
     specs = {
         split: TeacherSpec(

@@ -155,17 +155,24 @@ def _loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 def pair_loss(
     ranker: Ranker,
     query_features: torch.Tensor,
-    item_features: torch.Tensor,
+    item_features: torch.Tensor | np.ndarray,
     rows: np.ndarray,
     items: np.ndarray,
     targets: np.ndarray,
     kind: str,
 ) -> torch.Tensor:
-    """Mean loss over pairs, embedding each distinct query and item of the batch once."""
+    """Mean loss over pairs, embedding each distinct query and item of the batch once.
+
+    ``item_features``: a tensor on the ranker's device, or a host array of all N (a memory map): only the batch's
+    rows are read, in id order, and moved to the device."""
     q_unique, q_index = np.unique(rows, return_inverse=True)
     i_unique, i_index = np.unique(items, return_inverse=True)
     q_emb = ranker.embed(query_features[torch.from_numpy(q_unique)])
-    i_emb = ranker.embed(item_features[torch.from_numpy(i_unique)])
+    if isinstance(item_features, torch.Tensor):
+        batch_items = item_features[torch.from_numpy(i_unique)]
+    else:
+        batch_items = torch.from_numpy(np.asarray(item_features[i_unique], dtype=np.float32))
+    i_emb = ranker.embed(batch_items.to(q_emb.device))
     logits = ranker.logits(q_emb[torch.from_numpy(q_index)], i_emb[torch.from_numpy(i_index)])
     return _loss(kind, logits, torch.from_numpy(targets).to(logits.device))
 
@@ -265,11 +272,12 @@ def train_ranker(
         history += [{"member": member, **record} for record in ranker.history]
     ensemble = Ranker.ensemble(rankers)
     if val_query_features is not None and val_ranked_ids is not None:
+        val_items = np.unique(val_ranked_ids)  # the pools' items only, not all N
         val_loss, val_map = validate(
             ensemble,
             val_query_features,
-            ensemble.embed_numpy(item_features),
-            val_ranked_ids,
+            ensemble.embed_numpy(item_features[val_items]),
+            np.searchsorted(val_items, val_ranked_ids),
             _validation_l(config, val_ranked_ids),
             config.loss,
         )
@@ -356,7 +364,6 @@ def _train_one(
         optimiser, config, config.epochs * math.ceil(len(train_ranked_ids) / config.batch_queries)
     )
     q_train = torch.as_tensor(train_query_features, dtype=torch.float32).to(device)
-    items = torch.as_tensor(item_features, dtype=torch.float32).to(device)
     has_val = val_query_features is not None and val_ranked_ids is not None
     val_l = _validation_l(config, val_ranked_ids) if has_val else 1
 
@@ -383,7 +390,10 @@ def _train_one(
     bar = progress_bar(range(config.epochs), desc=f"ranker epochs (seed {config.seed})")
     for epoch in bar:
         order = order_rng.permutation(len(train_ranked_ids))
-        loss = _train_epoch(ranker, sampler, order, q_train, items, optimiser, schedule, config)
+        # Item rows stay on the host (all N, perhaps memory-mapped): each batch reads and moves only its own.
+        loss = _train_epoch(
+            ranker, sampler, order, q_train, item_features, optimiser, schedule, config
+        )
         record = {"epoch": epoch + 1, "train_loss": loss}
         if has_val:
             stopping.observe(validated(record)["val_map"], ranker)
