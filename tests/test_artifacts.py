@@ -69,7 +69,9 @@ def test_a_large_cache_is_verified_in_full_once_then_by_stat(tmp_path, monkeypat
     stamp = os.stat(weights)
     weights.write_bytes(b"\x07\x07")  # same size, new bytes
     os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    verify_checksums_once(art, manifest)  # the documented miss: size and time restored, so only a stat
+    verify_checksums_once(
+        art, manifest
+    )  # the documented miss: size and time restored, so only a stat
 
     os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
     with pytest.raises(IncompatibleArtifactError, match="changed or truncated"):

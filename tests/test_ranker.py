@@ -140,7 +140,9 @@ def test_training_reads_item_rows_from_a_memory_map_as_from_ram(rng, tmp_path):
     """All N item rows may stay on disk: each batch reads its own; the weights come out the same, bit for bit."""
     queries, items, ranked, _ = planted_problem(rng, num_queries=40)
     np.save(tmp_path / "items.npy", items)
-    mapped = np.load(tmp_path / "items.npy", mmap_mode="r")  # read-only, as a features folder is opened
+    mapped = np.load(
+        tmp_path / "items.npy", mmap_mode="r"
+    )  # read-only, as a features folder is opened
     config = RankerTrainConfig(hidden=(16,), out_dim=8, epochs=2, batch_queries=4, pairs_per_query=20,
                                residual="none", members=2)  # fmt: skip
 
