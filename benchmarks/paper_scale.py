@@ -113,7 +113,10 @@ def save(build: Path) -> dict[str, int]:
 def run_for(argv: list[str], seconds: float, env: dict) -> bool:
     """Run the build until it ends or ``seconds`` pass (then interrupt it as Ctrl-C would: every finished
     step and query stays); returns whether it finished."""
-    child = subprocess.Popen(argv, env=env)
+    # A job started in the background inherits SIGINT ignored, and Python then never turns it into Ctrl-C.
+    child = subprocess.Popen(
+        argv, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
     try:
         child.wait(timeout=seconds)
     except subprocess.TimeoutExpired:

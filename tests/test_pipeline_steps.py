@@ -74,6 +74,19 @@ def test_an_interrupted_step_adds_up_the_runs_that_worked_on_it(tmp_path):
     assert record["status"] == "done" and record["seconds"] >= 30.0
 
 
+def test_a_step_stopped_part_way_keeps_the_time_it_worked(tmp_path):
+    import time
+
+    def stopped():
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        StepRunner(tmp_path, ["first"], "test").run("first", stopped)
+    record = json.loads((tmp_path / "steps.json").read_text())["steps"]["first"]
+    assert record["status"] == "running" and record["seconds"] >= 0.2
+
+
 def test_other_settings_for_a_begun_step_are_refused_before_any_work(tmp_path):
     def interrupted():
         raise KeyboardInterrupt

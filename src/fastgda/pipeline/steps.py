@@ -71,8 +71,14 @@ class StepRunner:
                 record["settings"] = settings
             self._save(name, record)
         began = time.perf_counter()
-        with PeakMemory() as peak:
-            result = function(*args)
+        try:
+            with PeakMemory() as peak:
+                result = function(*args)
+        except BaseException:  # stopped (Ctrl-C, an error): the work done still counts toward the step
+            if not done_before:
+                worked = record.get("seconds", 0.0) + time.perf_counter() - began
+                self._save(name, {**record, "seconds": round(worked, 1)})
+            raise
         seconds = time.perf_counter() - began
         self.seconds[name] = round(seconds, 1)
         # A step reused whole took no work: its recorded time stays what finishing it took.
