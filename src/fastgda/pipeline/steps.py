@@ -74,7 +74,9 @@ class StepRunner:
         try:
             with PeakMemory() as peak:
                 result = function(*args)
-        except BaseException:  # stopped (Ctrl-C, an error): the work done still counts toward the step
+        except (
+            BaseException
+        ):  # stopped (Ctrl-C, an error): the work done still counts toward the step
             if not done_before:
                 worked = record.get("seconds", 0.0) + time.perf_counter() - began
                 self._save(name, {**record, "seconds": round(worked, 1)})
