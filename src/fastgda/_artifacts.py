@@ -227,36 +227,45 @@ def keyed_cache_dir(root: str | os.PathLike, kind: str, key: dict) -> Path:
     return Path(root) / kind / digest
 
 
+def remembered_lines(name: str) -> list[str]:
+    """The lines of the cache file ``name`` (facts remembered across runs, one a line), or none."""
+    path = cache_dir() / name
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def remember_line(name: str, line: str) -> None:
+    """Append one line to the cache file ``name``: a single short write, so concurrent writers keep whole lines;
+    a read-only cache only costs recomputing what was not remembered."""
+    with contextlib.suppress(OSError):
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with open(cache_dir() / name, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
 VERIFIED_FILE = "verified-artifacts.jsonl"  # in fastgda's cache: one stat key a line, of folders verified in full
 
 
 def verify_checksums_once(artifact_dir: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """``verify_checksums`` in full the first time a folder is read in this state, then a ``stat`` per file.
 
-    For large caches read by every step (a training set's encoding: 11 GB at N = 118k with tiny16, terabytes
-    with Stable Diffusion latents), where a full pass on every load costs more than the step. The state is the
-    manifest's checksums with each listed file's path, size and modification time (ns), remembered in fastgda's
-    cache after a full pass succeeds. What it can miss: a file rewritten in place with the same size and its old
-    modification time restored (``touch -r``, some copy tools); delete the cache's ``verified-artifacts.jsonl``
-    to verify every byte again.
+    For large artifacts read by every step (a training set's encoding: 11 GB at N = 118k with tiny16, terabytes
+    with Stable Diffusion latents; features of every item), where a full pass on every load costs more than the
+    step. The state is the manifest's checksums with each listed file's path, size and modification time (ns),
+    remembered in fastgda's cache after a full pass succeeds. What it can miss: a file rewritten in place with
+    the same size and its old modification time restored (``touch -r``, some copy tools); delete the cache's
+    ``verified-artifacts.jsonl`` to verify every byte again.
     """
     artifact_dir = Path(artifact_dir)
-    lines = [json.dumps(manifest.get("checksums", {}), sort_keys=True), str(artifact_dir.resolve())]
-    for name in sorted(manifest.get("checksums", {})):
-        try:
+    checksums = manifest.get("checksums", {})
+    lines = [json.dumps(checksums, sort_keys=True), str(artifact_dir.resolve())]
+    try:
+        for name in sorted(checksums):
             info = os.stat(artifact_dir / name)
-        except FileNotFoundError:
-            lines = None  # missing: verify_checksums says so
-            break
-        lines.append(f"{name}\0{info.st_size}\0{info.st_mtime_ns}")
-    key = None if lines is None else hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    path = cache_dir() / VERIFIED_FILE
-    if key is not None and path.is_file() and key in path.read_text(encoding="utf-8").split():
+            lines.append(f"{name}\0{info.st_size}\0{info.st_mtime_ns}")
+    except FileNotFoundError:
+        verify_checksums(artifact_dir, manifest)  # says which file is missing
+    key = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    if key in remembered_lines(VERIFIED_FILE):
         return
     verify_checksums(artifact_dir, manifest)
-    with contextlib.suppress(OSError):  # a read-only cache only costs the next full pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(
-            path, "a", encoding="utf-8"
-        ) as handle:  # one short write: concurrent writers keep whole lines
-            handle.write(f"{key}\n")
+    remember_line(VERIFIED_FILE, key)

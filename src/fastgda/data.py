@@ -255,31 +255,22 @@ HASHES_FILE = "content-hashes.jsonl"  # in fastgda's cache: one {"key", "content
 
 def _remembered_hashes() -> dict[str, str]:
     """stat key -> content hash, from the cache (an unreadable line is skipped: it is recomputed)."""
-    from ._artifacts import cache_dir
+    from ._artifacts import remembered_lines
 
-    path = cache_dir() / HASHES_FILE
     remembered = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                remembered[entry["key"]] = entry["content_hash"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    for line in remembered_lines(HASHES_FILE):
+        try:
+            entry = json.loads(line)
+            remembered[entry["key"]] = entry["content_hash"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     return remembered
 
 
 def _remember_hash(key: str, content_hash: str) -> None:
-    """Append one line (a single short write: concurrent writers interleave whole lines)."""
-    from ._artifacts import cache_dir
+    from ._artifacts import remember_line
 
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / HASHES_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "content_hash": content_hash}) + "\n")
-    except OSError:
-        pass  # a read-only cache only costs the next pass over the data
+    remember_line(HASHES_FILE, json.dumps({"key": key, "content_hash": content_hash}))
 
 
 class ImageCaptionFolder(ImageCaptionDataset):
@@ -471,17 +462,22 @@ def convert_shards(
         converted = pool.map(lambda shard: _convert_shard(shard, work), pending)
         for _ in progress_bar(converted, total=len(pending), desc="reading shards"):
             pass  # each shard marks itself done; an error stops here, the finished ones kept
-    skipped = samples = 0
-    with open(work / f".{CAPTIONS_FILE}.tmp", "w", encoding="utf-8") as joined:
-        for shard in shards:
-            marker = json.loads((work / "done" / f"{shard.stem}.json").read_text(encoding="utf-8"))
-            skipped, samples = skipped + marker["skipped"], samples + marker["samples"]
-            with open(work / "done" / f"{shard.stem}.jsonl", encoding="utf-8") as part:
-                for line in part:
-                    joined.write(line)
+    markers = [
+        json.loads((work / "done" / f"{shard.stem}.json").read_text(encoding="utf-8"))
+        for shard in shards
+    ]
+    skipped, samples = sum(m["skipped"] for m in markers), sum(m["samples"] for m in markers)
     if not samples:
         raise DatasetError(f"no sample in {source} has both an image and a caption")
-    os.replace(work / f".{CAPTIONS_FILE}.tmp", work / CAPTIONS_FILE)
+
+    def joined():  # the shards' caption parts in shard order, a line at a time
+        for shard in shards:
+            with open(work / "done" / f"{shard.stem}.jsonl", encoding="utf-8") as part:
+                yield from part
+
+    from ._artifacts import write_text_atomic
+
+    write_text_atomic(work / CAPTIONS_FILE, joined())
     os.replace(work, out_dir)
     import shutil
 

@@ -25,7 +25,7 @@ from ._artifacts import (
     MANIFEST_NAME,
     atomic_dir,
     read_manifest,
-    verify_checksums,
+    verify_checksums_once,
     write_json_atomic,
     write_manifest,
 )
@@ -109,7 +109,7 @@ class Features:
         that take rows in blocks (candidate pools); otherwise they are read into RAM as float32."""
         folder = Path(folder)
         manifest = read_manifest(folder, FEATURES_KIND, FEATURES_FORMAT_VERSION)
-        verify_checksums(folder, manifest)
+        verify_checksums_once(folder, manifest)  # N x D: in full once, then a stat
         spec = manifest["config"]["spec"]
         # Imported features (``fastgda.interop``) carry the release's own spec names, not encoder names.
         if (

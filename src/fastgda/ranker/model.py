@@ -165,8 +165,7 @@ class Ranker(nn.Module):
         a 1280-d image part outweigh a 384-d text part 3.3 to 1 at the first layer. ``part_weights`` (one positive
         number per part) makes the parts' shares of the input variance proportional to them instead.
         """
-        # A copy: ``features`` may be a read-only memory map, which torch will not wrap.
-        x = torch.from_numpy(np.array(features, dtype=np.float32))
+        x = rows_tensor(features)
         std = x.std(dim=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         if part_dims:
@@ -304,7 +303,7 @@ class Ranker(nn.Module):
         self.eval()
         device = self.feature_mean.device  # features come from the host; embeddings go back to it
         out = [
-            self.embed(_rows_tensor(features[i : i + batch_size]).to(device)).cpu().numpy()
+            self.embed(rows_tensor(features[i : i + batch_size]).to(device)).cpu().numpy()
             for i in range(0, len(features), batch_size)
         ]
         self.train(was_training)
@@ -392,7 +391,7 @@ def reusable_ranker(
     return None
 
 
-def _rows_tensor(rows) -> torch.Tensor:
+def rows_tensor(rows) -> torch.Tensor:
     """float32 rows as a tensor; a read-only array (a memory-mapped features file) is copied, as torch asks."""
     if isinstance(rows, torch.Tensor):
         return rows.float()

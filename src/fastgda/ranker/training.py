@@ -35,7 +35,7 @@ from ..config import (
 from ..errors import ConfigError
 from ..evaluation import candidate_map
 from ..progress import bar as progress_bar
-from .model import Ranker, RankerShape
+from .model import Ranker, RankerShape, rows_tensor
 from .pairs import PairSampler
 from .untuned import part_pool_maps
 
@@ -168,11 +168,8 @@ def pair_loss(
     q_unique, q_index = np.unique(rows, return_inverse=True)
     i_unique, i_index = np.unique(items, return_inverse=True)
     q_emb = ranker.embed(query_features[torch.from_numpy(q_unique)])
-    if isinstance(item_features, torch.Tensor):
-        batch_items = item_features[torch.from_numpy(i_unique)]
-    else:
-        batch_items = torch.from_numpy(np.asarray(item_features[i_unique], dtype=np.float32))
-    i_emb = ranker.embed(batch_items.to(q_emb.device))
+    picked = torch.from_numpy(i_unique) if isinstance(item_features, torch.Tensor) else i_unique
+    i_emb = ranker.embed(rows_tensor(item_features[picked]).to(q_emb.device))
     logits = ranker.logits(q_emb[torch.from_numpy(q_index)], i_emb[torch.from_numpy(i_index)])
     return _loss(kind, logits, torch.from_numpy(targets).to(logits.device))
 
